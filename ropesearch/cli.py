@@ -1,0 +1,223 @@
+"""The `ropesearch` command: a thin click layer over the library (each command has a Python twin)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ropesearch import __version__
+from ropesearch.errors import RopesearchError
+
+
+class _Group(click.Group):
+    """Turns RopesearchError into one line on stderr and exit status 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RopesearchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+MODEL_HELP = "Model: a demo name (smollm2-135m), a transformers folder or hub id, or a .gguf file."
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ropesearch")
+def cli():
+    """Find, apply and export LongRoPE rescale factors for RoPE language models.
+
+    \b
+    Typical flow:
+      ropesearch fetch-model smollm2-135m
+      ropesearch factors yarn --model smollm2-135m --scale 8 --out yarn8.json
+      ropesearch export yarn8.json --model smollm2-135m --out smollm2-yarn-64k
+    """
+
+
+@cli.command("fetch-model")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Download again even if cached.")
+def fetch_model_cmd(name, force):
+    """Download a demo model (e.g. smollm2-135m) into the ropesearch cache and print its path."""
+    from ropesearch.models import fetch_model
+
+    path = fetch_model(name, force=force, log=lambda msg: click.echo(msg, err=True))
+    click.echo(str(path))
+
+
+def _model_base(model: str, original_context: int | None):
+    from ropesearch.models import load_config, resolve_model, rope_base
+
+    ref = resolve_model(model)
+    return ref, rope_base(load_config(ref), original_context)
+
+
+@cli.command("factors")
+@click.argument("method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3", "longrope"]))
+@click.option("--model", "-m", required=True, help=MODEL_HELP)
+@click.option("--scale", "-s", type=float, required=True, help="Extension ratio: target window / original window.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
+@click.option("--original-context", type=int, help="Override the model's trained window.")
+@click.option("--beta-fast", type=float, help="YaRN: rotations above which dims are kept (default 32).")
+@click.option("--beta-slow", type=float, help="YaRN: rotations below which dims are interpolated (default 1).")
+@click.option("--mscale", type=float, help="YaRN: mscale (with --mscale-all-dim).")
+@click.option("--mscale-all-dim", type=float, help="YaRN: mscale_all_dim.")
+@click.option("--attention-factor", type=float, help="YaRN/LongRoPE: attention factor (default: the method's).")
+@click.option("--low-freq-factor", type=float, help="Llama-3: low_freq_factor (default 1).")
+@click.option("--high-freq-factor", type=float, help="Llama-3: high_freq_factor (default 4).")
+@click.option("--csv", "long_csv", type=click.Path(), help="LongRoPE: long factors from a LongRoPE-style CSV.")
+@click.option("--short-csv", type=click.Path(), help="LongRoPE: short factors from a CSV (default: the long ones).")
+@click.option("--start-tokens", type=int, default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
+def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv, start_tokens, **options):
+    """Write the factor file of METHOD for a model, or import LongRoPE CSV factors (METHOD longrope).
+
+    Baseline methods (none, pi, ntk, dynamic-ntk, yarn, llama3) use the same factors at every length.
+    """
+    from ropesearch.api import baseline_factors, factors_from_csv
+    from ropesearch.export import save_factors
+
+    ref, base = _model_base(model, original_context)
+    params = {k: v for k, v in options.items() if v is not None}
+    if method == "longrope":
+        if not long_csv:
+            raise RopesearchError("method longrope needs --csv LONG_FACTORS.csv (searched factors come from `search`)")
+        factors = factors_from_csv(base, scale, long_csv, short_csv, start_tokens=start_tokens, **params)
+    else:
+        if long_csv or short_csv or start_tokens:
+            raise RopesearchError("--csv, --short-csv and --start-tokens apply to method longrope only")
+        factors = baseline_factors(method, base, scale, **params)
+    if out:
+        save_factors(factors, out, provenance={"model": model})
+        click.echo(f"wrote {out}: {method}, {base.n_factors} factors, {base.original_context} -> {factors.target_context}")
+    else:
+        click.echo(_summary(factors))
+
+
+def _summary(factors) -> str:
+    from ropesearch.rope import critical_dimension
+
+    base = factors.base
+    lines = [
+        f"method {factors.method}: rope_theta {base.rope_theta:g}, {base.rotary_dim} rotary dims, "
+        f"window {base.original_context} -> {factors.target_context} (x{factors.scale:g})",
+        f"attention factor {factors.attention_factor:.6g}, start tokens {factors.start_tokens}, "
+        f"critical dimension {critical_dimension(base)} (factor index {critical_dimension(base) // 2})",
+        "  i   wavelength   long_factor  short_factor",
+    ]
+    for i, (wave, lf, sf) in enumerate(zip(base.wavelengths(), factors.long_factor, factors.short_factor)):
+        lines.append(f"{i:3d} {wave:12.1f} {lf:13.5f} {sf:13.5f}")
+    return "\n".join(lines)
+
+
+@cli.command("show")
+@click.argument("factor_file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the validated file as JSON.")
+def show_cmd(factor_file, as_json):
+    """Validate a factor file and print its factors."""
+    from ropesearch.export import load_factors
+    from ropesearch.export.factor_file import factors_to_dict
+
+    factors = load_factors(factor_file)
+    click.echo(json.dumps(factors_to_dict(factors), indent=2) if as_json else _summary(factors))
+
+
+@cli.command("export")
+@click.argument("factor_file", type=click.Path())
+@click.option("--model", "-m", required=True, help=MODEL_HELP)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "fmt", type=click.Choice(["hf", "vllm", "csv"]), default="hf", show_default=True,
+              help="hf: a model folder transformers and vLLM load; vllm: overrides for an existing model; "
+              "csv: LongRoPE-style factor lists.")
+@click.option("--copy", is_flag=True, help="hf: copy weights instead of symlinking them.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--ignore-start-tokens", is_flag=True, help="Export although configs cannot express start tokens.")
+def export_cmd(factor_file, model, out, fmt, copy, overwrite, ignore_start_tokens):
+    """Export FACTOR_FILE for a model as a transformers folder, vLLM overrides or CSV."""
+    from ropesearch.api import export
+
+    path = export(factor_file, model, out, fmt=fmt, copy=copy, overwrite=overwrite,
+                  allow_start_tokens=ignore_start_tokens)
+    click.echo(f"wrote {path}")
+
+
+def _eval_options(function):
+    """Options shared by `eval` and `baselines`."""
+    options = [
+        click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
+        click.option("--data", "-d", default="builtin", show_default=True,
+                     help="Documents: a folder of .txt, a .txt or .jsonl file, a datasets name, or builtin "
+                     "(long texts that ship with Python)."),
+        click.option("--lengths", "-l", required=True, help="Comma-separated window lengths in tokens, e.g. 16384,32k."),
+        click.option("--samples", "-k", type=int, default=4, show_default=True, help="Documents (windows) per length."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Which documents are sampled."),
+        click.option("--offset", type=click.Choice(["start", "random"]), default="start", show_default=True,
+                     help="Cut each window from the document's start or a seeded random place."),
+        click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
+        click.option("--split", default="test", show_default=True, help="datasets split."),
+        click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
+        click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _run_table(model, data, lengths, samples, seed, offset, text_field, split, max_batch, device, json_out,
+               needle=False, **table_args):
+    from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, setup
+
+    lengths = parse_lengths(lengths)
+    run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
+                text_field=text_field, split=split, device=device)
+    table = baseline_table(run, lengths, max_batch=max_batch, **table_args)
+    click.echo(format_table(table))
+    if json_out:
+        save_json(table | {"command": " ".join(sys.argv)}, json_out)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command("eval")
+@_eval_options
+@click.option("--method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
+              help="Score a baseline method (with --scale).")
+@click.option("--scale", type=float, help="Scale for --method (default: longest length / original window).")
+@click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
+@click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
+def eval_cmd(method, scale, factor_file, needle, **options):
+    """Perplexity of one factor set (a method or a factor file) at several lengths.
+
+    One forward pass per window gives every shorter length too (prefixes).
+    """
+    from ropesearch.evaluate.runs import parse_lengths
+
+    if (method is None) == (factor_file is None):
+        raise RopesearchError("give either --method (with --scale) or --factors FILE")
+    if needle and len(parse_lengths(options["lengths"])) > 1:
+        raise RopesearchError("--needle scores one length at a time: give a single --lengths value")
+    _run_table(methods=[method] if method else [], factor_files=[factor_file] if factor_file else [],
+               scale=scale, fixed_scale=True, needle=needle, **options)
+
+
+@cli.command("baselines")
+@_eval_options
+@click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
+              help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
+@click.option("--scale", type=float, help="Fixed scale for every length (default: length / original window).")
+@click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files to compare (repeat).")
+def baselines_cmd(methods, scale, factor_files, **options):
+    """Perplexity by length of the baseline methods (and factor files) in one run, as a table."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    _run_table(methods=names, factor_files=list(factor_files), scale=scale, **options)
+
+
+def main():
+    cli(prog_name="ropesearch")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

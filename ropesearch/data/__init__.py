@@ -1,0 +1,16 @@
+"""Documents, their cached token ids, and deterministic evaluation windows."""
+
+from ropesearch.data.documents import BUILTIN_FILES, Document, load_documents
+from ropesearch.data.samples import Window, needle_windows, sample_windows
+from ropesearch.data.tokens import TokenizedDocument, tokenize_documents
+
+__all__ = [
+    "BUILTIN_FILES",
+    "Document",
+    "TokenizedDocument",
+    "Window",
+    "load_documents",
+    "needle_windows",
+    "sample_windows",
+    "tokenize_documents",
+]

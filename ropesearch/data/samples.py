@@ -1,0 +1,86 @@
+"""Deterministic evaluation windows: plain T-token cuts, or needle windows scored on the answer only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ropesearch.data.tokens import TokenizedDocument, tokenize
+from ropesearch.errors import RopesearchError
+
+
+@dataclass(frozen=True)
+class Window:
+    """One evaluation sequence. `scored` lists the positions whose token is scored (None: all but the first)."""
+
+    name: str
+    ids: np.ndarray
+    scored: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def long_enough(documents: list[TokenizedDocument], length: int, count: int) -> list[TokenizedDocument]:
+    eligible = [d for d in documents if len(d.ids) >= length]
+    if len(eligible) < count:
+        longest = max((len(d.ids) for d in documents), default=0)
+        raise RopesearchError(
+            f"only {len(eligible)} of {len(documents)} documents have at least {length} tokens (the longest has "
+            f"{longest}) but {count} samples were asked for: lower --samples or the length, or add longer documents"
+        )
+    return eligible
+
+
+def sample_windows(documents: list[TokenizedDocument], length: int, count: int, seed: int = 0,
+                   offset: str = "start") -> list[Window]:
+    """`count` documents of at least `length` tokens, chosen by `seed`, each cut to `length` tokens.
+
+    offset "start" takes each document's first tokens (as LongRoPE's evaluation does);
+    "random" a seeded random cut.
+    """
+    if offset not in ("start", "random"):
+        raise RopesearchError(f"offset must be 'start' or 'random', got {offset!r}")
+    eligible = long_enough(documents, length, count)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(eligible), size=count, replace=False).tolist())
+    windows = []
+    for index in chosen:
+        document = eligible[index]
+        start = 0 if offset == "start" else int(rng.integers(0, len(document.ids) - length + 1))
+        windows.append(Window(f"{document.name}@{start}", document.ids[start : start + length].copy()))
+    return windows
+
+
+NEEDLE = " The special magic number is {number}. Remember it, it will be asked later. "
+QUESTION = " What is the special magic number mentioned above? The special magic number is"
+ANSWER = " {number}"
+
+
+def needle_windows(documents: list[TokenizedDocument], tokenizer, length: int, count: int, seed: int = 0,
+                   depth: tuple[float, float] = (0.0, 0.2)) -> list[Window]:
+    """LongRoPE2's needle-driven windows: a number stated early, asked for at the end; only its tokens are scored.
+
+    The needle goes at a seeded depth within `depth` (fractions of the window), so the answer
+    needs information from far back in the context.
+    """
+    eligible = long_enough(documents, length, count)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(eligible), size=count, replace=False).tolist())
+    question = tokenize(tokenizer, QUESTION)
+    windows = []
+    for index in chosen:
+        number = int(rng.integers(10_000, 100_000))
+        needle = tokenize(tokenizer, NEEDLE.format(number=number))
+        answer = tokenize(tokenizer, ANSWER.format(number=number))
+        filler = length - len(needle) - len(question) - len(answer)
+        if filler < 1:
+            raise RopesearchError(f"length {length} is too short for a needle window")
+        at = int(filler * rng.uniform(*depth))
+        haystack = eligible[index].ids[:filler]
+        ids = np.concatenate([haystack[:at], needle, haystack[at:], question, answer]).astype(np.int32)
+        scored = np.arange(length - len(answer), length)
+        windows.append(Window(f"{eligible[index].name}#needle@{at}", ids, scored))
+    return windows

@@ -1,0 +1,175 @@
+"""The torch evaluator: many candidates x windows, scored in batched forward passes.
+
+Rows of a pass are (candidate, window) pairs at one forward length; each row gets its
+own factor set through per-row patching, so one pass scores several candidates. The
+prefix perplexities of one pass come for free (a causal model's first t losses do not
+depend on later tokens), except where a factor set uses other factors at a shorter
+length (longrope's short/long switch, dynamic NTK): such lengths get their own pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ropesearch.data.samples import Window
+from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.loss import scored_nll, token_nll
+from ropesearch.evaluate.results import Score
+from ropesearch.rope.factors import RopeFactors
+from ropesearch.rope.patching import RopePatch
+
+
+@dataclass(frozen=True)
+class _Job:
+    candidate: int
+    forward_length: int
+    report_lengths: tuple[int, ...]
+
+
+def plan_jobs(candidates: Sequence[RopeFactors], lengths: Sequence[int]) -> list[_Job]:
+    """One job per (candidate, set of lengths that see the same factors): each job is one pass per window."""
+    jobs = []
+    for index, factors in enumerate(candidates):
+        groups: dict[tuple, list[int]] = {}
+        for length in sorted(set(lengths)):
+            groups.setdefault(tuple(factors.factors_for_length(length)), []).append(length)
+        for group in groups.values():
+            jobs.append(_Job(index, max(group), tuple(group)))
+    return jobs
+
+
+def fastest_attention():
+    """SDPA backends in order of speed on Hopper (cuDNN beat flash by 1.37x at 32k-128k tokens)."""
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch without priorities: let it choose among all
+        return contextlib.nullcontext()
+
+
+class TorchEvaluator:
+    """Scores factor sets by perplexity with a loaded transformers causal LM.
+
+    max_batch: most rows per pass (default: as many as fit; on CPU, `cpu_tokens` tokens).
+    logits_tokens: positions of logits alive at once across the batch (memory bound of the loss).
+    """
+
+    def __init__(self, model, max_batch: int | None = None, logits_tokens: int | None = None,
+                 cpu_tokens: int = 16384, memory_fraction: float = 0.85, progress: bool = True):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.on_gpu = self.device.type == "cuda"
+        self.max_batch = max_batch
+        self.logits_tokens = logits_tokens or (8192 if self.on_gpu else 4096)
+        self.cpu_tokens = cpu_tokens
+        self.memory_fraction = memory_fraction
+        self.progress = progress
+        self.decoder = model.base_model
+        self.lm_head = model.get_output_embeddings()
+        if self.lm_head is None or self.decoder is model:
+            raise RopesearchError(f"{type(model).__name__} is not a causal LM with a separate output head")
+        self._row_bytes: dict[int, int] = {}  # measured GPU memory of one row, by forward length
+
+    # ---- batch size -------------------------------------------------------------------
+    def _batch_size(self, length: int, remaining: int) -> int:
+        cap = min(remaining, self.max_batch or 256)
+        if not self.on_gpu:
+            return max(1, min(cap, self.cpu_tokens // length))
+        if length not in self._row_bytes:
+            return 1  # the first pass at this length measures what a row costs
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        budget = total * self.memory_fraction - torch.cuda.memory_allocated(self.device)
+        return max(1, min(cap, int(budget // self._row_bytes[length])))
+
+    # ---- one pass ---------------------------------------------------------------------
+    def _forward_nll(self, ids: torch.Tensor, windows: list[Window]) -> torch.Tensor:
+        """Per-token NLL [B, T-1], or for needle windows a [B, T-1] tensor with only scored entries set."""
+        with torch.no_grad(), fastest_attention():
+            hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+            if windows[0].scored is None:
+                return token_nll(hidden, self.lm_head, ids, max(1, self.logits_tokens // ids.shape[0]))
+            rows = torch.cat([torch.full((len(w.scored),), r) for r, w in enumerate(windows)]).to(ids.device)
+            positions = torch.from_numpy(np.concatenate([w.scored for w in windows])).long().to(ids.device)
+            nll = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
+            nll[rows, positions - 1] = scored_nll(hidden, self.lm_head, ids, rows, positions)
+            return nll
+
+    def _run_pass(self, patch: RopePatch, rows, ids: torch.Tensor, windows: list[Window], candidates) -> torch.Tensor:
+        patch.set_factors([candidates[job.candidate] for job, _ in rows])
+        measure = self.on_gpu and ids.shape[1] not in self._row_bytes
+        if measure:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        nll = self._forward_nll(ids, windows)
+        if measure:
+            self._row_bytes[ids.shape[1]] = (torch.cuda.max_memory_allocated(self.device) - before) // ids.shape[0]
+        return nll
+
+    # ---- public -----------------------------------------------------------------------
+    def score(self, candidates: Sequence[RopeFactors], windows: Sequence[Window],
+              lengths: Sequence[int] | None = None) -> list[Score]:
+        """Perplexity of every candidate at every length (prefixes of the windows)."""
+        if not candidates or not windows:
+            raise RopesearchError("nothing to score: give at least one candidate and one window")
+        window_length = windows[0].length
+        if any(w.length != window_length for w in windows):
+            raise RopesearchError("all windows of one evaluation must have the same length")
+        lengths = sorted(set(lengths or [window_length]))
+        if lengths[-1] > window_length or lengths[0] < 2:
+            raise RopesearchError(f"lengths must lie in [2, {window_length}] (the window length), got {lengths}")
+        needle = windows[0].scored is not None
+        if needle and lengths != [window_length]:
+            raise RopesearchError("needle windows are scored at their full length only")
+
+        scores = [Score(f) for f in candidates]
+        jobs = plan_jobs(candidates, lengths)
+        all_ids = torch.from_numpy(np.stack([w.ids for w in windows])).long().to(self.device)
+        rows = [(job, w) for job in sorted(jobs, key=lambda j: -j.forward_length) for w in range(len(windows))]
+        # Needle windows count only their scored tokens; plain windows every token after the first
+        def count(window: int, length: int) -> int:
+            return len(windows[window].scored) if needle else length - 1
+
+        patch = RopePatch(self.model, candidates[0])
+        bar = tqdm(total=sum(job.forward_length for job, _ in rows), unit="tok", unit_scale=True,
+                   desc="scoring", disable=None if self.progress else True, leave=False)
+        try:
+            done = 0
+            while done < len(rows):
+                length = rows[done][0].forward_length
+                same_length = sum(1 for job, _ in rows[done:] if job.forward_length == length)
+                batch = rows[done : done + self._batch_size(length, same_length)]
+                batch_windows = [windows[w] for _, w in batch]
+                ids = all_ids[[w for _, w in batch], :length]
+                started = time.perf_counter()
+                nll = self._run_pass(patch, batch, ids, batch_windows, candidates)
+                # one transfer per pass: the summed NLL at every reported length
+                cumulative = nll.cumsum(dim=1)
+                report = sorted({n for job, _ in batch for n in job.report_lengths})
+                at = cumulative[:, [n - 2 for n in report]].cpu().numpy()
+                seconds = (time.perf_counter() - started) / len(batch)
+                for r, (job, w) in enumerate(batch):
+                    for column, n in enumerate(report):
+                        if n in job.report_lengths:
+                            scores[job.candidate].add(n, float(at[r, column]), count(w, n))
+                    scores[job.candidate].seconds += seconds
+                done += len(batch)
+                bar.update(length * len(batch))
+        except torch.cuda.OutOfMemoryError:
+            raise RopesearchError(
+                f"out of GPU memory at {length} tokens with {len(batch)} row(s): lower the length or --max-batch"
+            ) from None
+        finally:
+            patch.restore()
+            bar.close()
+        return scores

@@ -1,0 +1,116 @@
+"""Write a transformers model folder (and vLLM overrides, CSV) that carries a factor set."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+from ropesearch.export.csv_factors import write_factor_csv
+from ropesearch.export.factor_file import atomic_write_text, check_fits
+from ropesearch.export.transformers_config import apply_to_config, rope_parameters
+from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
+from ropesearch.rope.factors import RopeFactors
+
+FORMATS = ("hf", "vllm", "csv")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RopesearchError(f"output folder {out} is not empty: choose another or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _local_folder(ref: ModelRef) -> Path | None:
+    """The folder holding a non-GGUF model's files, downloading a hub id into the HF cache if needed."""
+    if ref.gguf_file:
+        return None
+    path = Path(ref.path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.path))
+    except Exception as exc:  # the hub client raises many kinds; all mean "not reachable"
+        raise RopesearchError(f"could not fetch {ref.path!r} from the Hugging Face hub: {exc}") from None
+
+
+def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool = False, overwrite: bool = False,
+              allow_start_tokens: bool = False) -> Path:
+    """A model folder that `AutoModelForCausalLM.from_pretrained(out)` loads with these factors.
+
+    Weights and tokenizer of a model folder are symlinked (or copied with copy=True);
+    a GGUF model is de-quantised and saved as safetensors with its tokenizer.
+    """
+    out = Path(out)
+    config = load_config(ref)
+    check_fits(factors, rope_base(config))
+    apply_to_config(config, factors, allow_start_tokens)
+    _prepare_out(out, overwrite)
+    source = _local_folder(ref)
+    if source is None:
+        model = load_model(ref, dtype=None, device="cpu")
+        # GGUF weights arrive de-quantised: what is saved is a plain float model
+        model.hf_quantizer = None
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model.config = config
+        model.save_pretrained(out)
+        load_tokenizer(ref).save_pretrained(out)
+    else:
+        for item in sorted(source.iterdir()):
+            if item.name == "config.json" or item.name.startswith("."):
+                continue
+            target = out / item.name
+            if copy:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+            else:
+                os.symlink(item.resolve(), target)
+        config.save_pretrained(out)
+    return out
+
+
+def vllm_overrides(factors: RopeFactors, partial_rotary_factor: float | None = None, allow_start_tokens: bool = False) -> dict:
+    """What to pass to vLLM: `LLM(model, hf_overrides=..., max_model_len=...)`."""
+    return {
+        "hf_overrides": {
+            "rope_parameters": rope_parameters(factors, partial_rotary_factor, allow_start_tokens),
+            "max_position_embeddings": factors.target_context,
+        },
+        "max_model_len": factors.target_context,
+    }
+
+
+def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite: bool = False,
+                allow_start_tokens: bool = False) -> Path:
+    out = Path(out)
+    config = load_config(ref)
+    check_fits(factors, rope_base(config))
+    partial = (config.rope_parameters or {}).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    overrides = vllm_overrides(factors, partial, allow_start_tokens)
+    _prepare_out(out, overwrite)
+    atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
+    model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
+    hf_overrides = shlex.quote(json.dumps(overrides["hf_overrides"]))
+    atomic_write_text(
+        out / "serve.sh",
+        "#!/bin/sh\n# vLLM uses long_factor at every length once max_model_len exceeds the original window.\n"
+        f"exec vllm serve {shlex.quote(model_arg)} --max-model-len {factors.target_context} "
+        f"--hf-overrides {hf_overrides} \"$@\"\n",
+    )
+    (out / "serve.sh").chmod(0o755)
+    return out
+
+
+def export_csv(factors: RopeFactors, out: str | Path, overwrite: bool = False) -> Path:
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    write_factor_csv(factors.long_factor, out / "long_factor.csv")
+    write_factor_csv(factors.short_factor, out / "short_factor.csv")
+    return out

@@ -1,0 +1,63 @@
+"""Factor sets as transformers `rope_parameters` (rope_type "longrope"), and back."""
+
+from __future__ import annotations
+
+from ropesearch.errors import RopesearchError
+from ropesearch.rope.factors import RopeBase, RopeFactors
+
+
+def rope_parameters(factors: RopeFactors, partial_rotary_factor: float | None = None, allow_start_tokens: bool = False) -> dict:
+    """The `config.rope_parameters` that makes transformers (and vLLM) apply these factors.
+
+    transformers reads `attention_factor`; vLLM ignores it and reads `long_mscale` and
+    `short_mscale`, so all three are written with the same value. Dynamic NTK has no
+    longrope form and is written as transformers' own "dynamic" type.
+    """
+    base = factors.base
+    if factors.start_tokens and not allow_start_tokens:
+        raise RopesearchError(
+            f"start_tokens={factors.start_tokens} has no equivalent in transformers or vLLM configs; "
+            "export anyway with --ignore-start-tokens (positions below n̂ then use the scaled RoPE too)"
+        )
+    params: dict = {"rope_theta": base.rope_theta}
+    if factors.dynamic_factor is not None:
+        params.update(rope_type="dynamic", factor=factors.dynamic_factor)
+    else:
+        params.update(
+            rope_type="longrope",
+            long_factor=list(factors.long_factor),
+            short_factor=list(factors.short_factor),
+            original_max_position_embeddings=base.original_context,
+            factor=factors.scale,
+            attention_factor=factors.attention_factor,
+            long_mscale=factors.attention_factor,
+            short_mscale=factors.attention_factor,
+        )
+    if partial_rotary_factor not in (None, 1.0):
+        params["partial_rotary_factor"] = partial_rotary_factor
+    return params
+
+
+def apply_to_config(config, factors: RopeFactors, allow_start_tokens: bool = False) -> None:
+    """Rewrite a transformers config in place: new rope_parameters, max_position_embeddings = target."""
+    old = getattr(config, "rope_parameters", None) or {}
+    partial = old.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    config.rope_parameters = rope_parameters(factors, partial, allow_start_tokens)
+    config.max_position_embeddings = factors.target_context
+    if hasattr(config, "original_max_position_embeddings"):
+        # Phi-3 keeps the pretrained window outside rope_parameters and transformers prefers it
+        config.original_max_position_embeddings = factors.base.original_context
+
+
+def factors_from_rope_parameters(params: dict, base: RopeBase, target_context: int) -> RopeFactors:
+    """A longrope `rope_parameters` dict (e.g. from a Phi-3 config) as factors."""
+    if params.get("rope_type") != "longrope":
+        raise RopesearchError(f"rope_parameters has rope_type {params.get('rope_type')!r}, expected 'longrope'")
+    return RopeFactors(
+        base=base,
+        long_factor=params["long_factor"],
+        short_factor=params["short_factor"],
+        target_context=target_context,
+        attention_factor=params.get("attention_factor") or params.get("long_mscale") or 1.0,
+        method="longrope",
+    )

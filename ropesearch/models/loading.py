@@ -1,0 +1,123 @@
+"""Find and load a model: a demo name, a transformers folder or hub id, or a GGUF file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+from ropesearch.models.registry import DEMO_MODELS, cache_dir, fetch_model
+from ropesearch.rope.factors import RopeBase
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model's files are: a folder (or hub id) and, for GGUF, the file inside it."""
+
+    spec: str  # what the user typed
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model(spec: str, fetch: bool = True) -> ModelRef:
+    """Turn what the user typed into files; demo models are fetched on first use."""
+    if spec in DEMO_MODELS:
+        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+        gguf = fetch_model(spec, log=log) if fetch else None
+        return ModelRef(spec, str(gguf.parent), gguf.name) if gguf else ModelRef(spec, spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise RopesearchError(f"model file {spec} does not exist")
+        return ModelRef(spec, str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RopesearchError(f"model folder {spec} has no config.json: not a transformers model folder")
+        return ModelRef(spec, str(path))
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise RopesearchError(f"model {spec!r} is neither a model folder nor a .gguf file")
+    return ModelRef(spec, spec)  # a Hugging Face hub id
+
+
+def _not_found(ref: ModelRef, exc: Exception) -> RopesearchError:
+    names = ", ".join(DEMO_MODELS)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RopesearchError(
+        f"could not load model {ref.spec!r} ({first}); give a demo name ({names}), a model folder, "
+        "a .gguf file, or a Hugging Face id reachable from this machine"
+    )
+
+
+def load_config(ref: ModelRef):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref.path, **ref.kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(ref, exc) from None
+
+
+def load_tokenizer(ref: ModelRef):
+    """The model's tokenizer. One built from a GGUF file is saved once in the cache (rebuilding takes ~15 s)."""
+    from transformers import AutoTokenizer
+
+    cached = None
+    if ref.gguf_file:
+        stat = (Path(ref.path) / ref.gguf_file).stat()
+        key = hashlib.sha256(f"{Path(ref.path).resolve() / ref.gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        cached = cache_dir() / "tokenizers" / key.hexdigest()[:16]
+        if (cached / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(cached)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(ref, exc) from None
+    if cached is not None:
+        staging = cached.with_name(f".{cached.name}.{os.getpid()}")
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(staging, cached)
+    return tokenizer
+
+
+def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str | None = None):
+    """A causal LM in eval mode: float32 on CPU, bfloat16 on a GPU unless `dtype` says otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kwargs = dict(ref.kwargs, dtype=dtype)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    # transformers' per-tensor loading bars and warnings drown our own output
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(ref, exc) from None
+    return model.to(device).eval()
+
+
+def rope_base(config, original_context: int | None = None) -> RopeBase:
+    """The pretrained RoPE of a transformers config (any scaling it already has is set aside)."""
+    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    params = getattr(config, "rope_parameters", None)
+    if not params or "rope_theta" not in params and "rope_type" not in params:
+        raise RopesearchError(f"{arch} has no rotary position embedding (no rope_parameters in its config)")
+    if "rope_theta" not in params:
+        raise RopesearchError(f"{arch} uses a different RoPE per layer type ({', '.join(params)}): not supported")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
+    original = original_context or params.get("original_max_position_embeddings") or config.max_position_embeddings
+    return RopeBase(rope_theta=float(params["rope_theta"]), rotary_dim=int(head_dim * partial), original_context=int(original))

@@ -1,0 +1,187 @@
+"""Every RoPE extension method as per-dimension factors: one small pure function each.
+
+Each constructor takes the model's `RopeBase` and the extension ratio `scale` (target
+window / original window) and returns a `RopeFactors`. The formulas equal transformers'
+`ROPE_INIT_FUNCTIONS` for the same settings (tests/test_rope_methods.py checks them).
+`METHODS` maps the CLI names to the constructors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ropesearch.errors import RopesearchError
+from ropesearch.rope.factors import RopeBase, RopeFactors, dynamic_ntk_factors
+
+
+def target_for(base: RopeBase, scale: float) -> int:
+    if not (math.isfinite(scale) and scale >= 1):
+        raise RopesearchError(f"scale must be a number >= 1, got {scale}")
+    return int(round(base.original_context * scale))
+
+
+def _same_everywhere(base, factors, scale, method, attention_factor=1.0, **params) -> RopeFactors:
+    factors = tuple(float(f) for f in factors)
+    return RopeFactors(
+        base=base,
+        long_factor=factors,
+        short_factor=factors,
+        target_context=target_for(base, scale),
+        attention_factor=float(attention_factor),
+        method=method,
+        params={"scale": scale, **params},
+    )
+
+
+def none(base: RopeBase, scale: float = 1.0) -> RopeFactors:
+    """The original RoPE, unscaled (what the model does past its window without help)."""
+    return _same_everywhere(base, np.ones(base.n_factors), scale, "none")
+
+
+def pi(base: RopeBase, scale: float) -> RopeFactors:
+    """Position interpolation: every frequency divided by s."""
+    return _same_everywhere(base, np.full(base.n_factors, float(scale)), scale, "pi")
+
+
+def ntk(base: RopeBase, scale: float) -> RopeFactors:
+    """Static NTK-aware scaling: rope_theta multiplied by s^(d/(d-2)), so λ_i = s^(2i/(d-2))."""
+    return _same_everywhere(base, dynamic_ntk_factors(base, 1.0, target_for(base, scale)), scale, "ntk")
+
+
+def dynamic_ntk(base: RopeBase, scale: float) -> RopeFactors:
+    """Dynamic NTK (transformers' "dynamic"): NTK with a ratio that grows with the sequence length."""
+    target = target_for(base, scale)
+    factors = tuple(dynamic_ntk_factors(base, scale, target))
+    return RopeFactors(
+        base=base,
+        long_factor=factors,
+        short_factor=factors,
+        target_context=target,
+        method="dynamic-ntk",
+        params={"scale": scale},
+        dynamic_factor=float(scale),
+    )
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature: 0.1·mscale·ln(s) + 1 (1 when s <= 1)."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn(
+    base: RopeBase,
+    scale: float,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    mscale: float | None = None,
+    mscale_all_dim: float | None = None,
+    attention_factor: float | None = None,
+    truncate: bool = True,
+) -> RopeFactors:
+    """YaRN: interpolate the slow dimensions by s, keep the fast ones, ramp in between."""
+    d, theta, original = base.rotary_dim, base.rope_theta, base.original_context
+
+    def correction_dim(rotations: float) -> float:
+        # the dimension whose wavelength makes `rotations` turns over the original window
+        return d * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoid a zero-width ramp
+    ramp = np.clip((np.arange(base.n_factors, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    # transformers mixes θ/s (weight ramp) and θ (weight 1 - ramp); as a factor that is:
+    factors = 1.0 / (ramp / scale + (1.0 - ramp))
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = yarn_mscale(scale, mscale) / yarn_mscale(scale, mscale_all_dim)
+        else:
+            attention_factor = yarn_mscale(scale)
+    params = {"beta_fast": beta_fast, "beta_slow": beta_slow, "truncate": truncate}
+    params.update({k: v for k, v in (("mscale", mscale), ("mscale_all_dim", mscale_all_dim)) if v is not None})
+    return _same_everywhere(base, factors, scale, "yarn", attention_factor, **params)
+
+
+def llama3(base: RopeBase, scale: float, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> RopeFactors:
+    """Llama 3.1: slow dimensions by s, fast ones kept, a smooth blend between the two wavelengths."""
+    original = base.original_context
+    wavelen = base.wavelengths()
+    smooth = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = 1.0 / ((1 - smooth) / scale + smooth)
+    factors = np.where(wavelen > original / low_freq_factor, float(scale), blended)
+    factors = np.where(wavelen < original / high_freq_factor, 1.0, factors)
+    return _same_everywhere(
+        base, factors, scale, "llama3", low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor
+    )
+
+
+def longrope_mscale(scale: float, original_context: int) -> float:
+    """LongRoPE's attention factor: sqrt(1 + ln(s) / ln(L_original)), 1 when s <= 1."""
+    return 1.0 if scale <= 1 else math.sqrt(1 + math.log(scale) / math.log(original_context))
+
+
+def longrope(
+    base: RopeBase,
+    long_factor: Sequence[float],
+    short_factor: Sequence[float] | None = None,
+    *,
+    scale: float | None = None,
+    target_context: int | None = None,
+    attention_factor: float | None = None,
+    start_tokens: int = 0,
+    **params,
+) -> RopeFactors:
+    """LongRoPE from given factors. Without short factors, the long ones serve every length."""
+    if (scale is None) == (target_context is None):
+        raise RopesearchError("longrope() needs exactly one of scale or target_context")
+    target = target_for(base, scale) if target_context is None else int(target_context)
+    ratio = target / base.original_context
+    return RopeFactors(
+        base=base,
+        long_factor=tuple(long_factor),
+        short_factor=tuple(long_factor if short_factor is None else short_factor),
+        target_context=target,
+        attention_factor=longrope_mscale(ratio, base.original_context) if attention_factor is None else attention_factor,
+        start_tokens=start_tokens,
+        method="longrope",
+        params=params,
+    )
+
+
+def critical_dimension(base: RopeBase) -> int:
+    """LongRoPE2's theoretical critical dimension d_tcd = 2·ceil(d/2 · log_θ(L/2π)).
+
+    Dimension pairs from d_tcd/2 on have wavelengths longer than the original window: they
+    never completed a turn in training. Returned as a count of rotary dims (even); the first
+    factor index at or beyond it is d_tcd // 2.
+    """
+    d, original = base.rotary_dim, base.original_context
+    value = 2 * math.ceil(d / 2 * math.log(original / (2 * math.pi)) / math.log(base.rope_theta))
+    return int(min(max(value, 0), d))
+
+
+METHODS: dict[str, Callable[..., RopeFactors]] = {
+    "none": none,
+    "pi": pi,
+    "ntk": ntk,
+    "dynamic-ntk": dynamic_ntk,
+    "yarn": yarn,
+    "llama3": llama3,
+}
+
+
+def make_factors(method: str, base: RopeBase, scale: float, **params) -> RopeFactors:
+    """A baseline method by name (see METHODS); unknown names and parameters are clear errors."""
+    try:
+        constructor = METHODS[method]
+    except KeyError:
+        raise RopesearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}") from None
+    try:
+        return constructor(base, scale, **params)
+    except TypeError as exc:
+        raise RopesearchError(f"bad parameters for method {method!r}: {exc}") from None

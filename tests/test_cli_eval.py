@@ -1,0 +1,54 @@
+"""`ropesearch eval` and `ropesearch baselines` end to end on a tiny model with a real tokenizer."""
+
+import json
+import math
+
+from click.testing import CliRunner
+
+from ropesearch.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    out = tmp_path / "table.json"
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "64,256", "--samples", 2,
+                 "--methods", "none,pi,yarn", "--json", out)
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[0].split()
+    assert header == ["length", "scale", "none", "pi", "yarn"]
+    table = json.loads(out.read_text())
+    assert table["lengths"] == [64, 256] and len(table["windows"]) == 2
+    # at the original window every method is the plain model
+    assert table["ppl"]["pi"]["64"] == table["ppl"]["none"]["64"] == table["ppl"]["yarn"]["64"]
+    assert table["ppl"]["pi"]["256"] != table["ppl"]["none"]["256"]
+    assert table["environment"]["device"].startswith("cpu") and "command" in table
+
+    # a factor file through eval gives the same number as the baseline column
+    factors = tmp_path / "yarn4.json"
+    assert run("factors", "yarn", "--model", model, "--scale", 4, "--out", factors).exit_code == 0
+    result = run("eval", "--model", model, "--data", docs, "--lengths", "256", "--samples", 2, "--factors", factors,
+                 "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    value = json.loads((tmp_path / "e.json").read_text())["ppl"]["yarn4.json"]["256"]
+    assert math.isclose(value, table["ppl"]["yarn"]["256"], rel_tol=1e-6)
+    # the method form: one factor set (scale 4 = 256/64) at both lengths
+    result = run("eval", "--model", model, "--data", docs, "--lengths", "128,256", "--samples", 2, "--method", "yarn")
+    assert result.exit_code == 0 and result.output.splitlines()[-1].split()[-1] == f"{value:.2f}"
+
+
+def test_eval_errors(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    result = run("eval", "--model", model, "--data", docs, "--lengths", "256")
+    assert result.exit_code == 1 and "give either --method" in result.output
+    result = run("eval", "--model", model, "--data", docs, "--lengths", "10000000", "--method", "pi")
+    assert result.exit_code == 1 and "documents have at least 10000000 tokens" in result.output
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "12x")
+    assert result.exit_code == 1 and "--lengths must be comma-separated" in result.output
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "128", "--methods", "pi,bogus")
+    assert result.exit_code == 1 and "unknown method 'bogus'" in result.output

@@ -215,6 +215,41 @@ def baselines_cmd(methods, scale, factor_files, **options):
     _run_table(methods=names, factor_files=list(factor_files), scale=scale, **options)
 
 
+@cli.command("search")
+@click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
+@click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
+@click.option("--target-length", "-t", type=int, required=True, help="Window to extend the model to, in tokens.")
+@click.option("--space", "-s", default="fast", show_default=True,
+              help="Search space: fast, longrope, longrope2, or a YAML file.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the search in --out from its last generation.")
+@click.option("--objective", type=click.Choice(["ppl", "needle", "ppl+short"]),
+              help="ppl: perplexity at the target; needle: needle-driven perplexity; ppl+short: also the "
+              "original window, one factor set for every length (NSGA-II). Default: the space's.")
+@click.option("--max-evals", type=int, help="Stop after this many full evaluations.")
+@click.option("--time-budget", type=float, help="Stop after this many minutes.")
+@click.option("--samples", "-k", type=int, help="Search windows (default: the space's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Windows and search randomness.")
+@click.option("--max-batch", type=int, help="Most windows per forward pass.")
+@click.option("--device", help="cuda, cpu (default: cuda if present).")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
+               max_batch, device, text_field):
+    """Evolutionary search for LongRoPE factors at --target-length.
+
+    Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
+    (after every generation) and OUT/best.json (a factor file). A killed search continues with
+    --resume and reaches the same result as an uninterrupted one.
+    """
+    from ropesearch.search.session import run_search
+
+    result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
+                        seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
+                        max_batch=max_batch, text_field=text_field, log=lambda m: click.echo(m, err=True))
+    values = ", ".join(f"{v:.4f}" for v in result.values)
+    click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
+
+
 def main():
     cli(prog_name="ropesearch")
 

@@ -1,0 +1,246 @@
+"""The search loop: pymoo's ask/tell with our batched evaluator, a score cache, screening,
+a checkpoint after every generation, resume, and early stopping.
+
+One generation: ask pymoo for offspring (the initial population first), take cached scores,
+screen the new ones cheaply if the space says so, score the promising ones in full in one
+batched evaluator call, tell pymoo, then append history and write the checkpoint and the best
+factor file. A resumed run continues from the last checkpoint with the random state it had,
+so it reaches the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.soo.nonconvex.ga import GA
+from pymoo.core.duplicate import DefaultDuplicateElimination
+from pymoo.core.problem import Problem
+from pymoo.core.termination import NoTermination
+
+from ropesearch.evaluate.runs import prefix_windows
+from ropesearch.rope import RopeFactors, methods
+from ropesearch.search.encoding import Encoding
+from ropesearch.search.objectives import Objective
+from ropesearch.search.operators import FactorCrossover, FactorMutation, GridRepair, SeededSampling, SplitMating
+from ropesearch.search.rundir import RunDir
+
+
+class _KeepTopK:
+    """After scoring the (larger) initial population, keep only top_k as parents, as LongRoPE does."""
+
+    def _initialize_advance(self, infills=None, **kwargs):
+        self.pop = self.survival.do(self.problem, infills, n_survive=self.pop_size, algorithm=self,
+                                    random_state=self.random_state)
+
+
+class _GA(_KeepTopK, GA):
+    pass
+
+
+class _NSGA2(_KeepTopK, NSGA2):
+    pass
+
+
+def build_algorithm(encoding: Encoding, n_obj: int, seed: int):
+    space = encoding.space
+    repair = GridRepair(encoding)
+    mutation = FactorMutation(encoding)
+    crossover = FactorCrossover(encoding)
+    mating = SplitMating(encoding, mutation, crossover, repair=repair,
+                         eliminate_duplicates=DefaultDuplicateElimination(), n_max_iterations=20)
+    cls = _GA if space.algorithm == "ga" else _NSGA2
+    algorithm = cls(pop_size=space.budget.top_k, sampling=SeededSampling(encoding, mutation), mating=mating,
+                    n_offsprings=space.offspring, repair=repair, eliminate_duplicates=DefaultDuplicateElimination())
+    low, high = encoding.bounds
+    algorithm.setup(Problem(n_var=encoding.n_var, n_obj=n_obj, xl=low, xu=high), termination=NoTermination(),
+                    seed=seed)
+    return algorithm
+
+
+@dataclass
+class SearchState:
+    """Everything a checkpoint holds."""
+
+    algorithm: object
+    generation: int = 0  # completed generations (the initial population is generation 0)
+    full_evals: int = 0
+    screen_evals: int = 0
+    elapsed: float = 0.0  # wall seconds over all sessions of this run
+    gpu_seconds: float = 0.0  # evaluator seconds, full and screening
+    cache: dict = field(default_factory=dict)  # genome key -> objective values (full scores)
+    screen_cache: dict = field(default_factory=dict)
+    progress: list = field(default_factory=list)  # one entry per generation
+    best: float = math.inf
+    stale: int = 0  # generations without improvement
+    short_reference: float | None = None  # unscaled perplexity at the original window (ppl+short)
+    stop_reason: str | None = None
+    history_lines: int = 0
+
+
+@dataclass
+class SearchResult:
+    factors: RopeFactors
+    values: list[float]
+    state: SearchState
+
+
+class Search:
+    """A resumable search for one target length."""
+
+    def __init__(self, encoding: Encoding, objective: Objective, run_dir: RunDir, seed: int = 0,
+                 max_evals: int | None = None, time_minutes: float | None = None, log=print,
+                 provenance: dict | None = None, short_tolerance: float = 0.02):
+        self.encoding = encoding
+        self.objective = objective
+        self.run_dir = run_dir
+        self.seed = seed
+        budget = encoding.space.budget
+        self.max_evals = max_evals if max_evals is not None else budget.max_evals
+        self.time_minutes = time_minutes if time_minutes is not None else budget.time_minutes
+        self.log = log
+        self.provenance = provenance or {}
+        self.short_tolerance = short_tolerance
+
+    # ---- one generation -----------------------------------------------------------------
+    def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
+        return {
+            "generation": state.generation,
+            "fidelity": fidelity,
+            "genome": [round(float(g), 6) for g in genome],
+            "long_factor": [round(f, 6) for f in factors.long_factor],
+            "start_tokens": factors.start_tokens,
+            "attention_factor": factors.attention_factor,
+            "metrics": dict(zip(names, (float(v) for v in np.atleast_1d(values)))),
+            "seconds": round(seconds, 4),
+        }
+
+    def _generation(self, state: SearchState) -> None:
+        encoding, objective = self.encoding, self.objective
+        fidelity = encoding.space.fidelity
+        pop = state.algorithm.ask()
+        X = pop.get("X")
+        keys = [encoding.key(x) for x in X]
+        F = np.full((len(X), objective.n_obj), np.inf)
+        todo, seen = [], set()
+        for i, key in enumerate(keys):
+            if key in state.cache:
+                F[i] = state.cache[key]
+            elif key not in seen:
+                seen.add(key)
+                todo.append(i)
+        records = []
+        if fidelity.screen_samples and state.generation > 0 and len(todo) > 1:
+            fresh = [i for i in todo if keys[i] not in state.screen_cache]
+            if fresh:
+                candidates = [encoding.decode(X[i]) for i in fresh]
+                values, seconds = objective.screen(candidates)
+                for i, factors, value, second in zip(fresh, candidates, values, seconds):
+                    state.screen_cache[keys[i]] = float(value)
+                    records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second))
+                    state.gpu_seconds += second
+                state.screen_evals += len(fresh)
+            ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
+            todo = sorted(ranked[: max(1, math.ceil(fidelity.promote * len(ranked)))])
+        if self.max_evals is not None:
+            todo = todo[: max(0, self.max_evals - state.full_evals)]
+        if todo:
+            candidates = [encoding.decode(X[i]) for i in todo]
+            values, seconds = objective.score(candidates)
+            for i, factors, value, second in zip(todo, candidates, values, seconds):
+                F[i] = value
+                state.cache[keys[i]] = value.tolist()
+                records.append(self._record(state, X[i], factors, "full", value, objective.names, second))
+                state.gpu_seconds += second
+            state.full_evals += len(todo)
+        pop.set("F", F)
+        state.algorithm.tell(infills=pop)
+        self.run_dir.append_history(records)
+        state.history_lines += len(records)
+
+    # ---- the best so far --------------------------------------------------------------
+    def best(self, state: SearchState) -> tuple[np.ndarray, np.ndarray]:
+        """Genome and objective values of the best survivor (for two objectives: the chosen front member)."""
+        pop = state.algorithm.pop
+        X, F = pop.get("X"), pop.get("F")
+        if self.objective.n_obj == 1:
+            index = int(np.argmin(F[:, 0]))
+        else:
+            # lowest target perplexity among those that keep the original window within tolerance
+            ok = F[:, 1] <= state.short_reference * (1 + self.short_tolerance)
+            index = int(np.argmin(np.where(ok, F[:, 0], np.inf))) if ok.any() else int(np.argmin(F[:, 1]))
+        return X[index], F[index]
+
+    def _after_generation(self, state: SearchState, started: float) -> None:
+        genome, values = self.best(state)
+        previous = state.best
+        state.best = float(values[0])
+        improved = state.best < previous * (1 - self.encoding.space.budget.min_improvement)
+        state.stale = 0 if improved or state.generation == 0 else state.stale + 1
+        state.generation += 1
+        state.elapsed += time.perf_counter() - started
+        state.progress.append({"generation": state.generation - 1, "full_evals": state.full_evals,
+                               "screen_evals": state.screen_evals, "elapsed": round(state.elapsed, 3),
+                               "gpu_seconds": round(state.gpu_seconds, 3),
+                               "best": dict(zip(self.objective.names, map(float, values)))})
+        factors = self.encoding.decode(genome)
+        self.run_dir.save_best(
+            factors,
+            provenance=self.provenance | {
+                "objective": self.objective.kind,
+                "scores": dict(zip(self.objective.names, map(float, values))),
+                "generation": state.generation - 1,
+                "full_evaluations": state.full_evals,
+            },
+            monotone=self.encoding.space.factors.monotone,
+        )
+        self.run_dir.save_checkpoint(vars(state))
+        budget = self.encoding.space.budget
+        self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
+                 + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
+                 + f"  best {self.objective.names[0]} {state.best:.4f}  {state.elapsed / 60:.1f} min")
+
+    def _stop_reason(self, state: SearchState) -> str | None:
+        budget = self.encoding.space.budget
+        if state.generation > budget.generations:
+            return f"{budget.generations} generations done"
+        if self.max_evals is not None and state.full_evals >= self.max_evals:
+            return f"evaluation budget ({self.max_evals}) spent"
+        if self.time_minutes is not None and state.elapsed >= self.time_minutes * 60:
+            return f"time budget ({self.time_minutes} min) spent"
+        if budget.patience is not None and state.stale >= budget.patience:
+            return f"no improvement for {budget.patience} generations"
+        return None
+
+    # ---- public -----------------------------------------------------------------------------
+    def run(self, resume: bool = False, config: dict | None = None, stop_after: int | None = None) -> SearchResult:
+        """Search until a budget ends. `stop_after` ends this session after that many generations."""
+        saved = self.run_dir.start(config or {}, resume)
+        if saved is not None:
+            state = SearchState(**saved)
+            self.log(f"resuming {self.run_dir.path} after generation {state.generation - 1} "
+                     f"({state.full_evals} evaluations)")
+        else:
+            state = SearchState(algorithm=build_algorithm(self.encoding, self.objective.n_obj, self.seed))
+            if self.objective.kind == "ppl+short":
+                base = self.encoding.base
+                reference = self.objective.evaluator.score(
+                    [methods.none(base)], prefix_windows(self.objective.windows, self.objective.short_length))
+                state.short_reference = reference[0].ppl[self.objective.short_length]
+        sessions = 0
+        while (reason := self._stop_reason(state)) is None:
+            if stop_after is not None and sessions >= stop_after:
+                break
+            started = time.perf_counter()
+            self._generation(state)
+            self._after_generation(state, started)
+            sessions += 1
+        if reason is not None:
+            state.stop_reason = reason
+            self.run_dir.save_checkpoint(vars(state))
+            self.log(f"stopped: {reason}")
+        genome, values = self.best(state)
+        return SearchResult(self.encoding.decode(genome), [float(v) for v in values], state)

@@ -1,0 +1,73 @@
+"""`ropesearch search` as a function: load the model and data, build the search, run it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ropesearch import __version__
+from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.errors import RopesearchError
+from ropesearch.evaluate import make_evaluator
+from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base
+from ropesearch.search.encoding import Encoding
+from ropesearch.search.loop import Search, SearchResult
+from ropesearch.search.objectives import OBJECTIVES, Objective, screening_windows
+from ropesearch.search.rundir import RunDir
+from ropesearch.search.space import SearchSpace, load_space, space_to_dict
+
+
+def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
+                   split: str = "test"):
+    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
+    if needle:
+        return needle_windows(documents, tokenizer, length, samples, seed)
+    return sample_windows(documents, length, samples, seed)
+
+
+def run_search(model: str, data: str, target_length: int, out: str | Path, space: str | SearchSpace = "fast",
+               objective: str | None = None, samples: int | None = None, seed: int = 0, resume: bool = False,
+               max_evals: int | None = None, time_minutes: float | None = None, short_length: int | None = None,
+               device: str | None = None, max_batch: int | None = None, text_field: str = "text",
+               split: str = "test", log=print, stop_after: int | None = None, loaded=None) -> SearchResult:
+    """Search factors for `target_length`; results, history and checkpoints go to `out`.
+
+    `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
+    """
+    space = space if isinstance(space, SearchSpace) else load_space(space)
+    objective = objective or space.objective
+    if objective not in OBJECTIVES:
+        raise RopesearchError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if objective == "ppl+short" and space.algorithm != "nsga2":
+        space = replace(space, algorithm="nsga2")  # two objectives need a multi-objective survival
+    samples = samples or space.samples
+    ref = resolve_model(model)
+    if loaded is None:
+        tokenizer = load_tokenizer(ref)
+        loaded_model = load_model(ref, device=device)
+    else:
+        loaded_model, tokenizer = loaded
+    base = rope_base(loaded_model.config)
+    if target_length <= base.original_context:
+        raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
+                              f"({base.original_context}): nothing to extend")
+    windows = search_windows(tokenizer, data, target_length, samples, seed, objective == "needle", text_field, split)
+    short = short_length or base.original_context
+    fidelity = space.fidelity
+    screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
+              if fidelity.screen_samples else None)
+    evaluator = make_evaluator(loaded_model, max_batch=max_batch, progress=False)
+    scorer = Objective(objective, evaluator, windows, target_length,
+                       short_length=short if objective == "ppl+short" else None, screen_windows=screen)
+    config = {
+        "model": model, "data": data, "target_length": target_length, "objective": objective,
+        "space": space_to_dict(space), "samples": samples, "seed": seed,
+        "short_length": short if objective == "ppl+short" else None,
+        "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
+                                                       "original_context": base.original_context},
+    }
+    search = Search(Encoding(space, base, target_length), scorer, RunDir(out), seed=seed, max_evals=max_evals,
+                    time_minutes=time_minutes, log=log,
+                    provenance={"model": model, "data": data, "windows": config["windows"],
+                                "ropesearch_version": __version__})
+    return search.run(resume=resume, config=config, stop_after=stop_after)

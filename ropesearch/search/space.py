@@ -1,0 +1,196 @@
+"""Search spaces: YAML files validated into typed dataclasses (see search_spaces/*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ropesearch.errors import RopesearchError
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+@dataclass(frozen=True)
+class FactorGenes:
+    low: float = 1.0  # smallest factor (absolute)
+    high: float = 1.25  # largest factor, as a multiple of the scale s
+    step: float = 0.01  # grid of the factors
+    monotone: bool = True  # factors never decrease from fast to slow dimensions
+    # LongRoPE2: only dims from the critical dimension on are searched; the ones below follow an
+    # NTK-shaped (geometric) curve from 1 up to the first searched factor. null: search all;
+    # "theory": the theoretical critical dimension; an int: that many rotary dims (even).
+    critical_dimension: int | str | None = None
+
+
+@dataclass(frozen=True)
+class Operators:
+    mutation: str = "segment"  # "segment": log-space shifts of whole runs; "neighbour": LongRoPE's resampling
+    mutation_prob: float = 0.3  # per-gene probability
+    mutation_sigma: float = 0.08  # log-space step of the segment mutation
+    crossover: str = "blend"  # "uniform" (LongRoPE), "one-point", or "blend" (log-space interpolation)
+
+
+@dataclass(frozen=True)
+class Budget:
+    population: int = 64  # initial population
+    generations: int = 40
+    mutations: int = 16  # mutants per generation
+    crossovers: int = 16  # crossover children per generation
+    top_k: int = 32  # parents kept each generation (elitist, mu + lambda)
+    max_evals: int | None = None  # full evaluations, all generations together
+    time_minutes: float | None = None
+    patience: int | None = None  # stop after this many generations without improvement
+    min_improvement: float = 0.0  # relative improvement of the best that counts
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Multi-fidelity: screen offspring cheaply, score only the promising ones in full."""
+
+    screen_samples: int | None = None  # windows used for screening (None: no screening)
+    screen_length_fraction: float = 1.0  # screening windows are this fraction of the target length
+    promote: float = 0.5  # fraction of screened offspring promoted to full scoring
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str = ""
+    factors: FactorGenes = field(default_factory=FactorGenes)
+    start_tokens: tuple[int, ...] | None = None  # n̂ candidates; None keeps n̂ = 0
+    attention_factor: tuple[float, float] | None = None  # searched range; None: LongRoPE's default
+    operators: Operators = field(default_factory=Operators)
+    budget: Budget = field(default_factory=Budget)
+    fidelity: Fidelity = field(default_factory=Fidelity)
+    seeds: tuple[str, ...] = ("pi", "ntk", "yarn")
+    samples: int = 2  # search windows at the target length
+    algorithm: str = "ga"  # "ga" (one objective) or "nsga2" (two)
+    objective: str = "ppl"  # default objective: ppl, needle or ppl+short (the CLI's --objective overrides)
+
+    @property
+    def offspring(self) -> int:
+        return self.budget.mutations + self.budget.crossovers
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise RopesearchError(f"{where} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    values = {}
+    for key, value in data.items():
+        default = getattr(cls(), key) if key not in ("name",) else None
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise RopesearchError(f"{where}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RopesearchError(f"{where}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and key not in ("high", "low") and value != int(value):
+                raise RopesearchError(f"{where}.{key} must be a whole number, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def _check(space: SearchSpace, where: str) -> None:
+    f, b, o, fid = space.factors, space.budget, space.operators, space.fidelity
+    problems = []
+    if not 0 < f.low <= f.high:
+        problems.append(f"factors.low ({f.low}) must be > 0 and <= factors.high ({f.high})")
+    if f.step <= 0:
+        problems.append("factors.step must be > 0")
+    cd = f.critical_dimension
+    if cd is not None and cd != "theory" and (isinstance(cd, bool) or not isinstance(cd, int) or cd < 0 or cd % 2):
+        problems.append(f"factors.critical_dimension must be null, 'theory' or an even number, got {cd!r}")
+    if o.mutation not in ("segment", "neighbour"):
+        problems.append(f"operators.mutation must be segment or neighbour, got {o.mutation!r}")
+    if o.crossover not in ("uniform", "one-point", "blend"):
+        problems.append(f"operators.crossover must be uniform, one-point or blend, got {o.crossover!r}")
+    if not 0 <= o.mutation_prob <= 1:
+        problems.append("operators.mutation_prob must lie in [0, 1]")
+    if b.top_k < 2 or b.population < b.top_k:
+        problems.append(f"budget needs 2 <= top_k ({b.top_k}) <= population ({b.population})")
+    if b.mutations < 0 or b.crossovers < 0 or b.mutations + b.crossovers < 1:
+        problems.append("budget.mutations + budget.crossovers must be >= 1")
+    if b.generations < 0:
+        problems.append("budget.generations must be >= 0")
+    if fid.screen_samples is not None and (fid.screen_samples < 1 or not 0 < fid.promote <= 1
+                                           or not 0 < fid.screen_length_fraction <= 1):
+        problems.append("fidelity needs screen_samples >= 1, promote in (0, 1], screen_length_fraction in (0, 1]")
+    if space.algorithm not in ("ga", "nsga2"):
+        problems.append(f"algorithm must be ga or nsga2, got {space.algorithm!r}")
+    if space.objective not in ("ppl", "needle", "ppl+short"):
+        problems.append(f"objective must be ppl, needle or ppl+short, got {space.objective!r}")
+    if space.samples < 1:
+        problems.append("samples must be >= 1")
+    if space.start_tokens is not None and (not space.start_tokens or any(n < 0 for n in space.start_tokens)):
+        problems.append("start_tokens must be a non-empty list of numbers >= 0")
+    if space.attention_factor is not None and not 0 < space.attention_factor[0] <= space.attention_factor[1]:
+        problems.append("attention_factor must be [low, high] with 0 < low <= high")
+    unknown_seeds = set(space.seeds) - {"pi", "ntk", "yarn", "llama3", "none"}
+    if unknown_seeds:
+        problems.append(f"unknown seed method {sorted(unknown_seeds)[0]!r}")
+    if problems:
+        raise RopesearchError(f"{where}: {problems[0]}")
+
+
+def space_from_dict(data: Any, where: str = "search space") -> SearchSpace:
+    if not isinstance(data, dict):
+        raise RopesearchError(f"{where} must be a YAML mapping")
+    data = dict(data)
+    allowed = {f.name for f in fields(SearchSpace)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    if "name" not in data:
+        raise RopesearchError(f"{where}: missing key 'name'")
+    nested = {"factors": FactorGenes, "operators": Operators, "budget": Budget, "fidelity": Fidelity}
+    for key, cls in nested.items():
+        data[key] = _build(cls, data.get(key), f"{where}: {key}")
+    for key in ("start_tokens", "seeds"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], (list, tuple)):
+                raise RopesearchError(f"{where}: {key} must be a list")
+            data[key] = tuple(data[key])
+    if data.get("attention_factor") is not None:
+        pair = data["attention_factor"]
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)):
+            raise RopesearchError(f"{where}: attention_factor must be [low, high]")
+        data["attention_factor"] = (float(pair[0]), float(pair[1]))
+    space = SearchSpace(**data)
+    _check(space, where)
+    return space
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    """A space by file path or by the name of a shipped space (fast, longrope, longrope2)."""
+    path = Path(spec)
+    if not path.is_file():
+        shipped = SPACES_DIR / f"{spec}.yaml"
+        if shipped.is_file():
+            path = shipped
+        else:
+            names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+            raise RopesearchError(f"search space {spec} is neither a file nor a shipped space ({names})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RopesearchError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return space_from_dict(data, where=f"search space {path}")
+
+
+def space_to_dict(space: SearchSpace) -> dict:
+    from dataclasses import asdict
+
+    document = asdict(space)
+    for key in ("start_tokens", "seeds", "attention_factor"):
+        if document[key] is not None:
+            document[key] = list(document[key])
+    return document

@@ -1,0 +1,225 @@
+"""The search: spaces, operators that keep factors legal, and a loop that resumes to the same result."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import tiny_model, tiny_tokenizer
+from ropesearch.cli import cli
+from ropesearch.errors import RopesearchError
+from ropesearch.rope import RopeBase, critical_dimension, methods
+from ropesearch.search import Encoding, load_space, space_from_dict
+from ropesearch.search.operators import FactorCrossover, FactorMutation
+from ropesearch.search.session import run_search
+
+BASE = RopeBase(10_000.0, 32, 64)
+TARGET = 256
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    tokenizer = tiny_tokenizer()
+    return tiny_model("llama", vocab_size=len(tokenizer)), tokenizer
+
+
+def tiny_space(name="fast", **budget):
+    space = load_space(name)
+    return replace(space, budget=replace(space.budget, **({"generations": 3} | budget)))
+
+
+def search(loaded, out, space, **kwargs):
+    return run_search("tiny", "builtin", TARGET, out, space=space, loaded=loaded, log=lambda m: None, **kwargs)
+
+
+def history_without_timing(path):
+    rows = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+# ---- spaces ------------------------------------------------------------------------------
+def test_shipped_spaces_load_with_the_documented_settings():
+    longrope = load_space("longrope")
+    assert (longrope.budget.population, longrope.budget.generations, longrope.budget.mutations,
+            longrope.budget.crossovers, longrope.budget.top_k) == (64, 40, 16, 16, 32)
+    assert longrope.operators.mutation_prob == 0.3 and longrope.factors.step == 0.01 and longrope.factors.high == 1.25
+    assert longrope.start_tokens[:4] == (0, 1, 2, 4) and longrope.start_tokens[-1] == 256
+    assert load_space("longrope2").factors.critical_dimension == "theory"
+    assert load_space("longrope2").objective == "needle"
+    assert load_space("fast").fidelity.screen_samples == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"budget": {"top_k": 100}}, "top_k"),
+    ({"factors": {"lowest": 1}}, "unknown key 'lowest'"),
+    ({"factors": {"monotone": "yes"}}, "monotone must be true or false"),
+    ({"operators": {"mutation": "gauss"}}, "operators.mutation must be segment or neighbour"),
+    ({"budget": {"population": 10.5}}, "population must be a whole number"),
+    ({"factors": {"critical_dimension": 7}}, "critical_dimension must be null, 'theory' or an even number"),
+    ({"seeds": ["pi", "rope9"]}, "unknown seed method 'rope9'"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+    ({"objective": "bleu"}, r"objective must be ppl, needle or ppl\+short"),
+])
+def test_bad_spaces_are_named(tmp_path, change, message):
+    data = yaml.safe_load(open("search_spaces/fast.yaml"))
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RopesearchError, match=message):
+        load_space(path)
+    with pytest.raises(RopesearchError, match="neither a file nor a shipped space"):
+        load_space("no-such-space")
+
+
+# ---- encoding and operators --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fast", "longrope", "longrope2"])
+def test_operators_keep_genomes_on_grid_in_bounds_and_monotone(name):
+    encoding = Encoding(load_space(name), BASE, TARGET)
+    rng = np.random.default_rng(0)
+    low, high = encoding.bounds
+    parents = encoding.repair(rng.uniform(low, high, (40, encoding.n_var)))
+    mutated = FactorMutation(encoding)._do(None, parents, random_state=rng)
+    crossed = FactorCrossover(encoding)._do(None, np.stack([parents[:20], parents[20:]]), random_state=rng)[0]
+    n = encoding.n_factor_genes
+    for genomes in (parents, mutated, crossed):
+        factors = genomes[:, :n]
+        assert np.all(factors >= low[:n]) and np.all(factors <= high[:n] + 1e-12)
+        assert np.all(np.diff(factors, axis=1) >= 0)
+        assert np.allclose(factors / 0.01, np.round(factors / 0.01))
+        for genome in genomes:
+            decoded = encoding.decode(genome)
+            assert decoded.is_monotone() and len(decoded.long_factor) == BASE.n_factors
+    assert not np.array_equal(mutated, parents) and not np.array_equal(crossed, parents[:20])
+
+
+def test_segment_mutation_moves_a_flat_run_as_a_block():
+    encoding = Encoding(load_space("fast"), BASE, TARGET)
+    genome = encoding.encode([1.0] * 4 + [2.0] * 8 + [3.0] * 4)
+    rng = np.random.default_rng(1)
+    children = FactorMutation(encoding)._do(None, np.repeat(genome[None], 200, axis=0), random_state=rng)
+    run = children[:, 5:11]  # strictly inside the flat run: repair alone could never move these together
+    moved = (run[:, 0] != 2.0) & np.all(run == run[:, :1], axis=1)
+    assert moved.sum() >= 5
+
+
+def test_neighbour_mutation_needs_no_repair_to_stay_ordered():
+    encoding = Encoding(load_space("longrope"), BASE, TARGET)
+    genome = encoding.seed_genomes()["yarn"]
+    children = FactorMutation(encoding)._do(None, np.repeat(genome[None], 50, axis=0),
+                                            random_state=np.random.default_rng(2))
+    assert np.all(np.diff(children[:, : encoding.n_factor_genes], axis=1) >= 0)
+
+
+def test_seeds_are_the_methods_true_vectors():
+    encoding = Encoding(load_space("fast"), BASE, TARGET)
+    seeds = encoding.seed_genomes()
+    for method in ("pi", "ntk", "yarn"):
+        true = np.asarray(methods.make_factors(method, BASE, 4).long_factor)
+        assert np.allclose(encoding.decode(seeds[method]).long_factor, np.clip(true, 1, 5), atol=0.005 + 1e-9)
+
+
+def test_critical_dimension_fills_fast_dims_with_an_ntk_curve():
+    space = load_space("longrope2")
+    encoding = Encoding(space, BASE, TARGET)
+    first = critical_dimension(BASE) // 2
+    assert encoding.first_free == first and encoding.n_factor_genes == BASE.n_factors - first
+    genome = encoding.seed_genomes()["pi"]
+    factors = np.asarray(encoding.decode(genome).long_factor)
+    assert factors[0] == 1.0 and np.allclose(factors[:first], factors[first] ** (np.arange(first) / first))
+    assert np.all(np.diff(factors) >= 0)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def test_search_improves_on_its_seeds_and_writes_the_run(loaded, tmp_path):
+    result = search(loaded, tmp_path / "run", tiny_space(generations=4))
+    history = history_without_timing(tmp_path / "run")
+    full = [r for r in history if r["fidelity"] == "full"]
+    seeds = [r["metrics"]["ppl@256"] for r in full if r["generation"] == 0][:3]
+    assert result.values[0] <= min(seeds)
+    assert any(r["fidelity"] == "screen" for r in history)
+    assert len({json.dumps(r["genome"]) for r in full}) == len(full), "a genome was scored twice"
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["provenance"]["scores"]["ppl@256"] == pytest.approx(result.values[0])
+    assert best["constraints"]["monotone"] is True
+    assert result.state.stop_reason == "4 generations done"
+
+
+def test_killed_search_resumes_to_the_same_result(loaded, tmp_path):
+    space = tiny_space(generations=5)
+    straight = search(loaded, tmp_path / "straight", space)
+    # a session that stops after 2 generations, then one killed inside generation 4, then a resume
+    search(loaded, tmp_path / "resumed", space, stop_after=2)
+    from ropesearch.search import objectives
+
+    real_score = objectives.Objective.score
+    calls = {"n": 0}
+
+    def dying(self, candidates):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed mid-generation, after writing nothing of it
+        return real_score(self, candidates)
+
+    objectives.Objective.score = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(loaded, tmp_path / "resumed", space, resume=True)
+    finally:
+        objectives.Objective.score = real_score
+    resumed = search(loaded, tmp_path / "resumed", space, resume=True)
+    assert resumed.factors == straight.factors and resumed.values == straight.values
+    assert history_without_timing(tmp_path / "resumed") == history_without_timing(tmp_path / "straight")
+    assert resumed.state.full_evals == straight.state.full_evals
+
+
+def test_budgets_and_early_stopping(loaded, tmp_path):
+    result = search(loaded, tmp_path / "evals", tiny_space(generations=50), max_evals=21)
+    assert result.state.full_evals == 21 and "evaluation budget" in result.state.stop_reason
+    flat = replace(tiny_space(generations=50, patience=1, min_improvement=0.5))
+    result = search(loaded, tmp_path / "patience", flat)
+    assert result.state.generation == 2 and "no improvement for 1" in result.state.stop_reason
+
+
+def test_two_objectives_and_needle(loaded, tmp_path):
+    result = search(loaded, tmp_path / "nsga", tiny_space("fast", generations=2), objective="ppl+short")
+    assert len(result.values) == 2
+    assert result.factors.long_factor == result.factors.short_factor
+    best = json.loads((tmp_path / "nsga" / "best.json").read_text())
+    assert set(best["provenance"]["scores"]) == {"ppl@256", "ppl@64"}
+    needle_space = replace(tiny_space("longrope2", generations=1, population=6, mutations=2, crossovers=2,
+                                      top_k=3), samples=2)
+    result = search(loaded, tmp_path / "needle", needle_space)
+    assert "needle_ppl@256" in json.loads((tmp_path / "needle" / "best.json").read_text())["provenance"]["scores"]
+
+
+def test_cli_search_refuses_to_clobber_and_checks_resume_settings(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    space = tmp_path / "small.yaml"
+    data = yaml.safe_load(open("search_spaces/fast.yaml"))
+    data["budget"].update(generations=1, population=6, top_k=3)
+    space.write_text(yaml.safe_dump(data))
+    args = ["search", "--model", str(model), "--data", str(docs), "--target-length", "256", "--space", str(space),
+            "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "best:" in result.output and (tmp_path / "run" / "best.json").is_file()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "not empty: pass --resume" in result.output
+    result = CliRunner().invoke(cli, args + ["--resume", "--seed", "3"])
+    assert result.exit_code == 1 and "cannot resume" in result.output and "seed" in result.output
+    result = CliRunner().invoke(cli, args + ["--resume"])
+    assert result.exit_code == 0 and "resuming" in result.output
+    result = CliRunner().invoke(cli, args[:5] + ["--target-length", "32", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "not beyond the model's window" in result.output
+
+
+def test_space_from_dict_needs_a_name():
+    with pytest.raises(RopesearchError, match="missing key 'name'"):
+        space_from_dict({"budget": {}})

@@ -22,7 +22,7 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-MODEL_HELP = "Model: a demo name (smollm2-135m), a transformers folder or hub id, or a .gguf file."
+MODEL_HELP = "Model: pocket (shipped), smollm2-135m (fetched), a transformers folder or hub id, or a .gguf file."
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -158,6 +158,8 @@ def _eval_options(function):
                      help="Cut each window from the document's start or a seeded random place."),
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
         click.option("--split", default="test", show_default=True, help="datasets split."),
+        click.option("--heldout-of", type=click.Path(file_okay=False),
+                     help="Leave out the documents this search run directory searched on."),
         click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
         click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
@@ -167,13 +169,14 @@ def _eval_options(function):
     return function
 
 
-def _run_table(model, data, lengths, samples, seed, offset, text_field, split, max_batch, device, json_out,
-               needle=False, **table_args):
-    from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, setup
+def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
+               json_out, needle=False, **table_args):
+    from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
     lengths = parse_lengths(lengths)
+    exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device)
+                text_field=text_field, split=split, device=device, exclude=exclude)
     table = baseline_table(run, lengths, max_batch=max_batch, **table_args)
     click.echo(format_table(table))
     if json_out:
@@ -248,6 +251,34 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
                         max_batch=max_batch, text_field=text_field, log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
+
+
+@cli.command("run")
+@click.argument("plan", type=click.Path())
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/<plan name>).")
+@click.option("--resume", is_flag=True, help="Skip completed stages and continue the interrupted one.")
+def run_cmd(plan, out, resume):
+    """Carry out a progressive plan: search, fine-tune, search again, recover short, export, evaluate, report.
+
+    Each stage writes into its own folder of the run directory; --resume skips completed
+    stages. Example plans: search_spaces/plans/.
+    """
+    from ropesearch.pipeline.runner import run_plan
+
+    outputs = run_plan(plan, out, resume=resume, log=lambda m: click.echo(m, err=True))
+    for stage, values in outputs.items():
+        shown = {k: v for k, v in values.items() if k in ("factors", "model", "report", "table", "values")}
+        click.echo(f"{stage}: {json.dumps(shown)}")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Where to write (default RUN_DIR/report).")
+def report_cmd(run_dir, out):
+    """Markdown report with plots (factors per dimension, search progress, perplexity by length)."""
+    from ropesearch.report import build_report
+
+    click.echo(f"wrote {build_report(run_dir, out)}")
 
 
 def main():

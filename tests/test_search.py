@@ -219,6 +219,16 @@ def test_cli_search_refuses_to_clobber_and_checks_resume_settings(tiny_model_dir
     result = CliRunner().invoke(cli, args[:5] + ["--target-length", "32", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "not beyond the model's window" in result.output
 
+    # held-out evaluation: the documents the search saw are left out
+    searched = {w.split("@")[0] for w in json.loads((tmp_path / "run" / "config.json").read_text())["windows"]}
+    table = tmp_path / "heldout.json"
+    result = CliRunner().invoke(cli, ["baselines", "--model", str(model), "--data", str(docs), "--lengths", "256",
+                                      "--samples", "2", "--heldout-of", str(tmp_path / "run"), "--factors",
+                                      str(tmp_path / "run" / "best.json"), "--json", str(table)])
+    assert result.exit_code == 0, result.output
+    evaluated = {w.split("@")[0] for w in json.loads(table.read_text())["windows"]}
+    assert len(searched) == 2 and len(evaluated) == 2 and not searched & evaluated
+
 
 def test_space_from_dict_needs_a_name():
     with pytest.raises(RopesearchError, match="missing key 'name'"):

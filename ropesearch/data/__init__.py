@@ -1,7 +1,7 @@
 """Documents, their cached token ids, and deterministic evaluation windows."""
 
 from ropesearch.data.documents import BUILTIN_FILES, Document, load_documents
-from ropesearch.data.samples import Window, needle_windows, sample_windows
+from ropesearch.data.samples import Window, document_of, needle_windows, sample_windows
 from ropesearch.data.tokens import TokenizedDocument, tokenize_documents
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Document",
     "TokenizedDocument",
     "Window",
+    "document_of",
     "load_documents",
     "needle_windows",
     "sample_windows",

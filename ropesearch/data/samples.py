@@ -23,6 +23,11 @@ class Window:
         return len(self.ids)
 
 
+def document_of(window_name: str) -> str:
+    """The document a window was cut from (window names are "document@offset" or "document#needle@at")."""
+    return window_name.split("#needle@")[0].rsplit("@", 1)[0]
+
+
 def long_enough(documents: list[TokenizedDocument], length: int, count: int) -> list[TokenizedDocument]:
     eligible = [d for d in documents if len(d.ids) >= length]
     if len(eligible) < count:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ropesearch import __version__
-from ropesearch.data import Window, load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.data import Window, document_of, load_documents, needle_windows, sample_windows, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
@@ -47,17 +47,38 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
-          dtype=None, original_context: int | None = None) -> EvalSetup:
-    ref = resolve_model(model)
-    tokenizer = load_tokenizer(ref)
+          dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None) -> EvalSetup:
+    """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
+
+    `exclude` names documents to leave out.
+    """
+    if loaded is None:
+        ref = resolve_model(model)
+        tokenizer = load_tokenizer(ref)
+    else:
+        loaded, tokenizer = loaded
     documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
+    if exclude:
+        documents = [d for d in documents if d.name not in set(exclude)]
+        if not documents:
+            raise RopesearchError(f"every document of {data} was excluded: nothing is held out")
     if needle:
         windows = needle_windows(documents, tokenizer, max_length, samples, seed)
     else:
         windows = sample_windows(documents, max_length, samples, seed, offset)
-    loaded = load_model(ref, dtype=dtype, device=device)
-    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset}
+    if loaded is None:
+        loaded = load_model(ref, dtype=dtype, device=device)
+    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
+               "excluded_documents": sorted(exclude)}
     return EvalSetup(model, data, loaded, tokenizer, rope_base(loaded.config, original_context), windows, options)
+
+
+def searched_documents(run_dir: str | Path) -> list[str]:
+    """The documents a search run scored its candidates on (from its config.json)."""
+    config = Path(run_dir) / "config.json"
+    if not config.is_file():
+        raise RopesearchError(f"{run_dir} is not a search run directory (no config.json)")
+    return sorted({document_of(name) for name in json.loads(config.read_text()).get("windows", [])})
 
 
 def prefix_windows(windows: list[Window], length: int) -> list[Window]:

@@ -55,14 +55,7 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
     _prepare_out(out, overwrite)
     source = _local_folder(ref)
     if source is None:
-        model = load_model(ref, dtype=None, device="cpu")
-        # GGUF weights arrive de-quantised: what is saved is a plain float model
-        model.hf_quantizer = None
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model.config = config
-        model.save_pretrained(out)
-        load_tokenizer(ref).save_pretrained(out)
+        save_model_folder(load_model(ref, dtype=None, device="cpu"), load_tokenizer(ref), config, out)
     else:
         for item in sorted(source.iterdir()):
             if item.name == "config.json" or item.name.startswith("."):
@@ -74,6 +67,17 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
                 os.symlink(item.resolve(), target)
         config.save_pretrained(out)
     return out
+
+
+def save_model_folder(model, tokenizer, config, out: str | Path, state_dict: dict | None = None) -> Path:
+    """Save weights (plain floats, even from GGUF), `config` and tokenizer as a transformers folder."""
+    model.hf_quantizer = None  # GGUF weights arrive de-quantised
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model.config = config
+    model.save_pretrained(out, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+    return Path(out)
 
 
 def vllm_overrides(factors: RopeFactors, partial_rotary_factor: float | None = None, allow_start_tokens: bool = False) -> dict:

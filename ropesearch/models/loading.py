@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.models.registry import DEMO_MODELS, cache_dir, fetch_model
+from ropesearch.models.registry import DEMO_MODELS, PACKAGED_MODELS, cache_dir, fetch_model
 from ropesearch.rope.factors import RopeBase
 
 
@@ -29,6 +29,11 @@ class ModelRef:
 
 def resolve_model(spec: str, fetch: bool = True) -> ModelRef:
     """Turn what the user typed into files; demo models are fetched on first use."""
+    if spec in PACKAGED_MODELS:
+        folder = PACKAGED_MODELS[spec]
+        if not (folder / "config.json").is_file():
+            raise RopesearchError(f"the {spec} model is missing from this installation ({folder})")
+        return ModelRef(spec, str(folder))
     if spec in DEMO_MODELS:
         log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
         gguf = fetch_model(spec, log=log) if fetch else None
@@ -48,7 +53,7 @@ def resolve_model(spec: str, fetch: bool = True) -> ModelRef:
 
 
 def _not_found(ref: ModelRef, exc: Exception) -> RopesearchError:
-    names = ", ".join(DEMO_MODELS)
+    names = ", ".join([*PACKAGED_MODELS, *DEMO_MODELS])
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RopesearchError(
         f"could not load model {ref.spec!r} ({first}); give a demo name ({names}), a model folder, "

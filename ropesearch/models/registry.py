@@ -44,6 +44,10 @@ DEMO_MODELS: dict[str, DemoModel] = {
 }
 
 
+# Models that ship inside the package: name -> folder (a transformers model folder)
+PACKAGED_MODELS: dict[str, Path] = {"pocket": Path(__file__).resolve().parents[1] / "assets" / "pocket"}
+
+
 def cache_dir() -> Path:
     """Where fetched models and tokenised data go: $ROPESEARCH_CACHE, else ~/.cache/ropesearch."""
     root = os.environ.get("ROPESEARCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ropesearch"

@@ -4,6 +4,11 @@ A genome is [λ of each searched dimension, (index into start_tokens), (attentio
 Searched dimensions are all of them, or with a critical dimension c (LongRoPE2) only those
 from c/2 on; the ones below then follow a geometric (NTK-shaped) curve from 1 at the fastest
 dimension up to the first searched factor.
+
+Progressive plans add two variants. With a `reference` (the factors a model was fine-tuned
+with), a long-regime genome multiplies them and its bounds follow target / reference target.
+In the "short" regime the genome is `short_factor` (used at or below the original window)
+and everything else comes from the reference; factors are bounded by `high` itself.
 """
 
 from __future__ import annotations
@@ -25,10 +30,28 @@ class Encoding:
     space: SearchSpace
     base: RopeBase
     target_context: int
+    reference: RopeFactors | None = None
+    regime: str = "long"  # "long": search long_factor; "short": search short_factor of the reference
+
+    def __post_init__(self):
+        if self.regime not in ("long", "short"):
+            raise ValueError(f"regime must be long or short, got {self.regime!r}")
+        if self.regime == "short" and self.reference is None:
+            raise ValueError("a short-factor search needs the reference factors it completes")
 
     @property
     def scale(self) -> float:
+        """Extension ratio of the result: target / original window."""
         return self.target_context / self.base.original_context
+
+    @property
+    def search_scale(self) -> float:
+        """The ratio the genome itself covers (bounds and seeds use it)."""
+        if self.regime == "short":
+            return 1.0
+        if self.reference is not None:
+            return self.target_context / self.reference.target_context
+        return self.scale
 
     @property
     def first_free(self) -> int:
@@ -51,7 +74,7 @@ class Encoding:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         genes = self.space.factors
         low = [genes.low] * self.n_factor_genes
-        high = [genes.high * self.scale] * self.n_factor_genes
+        high = [genes.high * self.search_scale] * self.n_factor_genes
         if self.space.start_tokens is not None:
             low.append(0.0)
             high.append(float(len(self.space.start_tokens) - 1))
@@ -83,7 +106,8 @@ class Encoding:
         return genomes
 
     # ---- genome -> factors ------------------------------------------------------------
-    def long_factor(self, genome: np.ndarray) -> np.ndarray:
+    def factor_vector(self, genome: np.ndarray) -> np.ndarray:
+        """All d/2 factors the genome stands for (before any reference multiplies them)."""
         searched = np.asarray(genome[: self.n_factor_genes], dtype=np.float64)
         c = self.first_free
         if c:
@@ -94,25 +118,34 @@ class Encoding:
 
     def decode(self, genome: np.ndarray) -> RopeFactors:
         genome = np.asarray(genome, dtype=np.float64)
+        reference = self.reference
         column = self.n_factor_genes
-        start_tokens = 0
+        start_tokens = reference.start_tokens if reference is not None and self.regime == "short" else 0
         if self.space.start_tokens is not None:
             start_tokens = int(self.space.start_tokens[int(round(genome[column]))])
             column += 1
         if self.space.attention_factor is not None:
             attention = float(genome[column])
+        elif reference is not None and self.regime == "short":
+            attention = reference.attention_factor
         else:
             attention = longrope_mscale(self.scale, self.base.original_context)
-        long_factor = tuple(float(x) for x in self.long_factor(genome))
+        own = self.factor_vector(genome)
+        if self.regime == "short":
+            long_factor, short_factor = reference.long_factor, tuple(float(x) for x in own)
+        else:
+            if reference is not None:
+                own = own * np.asarray(reference.long_factor)
+            long_factor = short_factor = tuple(float(x) for x in own)
         return RopeFactors(
             base=self.base,
             long_factor=long_factor,
-            short_factor=long_factor,
+            short_factor=short_factor,
             target_context=self.target_context,
             attention_factor=attention,
             start_tokens=start_tokens,
             method="longrope",
-            params={"space": self.space.name, "scale": self.scale},
+            params={"space": self.space.name, "scale": self.scale, "regime": self.regime},
         )
 
     def key(self, genome: np.ndarray) -> str:
@@ -132,9 +165,22 @@ class Encoding:
         return self.repair(np.asarray(genome))[0]
 
     def seed_genomes(self) -> dict[str, np.ndarray]:
-        """The space's seed methods (PI, NTK, YaRN...) at the target scale, projected onto the space."""
+        """Starting points, projected onto the space.
+
+        Long regime: the space's seed methods (PI, NTK, YaRN...) at the scale the genome covers;
+        with a reference they are relative to it (and "reference", the factors as they are, joins).
+        Short regime: the original RoPE (all ones) and the reference's current short factors.
+        """
+        if self.regime == "short":
+            return {"none": self.encode(np.ones(self.base.n_factors)),
+                    "current": self.encode(np.asarray(self.reference.short_factor))}
+        window = self.base.original_context if self.reference is None else self.reference.target_context
+        relative_base = RopeBase(self.base.rope_theta, self.base.rotary_dim, window)
         seeds = {}
         for method in self.space.seeds:
-            factors = make_factors(method, self.base, self.scale if method != "none" else 1.0)
-            seeds[method] = self.encode(factors.long_factor, attention=factors.attention_factor)
+            factors = make_factors(method, relative_base, self.search_scale if method != "none" else 1.0)
+            attention = factors.attention_factor if self.reference is None else None
+            seeds[method] = self.encode(factors.long_factor, attention=attention)
+        if self.reference is not None:
+            seeds["reference"] = self.encode(np.ones(self.base.n_factors))
         return seeds

@@ -197,6 +197,7 @@ class Search:
             },
             monotone=self.encoding.space.factors.monotone,
         )
+        self.run_dir.save_progress(state.progress)
         self.run_dir.save_checkpoint(vars(state))
         budget = self.encoding.space.budget
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"

@@ -11,7 +11,7 @@ from ropesearch.data import Window
 from ropesearch.evaluate.runs import prefix_windows
 from ropesearch.rope import RopeFactors
 
-OBJECTIVES = ("ppl", "needle", "ppl+short")
+OBJECTIVES = ("ppl", "needle", "ppl+short")  # what users choose; "short" is the recover-short stage's
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Objective:
 
     For "ppl+short" every candidate's factors serve every length (as vLLM applies
     long_factor everywhere), and the second objective is the perplexity at the original window.
+    "short" (short-context recovery) scores the geometric mean perplexity over `short_lengths`.
     """
 
     kind: str
@@ -28,9 +29,12 @@ class Objective:
     target: int
     short_length: int | None = None
     screen_windows: list[Window] | None = None
+    short_lengths: tuple[int, ...] = ()
 
     @property
     def names(self) -> list[str]:
+        if self.kind == "short":
+            return ["ppl@" + "+".join(str(n) for n in self.short_lengths)]
         first = f"{'needle_ppl' if self.kind == 'needle' else 'ppl'}@{self.target}"
         return [first, f"ppl@{self.short_length}"] if self.kind == "ppl+short" else [first]
 
@@ -40,6 +44,11 @@ class Objective:
 
     def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float]]:
         """Objective values [n, n_obj] and the GPU seconds spent on each candidate."""
+        if self.kind == "short":
+            scores = self.evaluator.score(list(candidates), prefix_windows(self.windows, max(self.short_lengths)),
+                                          self.short_lengths)
+            values = np.array([[np.exp(np.mean([s.nll[n] for n in self.short_lengths]))] for s in scores])
+            return values, [s.seconds for s in scores]
         lengths = [self.short_length, self.target] if self.kind == "ppl+short" else [self.target]
         scores = self.evaluator.score(list(candidates), self.windows, lengths)
         values = np.array([[s.ppl[self.target]] + ([s.ppl[self.short_length]] if self.short_length else [])

@@ -19,6 +19,7 @@ class RunDir:
     history_file = property(lambda self: self.path / "history.jsonl")
     checkpoint_file = property(lambda self: self.path / "checkpoint.pkl")
     best_file = property(lambda self: self.path / "best.json")
+    progress_file = property(lambda self: self.path / "progress.json")
 
     def start(self, config: dict, resume: bool) -> dict | None:
         """Create the folder, or on resume check the config; returns the checkpoint state if resuming."""
@@ -70,6 +71,10 @@ class RunDir:
         with open(tmp, "wb") as handle:
             pickle.dump(state, handle)
         os.replace(tmp, self.checkpoint_file)
+
+    def save_progress(self, progress: list[dict]) -> None:
+        """Best-so-far per generation (evaluations, seconds), readable without unpickling the checkpoint."""
+        atomic_write_text(self.progress_file, json.dumps(progress, indent=1) + "\n")
 
     def save_best(self, factors, provenance: dict, monotone: bool) -> None:
         save_factors(factors, self.best_file, provenance=provenance, monotone=monotone)

@@ -10,6 +10,7 @@ from ropesearch.data import load_documents, needle_windows, sample_windows, toke
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base
+from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
 from ropesearch.search.objectives import OBJECTIVES, Objective, screening_windows
@@ -29,14 +30,18 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                objective: str | None = None, samples: int | None = None, seed: int = 0, resume: bool = False,
                max_evals: int | None = None, time_minutes: float | None = None, short_length: int | None = None,
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
-               split: str = "test", log=print, stop_after: int | None = None, loaded=None) -> SearchResult:
+               split: str = "test", log=print, stop_after: int | None = None, loaded=None,
+               reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = ()) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
+    `reference`: factors the model was fine-tuned with; the search multiplies them (progressive
+    stages). With `short_lengths` too, it searches their short_factor at those lengths instead.
     """
     space = space if isinstance(space, SearchSpace) else load_space(space)
-    objective = objective or space.objective
-    if objective not in OBJECTIVES:
+    regime = "short" if short_lengths else "long"
+    objective = "short" if short_lengths else (objective or space.objective)
+    if regime == "long" and objective not in OBJECTIVES:
         raise RopesearchError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if objective == "ppl+short" and space.algorithm != "nsga2":
         space = replace(space, algorithm="nsga2")  # two objectives need a multi-objective survival
@@ -48,25 +53,35 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     else:
         loaded_model, tokenizer = loaded
     base = rope_base(loaded_model.config)
+    if reference is not None:
+        from ropesearch.export.factor_file import check_fits
+
+        check_fits(reference, base, source="the reference factors")
+    if regime == "short":
+        target_length = reference.target_context
     if target_length <= base.original_context:
         raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
                               f"({base.original_context}): nothing to extend")
-    windows = search_windows(tokenizer, data, target_length, samples, seed, objective == "needle", text_field, split)
+    window_length = max(short_lengths) if regime == "short" else target_length
+    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split)
     short = short_length or base.original_context
     fidelity = space.fidelity
     screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
               if fidelity.screen_samples else None)
     evaluator = make_evaluator(loaded_model, max_batch=max_batch, progress=False)
     scorer = Objective(objective, evaluator, windows, target_length,
-                       short_length=short if objective == "ppl+short" else None, screen_windows=screen)
+                       short_length=short if objective == "ppl+short" else None, screen_windows=screen,
+                       short_lengths=tuple(short_lengths))
     config = {
         "model": model, "data": data, "target_length": target_length, "objective": objective,
         "space": space_to_dict(space), "samples": samples, "seed": seed,
         "short_length": short if objective == "ppl+short" else None,
+        "regime": regime, "short_lengths": list(short_lengths),
+        "reference": None if reference is None else list(reference.long_factor),
         "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
                                                        "original_context": base.original_context},
     }
-    search = Search(Encoding(space, base, target_length), scorer, RunDir(out), seed=seed, max_evals=max_evals,
+    search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
                     time_minutes=time_minutes, log=log,
                     provenance={"model": model, "data": data, "windows": config["windows"],
                                 "ropesearch_version": __version__})

@@ -1,0 +1,169 @@
+"""Plan files: a model, its data, and stages in order, validated into typed dataclasses.
+
+    name: smollm2-progressive
+    model: smollm2-135m
+    data: {search: books/, finetune: books/, evaluate: builtin}
+    stages:
+      - search: {target: 32768, space: fast, time_minutes: 3}
+      - finetune: {length: 32768, steps: 200, global_batch: 8, lr: 2.0e-5}
+      - search: {target: 131072, relative: true, space: fast, time_minutes: 4}
+      - recover-short: {lengths: [8192, 16384], high: 1.25, time_minutes: 3}
+      - export: {formats: [hf, vllm, csv]}
+      - evaluate: {lengths: [8192, 16384, 32768, 65536, 131072], methods: [ntk, yarn], passkey: true}
+      - report: {}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ropesearch.errors import RopesearchError
+from ropesearch.pipeline.finetune import FinetuneConfig
+
+
+@dataclass(frozen=True)
+class SearchStage:
+    target: int
+    space: str = "fast"
+    objective: str | None = None
+    relative: bool = False  # search on top of the previous stage's factors (after fine-tuning)
+    time_minutes: float | None = None
+    max_evals: int | None = None
+    samples: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RecoverShortStage:
+    lengths: tuple[int, ...] = ()  # default: the original window and twice it
+    high: float = 1.25  # ceiling of the short factors (absolute)
+    space: str = "fast"
+    time_minutes: float | None = None
+    max_evals: int | None = None
+    samples: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExportStage:
+    formats: tuple[str, ...] = ("hf", "vllm", "csv")
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    lengths: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ("ntk", "yarn")
+    samples: int = 4
+    seed: int = 0
+    passkey: bool = False
+    passkey_depths: tuple[float, ...] = (0.1, 0.5, 0.9)
+    passkey_trials: int = 3
+
+
+@dataclass(frozen=True)
+class ReportStage:
+    pass
+
+
+STAGE_TYPES: dict[str, type] = {
+    "search": SearchStage,
+    "finetune": FinetuneConfig,
+    "recover-short": RecoverShortStage,
+    "export": ExportStage,
+    "evaluate": EvaluateStage,
+    "report": ReportStage,
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str
+    name: str  # folder name in the run directory: NN-kind
+    settings: Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    model: str
+    data: dict[str, str]  # search, finetune, evaluate -> data spec
+    stages: tuple[Stage, ...]
+    device: str | None = None
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _settings(kind: str, values: Any, where: str):
+    cls = STAGE_TYPES[kind]
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise RopesearchError(f"{where}: settings of a {kind} stage must be a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RopesearchError(f"{where}: unknown {kind} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise RopesearchError(f"{where}: {exc}") from None
+
+
+def plan_from_dict(data: Any, where: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise RopesearchError(f"{where} must be a YAML mapping")
+    allowed = {"name", "model", "data", "stages", "device", "description"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    for key in ("name", "model", "stages"):
+        if key not in data:
+            raise RopesearchError(f"{where}: missing key {key!r}")
+    raw_data = data.get("data", "builtin")
+    if isinstance(raw_data, str):
+        sources = {"search": raw_data, "finetune": raw_data, "evaluate": raw_data}
+    elif isinstance(raw_data, dict) and set(raw_data) <= {"search", "finetune", "evaluate"}:
+        default = raw_data.get("search", "builtin")
+        sources = {k: str(raw_data.get(k, default)) for k in ("search", "finetune", "evaluate")}
+    else:
+        raise RopesearchError(f"{where}: data must be a data spec or a mapping of search/finetune/evaluate")
+    if not isinstance(data["stages"], list) or not data["stages"]:
+        raise RopesearchError(f"{where}: stages must be a non-empty list")
+    stages = []
+    for number, entry in enumerate(data["stages"], 1):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RopesearchError(f"{where}: stage {number} must be one '{{kind: settings}}' mapping")
+        kind, values = next(iter(entry.items()))
+        if kind not in STAGE_TYPES:
+            raise RopesearchError(f"{where}: stage {number} has unknown kind {kind!r} (known: {', '.join(STAGE_TYPES)})")
+        settings = _settings(kind, values, f"{where}: stage {number} ({kind})")
+        stages.append(Stage(kind, f"{number:02d}-{kind}", settings))
+    _check_order(stages, where)
+    return Plan(name=str(data["name"]), model=str(data["model"]), data=sources, stages=tuple(stages),
+                device=data.get("device"), description=str(data.get("description", "")))
+
+
+def _check_order(stages: list[Stage], where: str) -> None:
+    have_factors = False
+    for stage in stages:
+        needs = stage.kind in ("finetune", "recover-short", "export") or (
+            stage.kind == "search" and stage.settings.relative)
+        if needs and not have_factors:
+            raise RopesearchError(f"{where}: stage {stage.name} needs factors from an earlier search stage")
+        if stage.kind == "search":
+            have_factors = True
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise RopesearchError(f"plan file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RopesearchError(f"plan {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return plan_from_dict(data, where=f"plan {path}")

@@ -1,0 +1,208 @@
+"""`ropesearch run PLAN`: carry out a plan's stages in order, each in its own folder, resumable.
+
+A stage that completes writes `done.json` (what it produced); on --resume completed stages
+are skipped and their outputs restored, an interrupted search or fine-tuning continues from
+its own checkpoint, and a failing stage leaves the earlier ones as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+from ropesearch.export.factor_file import atomic_write_text, load_factors, save_factors
+from ropesearch.pipeline.plan import Plan, Stage
+from ropesearch.rope import RopeFactors
+
+
+class Pipeline:
+    """Holds the current model (a spec or a fine-tuned folder) and factors between stages."""
+
+    def __init__(self, plan: Plan, out: str | Path, log=print):
+        self.plan = plan
+        self.out = Path(out)
+        self.log = log
+        self.model_spec = plan.model
+        self.factors_file: Path | None = None
+        self._loaded: tuple | None = None  # (spec, model, tokenizer)
+        self.outputs: dict[str, dict] = {}
+
+    # ---- shared helpers -------------------------------------------------------------------
+    @property
+    def factors(self) -> RopeFactors:
+        return load_factors(self.factors_file)
+
+    def loaded(self, spec: str | None = None):
+        """(model, tokenizer) of `spec` (default: the current model), loaded once."""
+        from ropesearch.models import load_model, load_tokenizer, resolve_model
+
+        spec = spec or self.model_spec
+        if self._loaded is None or self._loaded[0] != spec:
+            self._loaded = None  # free the previous one first
+            ref = resolve_model(spec)
+            self._loaded = (spec, load_model(ref, device=self.plan.device), load_tokenizer(ref))
+        return self._loaded[1], self._loaded[2]
+
+    # ---- stages ------------------------------------------------------------------------
+    def _search(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.search.session import run_search
+
+        settings = stage.settings
+        reference = self.factors if settings.relative else None
+        result = run_search(self.model_spec, self.plan.data["search"], settings.target, folder / "search",
+                            space=settings.space, objective=settings.objective, samples=settings.samples,
+                            seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
+                            max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
+                            loaded=self.loaded(), reference=reference)
+        return {"factors": str(folder / "search" / "best.json"), "values": result.values}
+
+    def _finetune(self, stage: Stage, folder: Path) -> dict:
+        import torch
+
+        from ropesearch.data import load_documents, tokenize_documents
+        from ropesearch.export import apply_to_config
+        from ropesearch.export.model_folder import save_model_folder
+        from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model
+        from ropesearch.pipeline.finetune import Finetuner
+
+        ref = resolve_model(self.model_spec)
+        factors = self.factors
+        self._loaded = None
+        # float32 master weights; the forward runs under bf16 autocast on a GPU
+        model = load_model(ref, dtype=torch.float32, device=self.plan.device)
+        tokenizer = load_tokenizer(ref)
+        documents = tokenize_documents(load_documents(self.plan.data["finetune"]), tokenizer)
+        trainer = Finetuner(model, factors, documents, stage.settings, folder, eos_id=tokenizer.eos_token_id,
+                            log=self.log)
+        history = trainer.run()
+        weights = trainer.full_state_dict()
+        config = load_config(ref)
+        apply_to_config(config, factors, allow_start_tokens=True)
+        save_model_folder(model, tokenizer, config, folder / "model", state_dict=weights)
+        save_factors(factors, folder / "model" / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
+        atomic_write_text(folder / "history.json", json.dumps(history, indent=1) + "\n")
+        return {"model": str(folder / "model"), "factors": str(folder / "model" / "ropesearch_factors.json"),
+                "final_loss": history[-1]["loss"] if history else None}
+
+    def _recover_short(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.search.session import run_search
+        from ropesearch.search.space import load_space
+
+        settings = stage.settings
+        factors = self.factors
+        original = factors.base.original_context
+        lengths = tuple(settings.lengths) or (original,)
+        space = load_space(settings.space)
+        # short factors only: no attention or n̂ genes (those are shared with the long regime)
+        space = replace(space, factors=replace(space.factors, high=settings.high, critical_dimension=None),
+                        attention_factor=None, start_tokens=None, seeds=())
+        result = run_search(self.model_spec, self.plan.data["search"], factors.target_context, folder / "search",
+                            space=space, samples=settings.samples, seed=settings.seed,
+                            resume=(folder / "search" / "config.json").is_file(), max_evals=settings.max_evals,
+                            time_minutes=settings.time_minutes, log=self.log, loaded=self.loaded(),
+                            reference=factors, short_lengths=lengths)
+        return {"factors": str(folder / "search" / "best.json"), "values": result.values}
+
+    def _export(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.api import export
+
+        written = {}
+        for fmt in stage.settings.formats:
+            written[fmt] = str(export(self.factors_file, self.model_spec, folder / fmt, fmt=fmt, overwrite=True,
+                                      allow_start_tokens=True))
+        return {"exports": written}
+
+    def _evaluate(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, setup
+
+        settings = stage.settings
+        factors = self.factors
+        original = factors.base.original_context
+        lengths = sorted(set(settings.lengths) or {original * 2**k for k in range(8)
+                                                    if original * 2**k <= factors.target_context})
+        data = self.plan.data["evaluate"]
+        tables = {}
+        # the baselines on the model the plan started from; the found factors on the current model
+        for label, spec, methods, files in (("baselines", self.plan.model, ("none",) + tuple(settings.methods), ()),
+                                            ("found", self.model_spec, (), (str(self.factors_file),))):
+            run = setup(spec, data, max(lengths), samples=settings.samples, seed=settings.seed,
+                        loaded=self.loaded(spec))
+            tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files)
+        merged = dict(tables["baselines"])
+        merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
+        merged["found_model"] = self.model_spec
+        path = save_json(merged, folder / "perplexity.json")
+        self.log(format_table(merged))
+        return {"table": str(path)}
+
+    def _report(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.report import build_report
+
+        return {"report": str(build_report(self.out, folder))}
+
+    # ---- driver -------------------------------------------------------------------------------
+    def _apply(self, outputs: dict) -> None:
+        if outputs.get("model"):
+            self.model_spec = outputs["model"]
+        if outputs.get("factors"):
+            self.factors_file = Path(outputs["factors"])
+
+    def _check_unchanged(self, before: dict, now: dict) -> None:
+        """Completed stages (and the model) must be as they were; later stages may be fixed."""
+        if before["model"] != now["model"]:
+            raise RopesearchError(f"the plan's model changed since {self.out} was started: resume with the same one")
+        for index, stage in enumerate(self.plan.stages):
+            if not (self.out / stage.name / "done.json").is_file():
+                break
+            if index >= len(before["stages"]) or before["stages"][index] != now["stages"][index]:
+                raise RopesearchError(f"completed stage {stage.name} is not in the plan as it was: "
+                                      "resume with its settings unchanged, or start a new --out")
+
+    def run(self, resume: bool = False) -> dict[str, dict]:
+        if self.out.exists() and any(self.out.iterdir()) and not resume:
+            raise RopesearchError(f"run directory {self.out} is not empty: pass --resume to continue it, or another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        from dataclasses import asdict
+
+        described = {"name": self.plan.name, "model": self.plan.model, "data": self.plan.data,
+                     "stages": [{s.kind: asdict(s.settings)} for s in self.plan.stages]}
+        plan_copy = self.out / "plan.json"
+        if resume and plan_copy.is_file():
+            self._check_unchanged(json.loads(plan_copy.read_text()), json.loads(json.dumps(described)))
+        atomic_write_text(plan_copy, json.dumps(described, indent=1) + "\n")
+        total = len(self.plan.stages)
+        handlers = {"search": self._search, "finetune": self._finetune, "recover-short": self._recover_short,
+                    "export": self._export, "evaluate": self._evaluate, "report": self._report}
+        for number, stage in enumerate(self.plan.stages, 1):
+            folder = self.out / stage.name
+            done = folder / "done.json"
+            if done.is_file():
+                outputs = json.loads(done.read_text())["outputs"]
+                self._apply(outputs)
+                self.outputs[stage.name] = outputs
+                self.log(f"[{number}/{total}] {stage.name}: done earlier, skipped")
+                continue
+            self.log(f"[{number}/{total}] {stage.name}")
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            try:
+                outputs = handlers[stage.kind](stage, folder)
+            except RopesearchError as exc:
+                raise RopesearchError(f"stage {stage.name} failed: {exc} (earlier stages are kept in {self.out}; "
+                                      "fix it and run again with --resume)") from None
+            self._apply(outputs)
+            self.outputs[stage.name] = outputs
+            atomic_write_text(done, json.dumps({"outputs": outputs,
+                                                "seconds": round(time.perf_counter() - started, 2)}, indent=1) + "\n")
+        return self.outputs
+
+
+def run_plan(plan: Plan | str | Path, out: str | Path | None = None, resume: bool = False, log=print) -> dict:
+    """`ropesearch run`: returns each stage's outputs."""
+    from ropesearch.pipeline.plan import load_plan
+
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    return Pipeline(plan, out or Path("runs") / plan.name, log=log).run(resume=resume)

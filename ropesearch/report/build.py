@@ -1,0 +1,107 @@
+"""`ropesearch report RUN_DIR`: markdown plus PNG plots from a search or pipeline run directory.
+
+Every folder under RUN_DIR that holds a search (best.json, progress.json), a fine-tuning
+history (history.json) or perplexity tables (JSON with "ppl" and "lengths") gets a section.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.runs import format_table
+from ropesearch.export import load_factors
+from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.report.plots import plot_factors, plot_loss, plot_perplexity, plot_progress
+from ropesearch.rope import make_factors
+
+SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
+    lines = []
+    config = _json(folder / "config.json") or {}
+    if config:
+        lines += [f"Model `{config.get('model')}`, data `{config.get('data')}`, target {config.get('target_length')} "
+                  f"tokens, objective `{config.get('objective')}`, space `{config.get('space', {}).get('name')}`, "
+                  f"seed {config.get('seed')}; search windows: {', '.join(config.get('windows', []))}.", ""]
+    if (folder / "best.json").is_file():
+        factors = load_factors(folder / "best.json")
+        provenance = _json(folder / "best.json")["provenance"]
+        scores = provenance.get("scores", {})
+        baselines = {f"{m} x{factors.scale:g}": make_factors(m, factors.base, factors.scale) for m in ("pi", "ntk", "yarn")}
+        plot_factors({"found": factors, **baselines}, out / f"{tag}factors.png")
+        lines += ["Scores on the search windows: " + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items())
+                  + f"; attention factor {factors.attention_factor:.4f}, start tokens {factors.start_tokens}, "
+                  f"{provenance.get('full_evaluations', '?')} full evaluations.", "",
+                  f"![factors per dimension]({tag}factors.png)", "",
+                  "| i | found long | found short | " + " | ".join(baselines) + " |",
+                  "|---" * (len(baselines) + 3) + "|"]
+        for i, (long, short) in enumerate(zip(factors.long_factor, factors.short_factor)):
+            lines.append(f"| {i} | {long:.3f} | {short:.3f} | "
+                         + " | ".join(f"{b.long_factor[i]:.3f}" for b in baselines.values()) + " |")
+        lines.append("")
+    progress = _json(folder / "progress.json")
+    if progress:
+        plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])))
+        last = progress[-1]
+        lines += [f"{len(progress)} generations, {last['full_evals']} full evaluations (+{last['screen_evals']} "
+                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last['gpu_seconds'] / 60:.1f} min in the evaluator.",
+                  "", f"![search progress]({tag}progress.png)", ""]
+    return lines
+
+
+def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:
+    history = _json(folder / "history.json")
+    if not isinstance(history, list) or not history:
+        return []
+    plot_loss(history, out / f"{tag}loss.png")
+    return [f"{len(history)} steps, final loss {history[-1]['loss']:.4f} at length {history[-1]['length']}, "
+            f"{history[-1]['seconds'] / 60:.1f} min.", "", f"![fine-tuning loss]({tag}loss.png)", ""]
+
+
+def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        table = _json(path)
+        if not (isinstance(table, dict) and {"ppl", "lengths"} <= set(table)):
+            continue
+        plot_perplexity(table, out / f"{tag}ppl-{path.stem}.png")
+        environment = table.get("environment", {})
+        lines += [f"Perplexity ({path.name}): data `{table.get('data')}`, windows "
+                  f"{', '.join(table.get('windows', []))}; {environment.get('device', '?')}, "
+                  f"{environment.get('date', '?')}.", "", "```", format_table(table), "```", "",
+                  f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""]
+    return lines
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write report.md and its plots (into `out`, default RUN_DIR/report); returns the markdown path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RopesearchError(f"run directory {run_dir} does not exist")
+    out = Path(out) if out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    folders = [run_dir] + sorted(p for p in run_dir.rglob("*") if p.is_dir() and not SKIP & set(p.relative_to(run_dir).parts))
+    lines = [f"# ropesearch report: {run_dir.name}", ""]
+    sections = 0
+    for folder in folders:
+        relative = folder.relative_to(run_dir)
+        tag = "" if folder == run_dir else "-".join(relative.parts) + "-"
+        body = _search_section(folder, out, tag) + _finetune_section(folder, out, tag) + _table_sections(folder, out, tag)
+        if body:
+            sections += 1
+            lines += [f"## {relative}" if folder != run_dir else "## Run", ""] + body
+    if not sections:
+        raise RopesearchError(f"{run_dir} holds nothing to report (no search, fine-tuning or perplexity results)")
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

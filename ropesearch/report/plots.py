@@ -1,0 +1,96 @@
+"""The report's pictures, one function each; matplotlib without a display."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ropesearch.rope import RopeFactors, critical_dimension  # noqa: E402
+
+STYLE = {"figsize": (7, 4.2), "dpi": 110}
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_factors(factor_sets: Mapping[str, RopeFactors], path: Path) -> Path:
+    """Rescale factor per dimension pair, found factors against the baselines (log scale)."""
+    figure, axis = plt.subplots(**STYLE)
+    base = None
+    for name, factors in factor_sets.items():
+        base = factors.base
+        found = not name.lower().startswith(("pi", "ntk", "yarn", "dynamic", "llama3", "none"))
+        axis.plot(np.arange(base.n_factors), factors.long_factor, marker="o" if found else None, markersize=3,
+                  linewidth=2.2 if found else 1.2, linestyle="-" if found else "--", label=name)
+        if found and factors.short_factor != factors.long_factor:
+            axis.plot(np.arange(base.n_factors), factors.short_factor, linewidth=1, label=f"{name} (short)")
+    if base is not None:
+        critical = critical_dimension(base) // 2
+        axis.axvline(critical, color="grey", linewidth=0.8, linestyle=":")
+        axis.text(critical + 0.3, axis.get_ylim()[0] * 1.05, "critical dim.", color="grey", fontsize=8)
+    axis.set_yscale("log")
+    axis.set_xlabel("dimension pair i (fast -> slow)")
+    axis.set_ylabel("rescale factor λ_i")
+    axis.set_title("RoPE rescale factors per dimension")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_progress(progress: list[dict], path: Path, objective: str) -> Path:
+    """Best objective so far against full evaluations and against evaluator seconds."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=STYLE["dpi"])
+    best = [next(iter(p["best"].values())) for p in progress]
+    axes[0].plot([p["full_evals"] for p in progress], best, marker=".")
+    axes[0].set_xlabel("full evaluations")
+    axes[1].plot([p["gpu_seconds"] for p in progress], best, marker=".", color="C1")
+    axes[1].set_xlabel("evaluator seconds")
+    for axis in axes:
+        axis.set_ylabel(f"best {objective}")
+        axis.grid(alpha=0.3)
+    figure.suptitle("Search progress")
+    return _save(figure, path)
+
+
+def plot_perplexity(table: dict, path: Path) -> Path:
+    """Perplexity against length, one line per method or factor file (log-log)."""
+    figure, axis = plt.subplots(**STYLE)
+    lengths = table["lengths"]
+    for name, values in table["ppl"].items():
+        axis.plot(lengths, [values[str(n)] for n in lengths], marker="o", label=name)
+    original = table.get("original_context")
+    if original:
+        axis.axvline(original, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("tokens")
+    axis.set_ylabel("perplexity")
+    axis.set_title("Perplexity by length")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, which="both")
+    return _save(figure, path)
+
+
+def plot_loss(history: list[dict], path: Path) -> Path:
+    """Fine-tuning loss and sequence length per step."""
+    figure, axis = plt.subplots(**STYLE)
+    steps = [h["step"] for h in history]
+    axis.plot(steps, [h["loss"] for h in history], color="C0")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss", color="C0")
+    twin = axis.twinx()
+    twin.plot(steps, [h["length"] for h in history], color="C1", linestyle="--")
+    twin.set_ylabel("sequence length", color="C1")
+    axis.set_title("Fine-tuning")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

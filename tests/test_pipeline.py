@@ -1,0 +1,164 @@
+"""`ropesearch run`: a whole progressive plan on a tiny model, a failing stage, and a resume that skips done stages."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_model
+from ropesearch.cli import cli
+from ropesearch.data import TokenizedDocument
+from ropesearch.errors import RopesearchError
+from ropesearch.export import load_factors
+from ropesearch.models import rope_base
+from ropesearch.pipeline.finetune import FinetuneConfig, Finetuner, length_at, lr_factor
+from ropesearch.pipeline.plan import load_plan, plan_from_dict
+from ropesearch.rope import methods
+
+
+@pytest.fixture
+def plan_file(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    space = yaml.safe_load(open("search_spaces/fast.yaml"))
+    space["budget"].update(population=6, top_k=3, mutations=3, crossovers=1, generations=1)
+    (tmp_path / "tiny-space.yaml").write_text(yaml.safe_dump(space))
+    plan = {
+        "name": "tiny",
+        "model": str(model),
+        "data": {"search": str(docs), "finetune": str(docs), "evaluate": str(tmp_path / "missing-docs")},
+        "stages": [
+            {"search": {"target": 256, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
+            {"finetune": {"length": 256, "steps": 2, "global_batch": 2, "micro_batch": 1, "lr": 1e-3,
+                          "save_every": 1, "length_warmup": 0.5}},
+            {"search": {"target": 512, "relative": True, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
+            {"recover-short": {"lengths": [32, 64], "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
+            {"export": {"formats": ["hf", "csv"]}},
+            {"evaluate": {"lengths": [64, 256, 512], "methods": ["yarn"], "samples": 1}},
+            {"report": {}},
+        ],
+    }
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path, plan, docs
+
+
+def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
+    path, plan, docs = plan_file
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "stage 06-evaluate failed" in result.output and "--resume" in result.output
+    done = {name: (out / name / "done.json").stat().st_mtime_ns
+            for name in ("01-search", "02-finetune", "03-search", "04-recover-short", "05-export")}
+
+    plan["data"]["evaluate"] = str(docs)  # fix the failing stage, then resume
+    path.write_text(yaml.safe_dump(plan))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done earlier, skipped") == 5
+    assert {name: (out / name / "done.json").stat().st_mtime_ns for name in done} == done
+
+    # the relative search multiplies the fine-tuned factors; short recovery keeps the long ones
+    first = load_factors(out / "01-search" / "search" / "best.json")
+    second = load_factors(out / "03-search" / "search" / "best.json")
+    final = load_factors(out / "04-recover-short" / "search" / "best.json")
+    assert second.target_context == 512 and all(b >= a - 1e-9 for a, b in zip(first.long_factor, second.long_factor))
+    assert final.long_factor == second.long_factor and final.target_context == 512
+    # exported folder carries both factor sets and loads in transformers
+    exported = AutoModelForCausalLM.from_pretrained(out / "05-export" / "hf")
+    assert exported.config.rope_parameters["short_factor"] == list(final.short_factor)
+    assert exported.config.max_position_embeddings == 512
+    # the fine-tuned weights are the ones exported (they differ from the starting model)
+    start = AutoModelForCausalLM.from_pretrained(plan["model"])
+    assert not torch.equal(exported.model.layers[0].mlp.up_proj.weight, start.model.layers[0].mlp.up_proj.weight)
+    table = json.loads((out / "06-evaluate" / "perplexity.json").read_text())
+    assert set(table["ppl"]) == {"none", "yarn", "found"} and table["lengths"] == [64, 256, 512]
+    report = (out / "07-report" / "report.md").read_text()
+    assert "02-finetune" in report and "fine-tuning loss" in report and "perplexity by length" in report
+
+    # a changed completed stage is refused on resume
+    plan["stages"][1]["finetune"]["steps"] = 3
+    path.write_text(yaml.safe_dump(plan))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 1 and "completed stage 02-finetune is not in the plan as it was" in result.output
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"stages": [{"finetune": {"length": 64, "steps": 1}}]}, "needs factors from an earlier search stage"),
+    ({"stages": [{"search": {"target": 64, "colour": 1}}]}, "unknown search setting 'colour'"),
+    ({"stages": [{"warp": {}}]}, "unknown kind 'warp'"),
+    ({"stages": [{"search": {"target": 64}}, {"finetune": {"length": 64, "steps": 1, "schedule": "step"}}]},
+     "schedule must be one of linear, constant, cosine"),
+    ({"stages": []}, "stages must be a non-empty list"),
+])
+def test_bad_plans_are_named(change, message):
+    plan = {"name": "x", "model": "m", "stages": [{"search": {"target": 64}}]} | change
+    with pytest.raises(RopesearchError, match=message):
+        plan_from_dict(plan)
+
+
+def test_example_plans_load():
+    assert [s.kind for s in load_plan("search_spaces/plans/smollm2-progressive.yaml").stages] == [
+        "search", "finetune", "search", "recover-short", "export", "evaluate", "report"]
+    assert load_plan("search_spaces/plans/llama2-7b-2048k.yaml").stages[4].settings.target == 2097152
+
+
+def test_schedules_and_length_warmup():
+    config = FinetuneConfig(length=4096, steps=100, warmup_steps=10, length_warmup=0.5, schedule="linear")
+    assert lr_factor(config, 0) == pytest.approx(0.1) and lr_factor(config, 9) == 1.0
+    assert lr_factor(config, 55) == pytest.approx(0.5) and lr_factor(config, 100) == 0.0
+    assert lr_factor(FinetuneConfig(length=64, steps=100, schedule="constant"), 99) == 1.0
+    assert lr_factor(FinetuneConfig(length=64, steps=100, schedule="cosine"), 50) == pytest.approx(0.5)
+    lengths = [length_at(config, step, 1024) for step in range(0, 101, 10)]
+    assert lengths[0] == 1024 and lengths[5:] == [4096] * 6 and lengths == sorted(lengths)
+    assert all(n % 64 == 0 for n in lengths)
+
+
+def test_finetune_resumes_from_its_checkpoint(tmp_path):
+    documents = [TokenizedDocument("d", np.random.default_rng(0).integers(3, 128, 4000).astype(np.int32))]
+    config = FinetuneConfig(length=128, steps=4, global_batch=2, micro_batch=1, lr=1e-3, save_every=2,
+                            gradient_checkpointing=False)
+    straight_model = tiny_model("llama")
+    factors = methods.yarn(rope_base(straight_model.config), 2)
+    straight = Finetuner(straight_model, factors, documents, config, tmp_path / "a", log=lambda m: None).run()
+
+    # a run killed right after its checkpoint at step 2
+    killed = Finetuner(tiny_model("llama"), factors, documents, config, tmp_path / "b", log=lambda m: None)
+    save = killed._save_checkpoint
+
+    def save_then_die(step, *args):
+        save(step, *args)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    killed._save_checkpoint = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    resumed_model = tiny_model("llama", seed=5)  # different start: the checkpoint must overwrite it
+    resumed = Finetuner(resumed_model, factors, documents, config, tmp_path / "b", log=lambda m: None).run()
+    assert [round(h["loss"], 5) for h in resumed] == [round(h["loss"], 5) for h in straight[2:]]
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_finetune_under_torchrun_with_fsdp(tmp_path):
+    """Two CPU processes (gloo): FSDP2 shards the model, the gathered weights have full shapes."""
+    import subprocess
+    import sys
+
+    worker = __import__("pathlib").Path(__file__).with_name("fsdp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker), str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["world"] == 2 and result["accumulation"] == 2 and len(result["losses"]) == 3
+    assert all(np.isfinite(result["losses"]))
+    reference = tiny_model("llama").state_dict()
+    assert sorted(result["keys"]) == sorted(reference)
+    assert all(result["shapes"][k] == list(v.shape) for k, v in reference.items())
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()

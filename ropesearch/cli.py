@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
@@ -251,6 +252,93 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
                         max_batch=max_batch, text_field=text_field, log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
+
+
+def _compare_options(function):
+    """--methods / --scale / --factors: what passkey and lm-eval compare."""
+    options = [
+        click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
+        click.option("--methods", default="none", show_default=True,
+                     help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
+        click.option("--scale", type=float, help="Scale for the methods (default: longest length / original window)."),
+        click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files (repeat)."),
+        click.option("--device", help="cuda, cpu (default: cuda if present)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command("passkey")
+@_compare_options
+@click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
+@click.option("--depths", default="0.1,0.5,0.9", show_default=True, help="Where the key sits (0 start, 1 end).")
+@click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
+def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots):
+    """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
+    from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
+    from ropesearch.evaluate.passkey import passkey_accuracy
+    from ropesearch.models import load_model, load_tokenizer, resolve_model
+
+    lengths = parse_lengths(lengths)
+    try:
+        depth_values = [float(d) for d in depths.split(",")]
+    except ValueError:
+        raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
+    ref = resolve_model(model)
+    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    results = {}
+    for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
+        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed)
+        row = "  ".join(f"{n}:{np.mean([results[name]['accuracy'][f'{n}@{d:g}'] for d in depth_values]):.0%}"
+                        for n in lengths)
+        click.echo(f"{name:>24}  {row}")
+        if plots:
+            from ropesearch.report.plots import plot_passkey
+
+            Path(plots).mkdir(parents=True, exist_ok=True)
+            plot_passkey(results[name], Path(plots) / f"passkey-{name.replace('/', '_')}.png", f"Passkey: {name}")
+    if json_out:
+        save_json({"passkey": results, "model": model, "command": " ".join(sys.argv)}, json_out)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command("lm-eval")
+@_compare_options
+@click.option("--tasks", required=True,
+              help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, ropesearch_ppl.")
+@click.option("--data", "-d", help="Documents for ropesearch_ppl (as for eval).")
+@click.option("--lengths", "-l", help="Prompt lengths of ropesearch_passkey (default: the original window).")
+@click.option("--limit", type=int, help="At most this many documents per task.")
+@click.option("--doc-tokens", type=int, help="ropesearch_ppl: score only each document's first N tokens.")
+@click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
+              help="Where generated task data and filled-in task files go.")
+def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, data, lengths, limit, doc_tokens,
+                workdir):
+    """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
+    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
+    from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
+    from ropesearch.models import load_model, load_tokenizer, resolve_model
+
+    ref = resolve_model(model)
+    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    task_names = [t.strip() for t in tasks.split(",") if t.strip()]
+    prompt_lengths = parse_lengths(lengths) if lengths else ()
+    results = {}
+    for name, factors in comparison_sets(loaded, methods, factor_files, scale,
+                                         max(prompt_lengths) if prompt_lengths else None).items():
+        results[name] = run_lm_eval(loaded, tokenizer, factors, task_names, Path(workdir) / name.replace("/", "_"),
+                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens)
+        for task, metrics in results[name]["results"].items():
+            shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len")
+            click.echo(f"{name:>24}  {task}: {shown}")
+    if json_out:
+        save_json({"lm_eval": results, "model": model, "command": " ".join(sys.argv)}, json_out)
+        click.echo(f"wrote {json_out}")
 
 
 @cli.command("run")

@@ -179,3 +179,15 @@ def test_wrong_factor_count_and_double_patch_are_clear_errors(tiny_llama):
             patch_rope(tiny_llama, factors)
     with pytest.raises(RopesearchError, match="3 rows but 2 factor sets"):
         logits(tiny_llama, ids_of(SHORT, rows=3), [factors, factors])
+
+
+def test_transformers_uses_short_factors_up_to_the_original_window_and_long_ones_above(exported):
+    """The exported config switches like this: at <= 64 tokens it equals the short set alone, above the long set."""
+    model, factors, reloaded = exported("llama")
+    short_only = longrope(factors.base, factors.short_factor, scale=SCALE, attention_factor=factors.attention_factor)
+    long_only = longrope(factors.base, factors.long_factor, scale=SCALE, attention_factor=factors.attention_factor)
+    for length, matching, other in ((ORIGINAL, short_only, long_only), (ORIGINAL + 1, long_only, short_only)):
+        ids = ids_of(length)
+        reference = logits(reloaded, ids)
+        assert (logits(model, ids, matching) - reference).abs().max().item() <= TOLERANCE
+        assert (logits(model, ids, other) - reference).abs().max().item() > 100 * TOLERANCE

@@ -162,3 +162,18 @@ def test_finetune_under_torchrun_with_fsdp(tmp_path):
     assert sorted(result["keys"]) == sorted(reference)
     assert all(result["shapes"][k] == list(v.shape) for k, v in reference.items())
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_mixed_window_trains_short_windows_with_the_original_rope(tmp_path, monkeypatch):
+    from ropesearch.rope.patching import RopePatch
+
+    seen = []
+    original_set = RopePatch.set_factors
+    monkeypatch.setattr(RopePatch, "set_factors", lambda self, f: seen.append(f.method) or original_set(self, f))
+    documents = [TokenizedDocument("d", np.random.default_rng(0).integers(3, 128, 4000).astype(np.int32))]
+    model = tiny_model("llama")
+    config = FinetuneConfig(length=256, steps=10, global_batch=2, micro_batch=1, mixed_window=0.5, save_every=100,
+                            gradient_checkpointing=False)
+    Finetuner(model, methods.yarn(rope_base(model.config), 4), documents, config, tmp_path, log=lambda m: None).run()
+    training = seen[1:]  # the first call installs the patch
+    assert len(training) == 20 and 4 <= training.count("none") <= 16 and "yarn" in training

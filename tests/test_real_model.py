@@ -46,3 +46,16 @@ def test_cli_yarn_factors_export_loads_in_transformers_with_same_logits(smollm2,
     assert (patched - reference).abs().max().item() <= 1e-4
     # the attention factor (1.21) applies at 64 tokens too, so the plain model differs
     assert (unpatched - reference).abs().max().item() > 1e-2
+
+
+def test_passkey_is_found_within_the_trained_window(smollm2):
+    from ropesearch.evaluate.passkey import passkey_accuracy, passkey_prompt
+
+    ref, model, tokenizer = smollm2
+    prompt = passkey_prompt(tokenizer, 600, 0.5, "48213")
+    assert len(prompt.ids) == 600
+    text = tokenizer.decode(prompt.ids)
+    assert text.count("48213") == 2 and text.endswith("The pass key is")
+    results = passkey_accuracy(model, tokenizer, None, [400, 800], [0.2, 0.8], trials=2, progress=False)
+    assert results["accuracy"] == {"400@0.2": 1.0, "400@0.8": 1.0, "800@0.2": 1.0, "800@0.8": 1.0}
+    assert all(key == answer for pairs in results["answers"].values() for key, answer in pairs)

@@ -172,6 +172,29 @@ def format_table(table: dict) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[str], scale: float | None,
+                    longest: int | None) -> dict[str, RopeFactors | None]:
+    """Named factor sets to compare on one model: baselines ("none" leaves it unpatched) and files."""
+    base = rope_base(model.config)
+    names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
+    scale = scale or max(1.0, (longest or base.original_context) / base.original_context)
+    sets: dict[str, RopeFactors | None] = {}
+    for name in names:
+        sets[name] = None if name == "none" else make_factors(name, base, scale)
+    for path in factor_files:
+        sets[Path(path).name] = load_factors(path, expect=base)
+    if not sets:
+        raise RopesearchError("nothing to compare: give --methods and/or --factors")
+    return sets
+
+
+def _plain(value):
+    """numpy scalars (lm-eval returns them) as JSON numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def save_json(document: dict, path: str | Path) -> Path:
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(document, indent=2, default=_plain) + "\n")
     return Path(path)

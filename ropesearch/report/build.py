@@ -13,7 +13,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import plot_factors, plot_loss, plot_perplexity, plot_progress
+from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
@@ -68,10 +68,41 @@ def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:
             f"{history[-1]['seconds'] / 60:.1f} min.", "", f"![fine-tuning loss]({tag}loss.png)", ""]
 
 
+def _passkey_lines(path: Path, results: dict, out: Path, tag: str) -> list[str]:
+    lines = [f"Passkey retrieval ({path.name}): accuracy by length, mean over depths.", ""]
+    first = next(iter(results.values()))
+    lines += ["| tokens | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+    for length in first["lengths"]:
+        cells = [sum(r["accuracy"][f"{length}@{d:g}"] for d in r["depths"]) / len(r["depths"]) for r in results.values()]
+        lines.append(f"| {length} | " + " | ".join(f"{c:.0%}" for c in cells) + " |")
+    lines.append("")
+    for name, result in results.items():
+        image = f"{tag}passkey-{path.stem}-{name.replace('/', '_')}.png"
+        plot_passkey(result, out / image, f"Passkey: {name}")
+        lines += [f"![passkey {name}]({image})", ""]
+    return lines
+
+
+def _lm_eval_lines(path: Path, results: dict) -> list[str]:
+    lines = [f"lm-eval ({path.name}):", "", "| factors | task | metric | value |", "|---|---|---|---|"]
+    for name, run in results.items():
+        for task, metrics in run["results"].items():
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)) and "stderr" not in metric and metric != "sample_len":
+                    lines.append(f"| {name} | {task} | {metric.split(',')[0]} | {value:.4g} |")
+    return lines + [""]
+
+
 def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
     lines = []
     for path in sorted(folder.glob("*.json")):
         table = _json(path)
+        if isinstance(table, dict) and isinstance(table.get("passkey"), dict) and table["passkey"]:
+            lines += _passkey_lines(path, table["passkey"], out, tag)
+            continue
+        if isinstance(table, dict) and isinstance(table.get("lm_eval"), dict) and table["lm_eval"]:
+            lines += _lm_eval_lines(path, table["lm_eval"])
+            continue
         if not (isinstance(table, dict) and {"ppl", "lengths"} <= set(table)):
             continue
         plot_perplexity(table, out / f"{tag}ppl-{path.stem}.png")

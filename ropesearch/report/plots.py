@@ -94,3 +94,20 @@ def plot_loss(history: list[dict], path: Path) -> Path:
     axis.set_title("Fine-tuning")
     axis.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def plot_passkey(results: dict, path: Path, title: str = "Passkey retrieval") -> Path:
+    """Accuracy heatmap: lengths (rows) x depths (columns)."""
+    lengths, depths = results["lengths"], results["depths"]
+    grid = np.array([[results["accuracy"][f"{n}@{d:g}"] for d in depths] for n in lengths])
+    figure, axis = plt.subplots(figsize=(1.2 * len(depths) + 2.5, 0.6 * len(lengths) + 1.8), dpi=STYLE["dpi"])
+    image = axis.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    axis.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
+    axis.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    for (row, column), value in np.ndenumerate(grid):
+        axis.text(column, row, f"{value:.0%}", ha="center", va="center", fontsize=8)
+    axis.set_xlabel("depth of the key")
+    axis.set_ylabel("tokens")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    return _save(figure, path)

@@ -1,0 +1,83 @@
+"""Passkey retrieval: a random 5-digit key hidden in filler text at a chosen depth, asked for at the end.
+
+The standard long-context test (Mohtashami & Jaggi; LongRoPE's evaluation): greedy
+generation, exact match of the key. Prompts are built to an exact token length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ropesearch.data.tokens import tokenize
+from ropesearch.errors import RopesearchError
+from ropesearch.rope import RopeFactors, patch_rope
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+
+
+@dataclass(frozen=True)
+class PasskeyPrompt:
+    ids: np.ndarray
+    key: str
+    depth: float
+
+
+def passkey_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPrompt:
+    """A prompt of exactly `length` tokens with the key at `depth` (0 = start, 1 = end) of the filler."""
+    intro, filler = tokenize(tokenizer, INTRO), tokenize(tokenizer, FILLER)
+    needle, question = tokenize(tokenizer, NEEDLE.format(key=key)), tokenize(tokenizer, QUESTION)
+    room = length - len(intro) - len(needle) - len(question)
+    if room < len(filler):
+        raise RopesearchError(f"passkey length {length} is too short for the prompt (needs > {length - room + len(filler)})")
+    haystack = np.tile(filler, room // len(filler) + 1)[:room]
+    at = int(round(depth * room))
+    ids = np.concatenate([intro, haystack[:at], needle, haystack[at:], question]).astype(np.int64)
+    return PasskeyPrompt(ids, key, depth)
+
+
+def _answer(tokenizer, generated: torch.Tensor) -> str:
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    match = re.search(r"\d+", text)
+    return match.group(0) if match else text.strip()
+
+
+def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Sequence[int], depths: Sequence[float],
+                     trials: int = 5, seed: int = 0, max_new_tokens: int = 8, progress: bool = True) -> dict:
+    """Accuracy per (length, depth) over `trials` random keys; `factors` None runs the model unpatched."""
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    results = {"lengths": list(lengths), "depths": list(depths), "trials": trials, "accuracy": {}, "answers": {}}
+    jobs = [(n, d) for n in lengths for d in depths]
+    bar = tqdm(total=len(jobs) * trials, desc="passkey", disable=None if progress else True, leave=False)
+    patch = patch_rope(model, factors) if factors is not None else None
+    try:
+        for length, depth in jobs:
+            hits, answers = 0, []
+            for _ in range(trials):
+                key = str(int(rng.integers(10_000, 100_000)))
+                prompt = passkey_prompt(tokenizer, length, depth, key)
+                ids = torch.from_numpy(prompt.ids)[None].to(device)
+                with torch.no_grad():
+                    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                            do_sample=False, pad_token_id=tokenizer.eos_token_id)
+                answer = _answer(tokenizer, output[0, ids.shape[1]:])
+                hits += answer == key
+                answers.append([key, answer])
+                bar.update(1)
+            results["accuracy"][f"{length}@{depth:g}"] = hits / trials
+            results["answers"][f"{length}@{depth:g}"] = answers
+    finally:
+        if patch is not None:
+            patch.restore()
+        bar.close()
+    return results

@@ -1,0 +1,69 @@
+"""`ropesearch report` draws every plot from a CPU run directory; the test opens them as images."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from ropesearch.cli import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("report")
+    os.environ["ROPESEARCH_CACHE"] = str(root / "cache")
+    model, docs = tiny_model_dir
+    space = yaml.safe_load(open("search_spaces/fast.yaml"))
+    space["budget"].update(population=6, top_k=3, generations=2)
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    run = root / "run"
+    invoke = lambda *args: CliRunner().invoke(cli, [str(a) for a in args])  # noqa: E731
+    result = invoke("search", "--model", model, "--data", docs, "--target-length", 256, "--space", root / "space.yaml",
+                    "--out", run, "--samples", 1)
+    assert result.exit_code == 0, result.output
+    result = invoke("baselines", "--model", model, "--data", docs, "--lengths", "64,128,256", "--samples", 1,
+                    "--heldout-of", run, "--factors", run / "best.json", "--json", run / "heldout.json")
+    assert result.exit_code == 0, result.output
+    result = invoke("passkey", "--model", model, "--lengths", "320", "--depths", "0.2,0.8", "--trials", 1,
+                    "--methods", "none,yarn", "--factors", run / "best.json", "--json", run / "passkey.json")
+    assert result.exit_code == 0, result.output
+    result = invoke("lm-eval", "--model", model, "--tasks", "ropesearch_passkey,ropesearch_ppl", "--data", docs,
+                    "--lengths", "320", "--limit", 2, "--doc-tokens", 600, "--factors", run / "best.json", "--methods", "",
+                    "--workdir", root / "lm-eval", "--json", run / "lm-eval.json")
+    assert result.exit_code == 0, result.output
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_every_plot_is_a_real_picture(run_dir):
+    report = (run_dir / "report" / "report.md").read_text()
+    expected = ["factors.png", "progress.png", "ppl-heldout.png", "passkey-passkey-best.json.png",
+                "passkey-passkey-none.png", "passkey-passkey-yarn.png"]
+    for name in expected:
+        path = run_dir / "report" / name
+        assert path.is_file(), name
+        assert f"]({name})" in report
+        image = imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+        # a drawn figure: many distinct colours, not a blank canvas
+        assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50
+
+
+def test_report_text_has_every_section(run_dir):
+    report = (run_dir / "report" / "report.md").read_text()
+    for fragment in ("Scores on the search windows", "full evaluations", "Perplexity (heldout.json)",
+                     "Passkey retrieval (passkey.json)", "lm-eval (lm-eval.json)", "ropesearch_ppl", "bits_per_byte"):
+        assert fragment in report, fragment
+    passkey = json.loads((run_dir / "passkey.json").read_text())["passkey"]
+    assert set(passkey) == {"none", "yarn", "best.json"}
+
+
+def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "holds nothing to report" in result.output

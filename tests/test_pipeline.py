@@ -38,7 +38,8 @@ def plan_file(tiny_model_dir, tmp_path, monkeypatch):
             {"search": {"target": 512, "relative": True, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
             {"recover-short": {"lengths": [32, 64], "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
             {"export": {"formats": ["hf", "csv"]}},
-            {"evaluate": {"lengths": [64, 256, 512], "methods": ["yarn"], "samples": 1}},
+            {"evaluate": {"lengths": [64, 256, 512], "methods": ["yarn"], "samples": 1, "passkey": True,
+                          "passkey_lengths": [320], "passkey_depths": [0.5], "passkey_trials": 1}},
             {"report": {}},
         ],
     }
@@ -78,8 +79,14 @@ def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
     assert not torch.equal(exported.model.layers[0].mlp.up_proj.weight, start.model.layers[0].mlp.up_proj.weight)
     table = json.loads((out / "06-evaluate" / "perplexity.json").read_text())
     assert set(table["ppl"]) == {"none", "yarn", "found"} and table["lengths"] == [64, 256, 512]
+    searched = {w.split("@")[0] for stage in ("01-search", "03-search", "04-recover-short")
+                for w in json.loads((out / stage / "search" / "config.json").read_text())["windows"]}
+    assert not searched & {w.split("@")[0] for w in table["windows"]}, "evaluated on searched documents"
+    passkey = json.loads((out / "06-evaluate" / "passkey.json").read_text())["passkey"]
+    assert set(passkey) == {"none", "yarn", "found"} and passkey["found"]["lengths"] == [320]
     report = (out / "07-report" / "report.md").read_text()
     assert "02-finetune" in report and "fine-tuning loss" in report and "perplexity by length" in report
+    assert "Passkey retrieval" in report
 
     # a changed completed stage is refused on resume
     plan["stages"][1]["finetune"]["steps"] = 3

@@ -59,7 +59,9 @@ class EvaluateStage:
     methods: tuple[str, ...] = ("ntk", "yarn")
     samples: int = 4
     seed: int = 0
+    heldout: bool = True  # leave out the documents the last search stage scored on
     passkey: bool = False
+    passkey_lengths: tuple[int, ...] = ()  # default: the evaluation lengths
     passkey_depths: tuple[float, ...] = (0.1, 0.5, 0.9)
     passkey_trials: int = 3
 

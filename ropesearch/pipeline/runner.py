@@ -29,6 +29,7 @@ class Pipeline:
         self.factors_file: Path | None = None
         self._loaded: tuple | None = None  # (spec, model, tokenizer)
         self.outputs: dict[str, dict] = {}
+        self.search_dirs: list[Path] = []  # run folders of the search stages so far
 
     # ---- shared helpers -------------------------------------------------------------------
     @property
@@ -57,7 +58,8 @@ class Pipeline:
                             seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
                             max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
                             loaded=self.loaded(), reference=reference)
-        return {"factors": str(folder / "search" / "best.json"), "values": result.values}
+        return {"factors": str(folder / "search" / "best.json"), "values": result.values,
+                "search_dir": str(folder / "search")}
 
     def _finetune(self, stage: Stage, folder: Path) -> dict:
         import torch
@@ -104,7 +106,8 @@ class Pipeline:
                             resume=(folder / "search" / "config.json").is_file(), max_evals=settings.max_evals,
                             time_minutes=settings.time_minutes, log=self.log, loaded=self.loaded(),
                             reference=factors, short_lengths=lengths)
-        return {"factors": str(folder / "search" / "best.json"), "values": result.values}
+        return {"factors": str(folder / "search" / "best.json"), "values": result.values,
+                "search_dir": str(folder / "search")}
 
     def _export(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.api import export
@@ -116,7 +119,9 @@ class Pipeline:
         return {"exports": written}
 
     def _evaluate(self, stage: Stage, folder: Path) -> dict:
-        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, setup
+        from ropesearch.evaluate.passkey import passkey_accuracy
+        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, searched_documents, setup
+        from ropesearch.rope import make_factors
 
         settings = stage.settings
         factors = self.factors
@@ -124,13 +129,27 @@ class Pipeline:
         lengths = sorted(set(settings.lengths) or {original * 2**k for k in range(8)
                                                     if original * 2**k <= factors.target_context})
         data = self.plan.data["evaluate"]
-        tables = {}
+        exclude = ()
+        if settings.heldout and data == self.plan.data["search"]:
+            exclude = sorted({name for run in self.search_dirs for name in searched_documents(run)})
+        tables, passkey = {}, {}
         # the baselines on the model the plan started from; the found factors on the current model
         for label, spec, methods, files in (("baselines", self.plan.model, ("none",) + tuple(settings.methods), ()),
                                             ("found", self.model_spec, (), (str(self.factors_file),))):
+            model, tokenizer = self.loaded(spec)
             run = setup(spec, data, max(lengths), samples=settings.samples, seed=settings.seed,
-                        loaded=self.loaded(spec))
+                        loaded=(model, tokenizer), exclude=exclude)
             tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files)
+            if settings.passkey:
+                scale = factors.target_context / original
+                sets = {m: None if m == "none" else make_factors(m, factors.base, scale) for m in methods}
+                sets = sets if label == "baselines" else {"found": factors}
+                for name, candidate in sets.items():
+                    passkey[name] = passkey_accuracy(model, tokenizer, candidate, settings.passkey_lengths or lengths,
+                                                     settings.passkey_depths,
+                                                     settings.passkey_trials, settings.seed)
+        if passkey:
+            save_json({"passkey": passkey, "found_model": self.model_spec}, folder / "passkey.json")
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
         merged["found_model"] = self.model_spec
@@ -145,6 +164,8 @@ class Pipeline:
 
     # ---- driver -------------------------------------------------------------------------------
     def _apply(self, outputs: dict) -> None:
+        if outputs.get("search_dir"):
+            self.search_dirs.append(Path(outputs["search_dir"]))
         if outputs.get("model"):
             self.model_spec = outputs["model"]
         if outputs.get("factors"):

@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   install, then compare RoPE extension methods on the default model and data
+#   make demo   install, then extend the shipped pocket model 8x on this CPU (search, export, evaluate, report)
 #   make test   install, then run the test suite
 # CPU machines get the CPU build of torch through constraints-cpu.txt; on a GPU machine install
 # your CUDA torch first and run `make install CONSTRAINTS=`.
@@ -19,8 +19,7 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/ropesearch baselines --model smollm2-135m --data builtin --lengths 16384 --samples 1 \
-		--methods none,pi,ntk,yarn --json runs/demo-baselines.json
+	$(BIN)/ropesearch run search_spaces/plans/pocket-quickstart.yaml --out runs/quickstart
 
 test: install
 	$(BIN)/python -m pytest -q

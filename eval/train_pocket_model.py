@@ -63,6 +63,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"],
+                        help="the standard library to train on (default: this Python's; the shipped model used "
+                             "CPython 3.11's, carried to the GPU machine as a tar of its .py files)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--context", type=int, default=256)
@@ -86,7 +89,7 @@ def main():
     torch.manual_seed(args.seed)
     started = time.time()
 
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    stdlib = Path(args.stdlib)
     files = training_files(stdlib)
     texts = [(stdlib / f).read_text(encoding="utf-8", errors="replace") for f in files]
     corpus_hash = hashlib.sha256("\0".join(files + texts).encode()).hexdigest()
@@ -173,6 +176,7 @@ def main():
         "tokens": int(len(tokens)),
         "train_tokens_seen": args.steps * args.batch * args.context,
         "python": sys.version.split()[0],
+        "stdlib": args.stdlib,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()}",
         "platform": platform.platform(),

@@ -124,6 +124,21 @@ def test_seeds_are_the_methods_true_vectors():
         assert np.allclose(encoding.decode(seeds[method]).long_factor, np.clip(true, 1, 5), atol=0.005 + 1e-9)
 
 
+def test_searched_attention_seeds_each_curve_with_longrope_attention_too():
+    encoding = Encoding(load_space("fast"), BASE, TARGET)
+    seeds = {name: encoding.decode(genome) for name, genome in encoding.seed_genomes().items()}
+    longrope_attention = methods.longrope_mscale(TARGET / BASE.original_context, BASE.original_context)
+    yarn = methods.make_factors("yarn", BASE, 4)
+    assert seeds["yarn"].attention_factor == pytest.approx(yarn.attention_factor, abs=1e-3)
+    assert seeds["yarn+longrope-attention"].attention_factor == pytest.approx(longrope_attention, abs=1e-3)
+    assert seeds["yarn+longrope-attention"].long_factor == seeds["yarn"].long_factor
+    ntk, blend = np.asarray(seeds["ntk"].long_factor), np.asarray(seeds["ntk~yarn"].long_factor)
+    assert np.all(blend >= np.minimum(ntk, seeds["yarn"].long_factor) - 0.01)
+    assert np.all(blend <= np.maximum(ntk, seeds["yarn"].long_factor) + 0.01) and not np.allclose(blend, ntk)
+    # every seed fits in the initial population
+    assert len(seeds) <= load_space("fast").budget.population
+
+
 def test_critical_dimension_fills_fast_dims_with_an_ntk_curve():
     space = load_space("longrope2")
     encoding = Encoding(space, BASE, TARGET)

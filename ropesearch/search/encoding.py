@@ -176,11 +176,21 @@ class Encoding:
                     "current": self.encode(np.asarray(self.reference.short_factor))}
         window = self.base.original_context if self.reference is None else self.reference.target_context
         relative_base = RopeBase(self.base.rope_theta, self.base.rotary_dim, window)
-        seeds = {}
+        seeds, vectors = {}, {}
         for method in self.space.seeds:
             factors = make_factors(method, relative_base, self.search_scale if method != "none" else 1.0)
             attention = factors.attention_factor if self.reference is None else None
             seeds[method] = self.encode(factors.long_factor, attention=attention)
+            vectors[method] = np.asarray(factors.long_factor)
+        if self.reference is None and self.space.attention_factor is not None:
+            # The attention factor matters as much as the curve (on SmolLM2 at 8x, NTK went from 56
+            # to 49 with LongRoPE's instead of none): each curve also starts with LongRoPE's.
+            longrope_attention = longrope_mscale(self.scale, self.base.original_context)
+            if "ntk" in vectors and "yarn" in vectors:  # found factors often lie between the two
+                vectors["ntk~yarn"] = np.sqrt(vectors["ntk"] * vectors["yarn"])
+                seeds["ntk~yarn"] = self.encode(vectors["ntk~yarn"], attention=longrope_attention)
+            for method in [m for m in self.space.seeds if m not in ("none", "pi")]:
+                seeds[f"{method}+longrope-attention"] = self.encode(vectors[method], attention=longrope_attention)
         if self.reference is not None:
             seeds["reference"] = self.encode(np.ones(self.base.n_factors))
         return seeds

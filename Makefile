@@ -19,7 +19,8 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/ropesearch run search_spaces/plans/pocket-quickstart.yaml --out runs/quickstart
+	@# --resume: a second `make demo` continues an interrupted run, or shows the finished one
+	$(BIN)/ropesearch run search_spaces/plans/pocket-quickstart.yaml --out runs/quickstart --resume
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -37,8 +37,8 @@ def main():
     ratio_none = ppl["none"][str(8 * context)] / ppl["none"][str(context)]
     ratio_yarn = ppl["yarn"][str(8 * context)] / ppl["none"][str(context)]
     arguments = training["arguments"]
-    # the GPU machine ran Python 3.12 but trained on CPython 3.11's library, carried as a tar (--stdlib)
-    stdlib = (f"the standard library at `{training['stdlib']}` (CPython 3.11.7's, carried to the GPU machine)"
+    # the library trained on may be another Python's (--stdlib): the shipped model used CPython 3.11's
+    stdlib = (f"the standard library at `{training['stdlib']}` (given with --stdlib)"
               if training.get("stdlib") else f"Python {training['python']}'s standard library")
     card = f"""# pocket: a tiny RoPE model for CPU quickstarts and CI
 

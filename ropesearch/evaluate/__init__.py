@@ -16,6 +16,7 @@ def make_evaluator(model, backend: str = "torch", model_spec: str | None = None,
         return TorchEvaluator(model, **options)
     if backend == "vllm":
         from ropesearch.evaluate.vllm_backend import VllmEvaluator
+        from ropesearch.export.transformers_config import partial_rotary_factor
         from ropesearch.models import resolve_model, rope_base
 
         ref = resolve_model(model_spec) if model_spec else None
@@ -23,7 +24,8 @@ def make_evaluator(model, backend: str = "torch", model_spec: str | None = None,
             raise RopesearchError(f"the vLLM backend needs a transformers model folder, not {model_spec!r}: "
                                   "export one with `ropesearch export FACTORS --model M --out DIR` and use --model DIR")
         return VllmEvaluator(ref.path, rope_base(model.config), max_length or model.config.max_position_embeddings,
-                             dtype=str(model.dtype).removeprefix("torch."))
+                             dtype=str(model.dtype).removeprefix("torch."),
+                             partial_rotary_factor=partial_rotary_factor(model.config))
     raise RopesearchError(f"unknown evaluator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 

@@ -54,7 +54,6 @@ class VllmEvaluator:
             raise RopesearchError("vLLM is not installed: pip install 'ropesearch[vllm]' (or make install-vllm)") from None
         self.base = base
         self.max_length = max(max_length, base.original_context + 1)  # longest window scored
-        self.partial_rotary_factor = partial_rotary_factor
         engine_length = self.max_length + 1  # vLLM wants room for one generated token after the prompt
         start = methods.longrope(base, np.ones(base.n_factors), target_context=engine_length, attention_factor=1.0)
         overrides = {"rope_parameters": rope_parameters(start, partial_rotary_factor),
@@ -98,8 +97,8 @@ class VllmEvaluator:
         window_length = windows[0].length
         lengths = sorted(set(lengths or [window_length]))
         if lengths[-1] > window_length or window_length > self.max_length:
-            raise RopesearchError(f"lengths must be at most the window length {window_length} and the engine's "
-                                  f"max_model_len {self.max_length}")
+            raise RopesearchError(f"lengths must be at most the window length {window_length}, and windows at most "
+                                  f"the {self.max_length} tokens this vLLM engine was built for")
         scores = []
         for factors in candidates:
             started = time.perf_counter()

@@ -11,7 +11,7 @@ from pathlib import Path
 from ropesearch.errors import RopesearchError
 from ropesearch.export.csv_factors import write_factor_csv
 from ropesearch.export.factor_file import atomic_write_text, check_fits
-from ropesearch.export.transformers_config import apply_to_config, rope_parameters
+from ropesearch.export.transformers_config import apply_to_config, partial_rotary_factor, rope_parameters
 from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
 from ropesearch.rope.factors import RopeFactors
 
@@ -96,8 +96,7 @@ def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite:
     out = Path(out)
     config = load_config(ref)
     check_fits(factors, rope_base(config))
-    partial = (config.rope_parameters or {}).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
-    overrides = vllm_overrides(factors, partial, allow_start_tokens)
+    overrides = vllm_overrides(factors, partial_rotary_factor(config), allow_start_tokens)
     _prepare_out(out, overwrite)
     atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
     model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path

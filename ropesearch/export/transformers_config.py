@@ -38,11 +38,15 @@ def rope_parameters(factors: RopeFactors, partial_rotary_factor: float | None = 
     return params
 
 
+def partial_rotary_factor(config) -> float | None:
+    """The config's share of rotated head dims, wherever this model keeps it (None: not set)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    return params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+
+
 def apply_to_config(config, factors: RopeFactors, allow_start_tokens: bool = False) -> None:
     """Rewrite a transformers config in place: new rope_parameters, max_position_embeddings = target."""
-    old = getattr(config, "rope_parameters", None) or {}
-    partial = old.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
-    config.rope_parameters = rope_parameters(factors, partial, allow_start_tokens)
+    config.rope_parameters = rope_parameters(factors, partial_rotary_factor(config), allow_start_tokens)
     config.max_position_embeddings = factors.target_context
     if hasattr(config, "original_max_position_embeddings"):
         # Phi-3 keeps the pretrained window outside rope_parameters and transformers prefers it

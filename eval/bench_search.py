@@ -44,7 +44,7 @@ def subset_folder(data: str, names: list[str]) -> str:
 
 
 def search(args):
-    out = Path(args.out) / args.space
+    out = Path(args.out) / (args.name or Path(args.space).stem)
     names = args.search_docs.split(",")
     result = run_search(args.model, subset_folder(args.data, names), args.target, out, space=args.space,
                         samples=len(names), time_minutes=args.minutes, resume=(out / "config.json").exists(),
@@ -75,13 +75,12 @@ def compare(args):
         table[label]["windows"] = [w.name for w in windows]
     progress = {}
     for name, path in runs.items():
-        import pickle
-
-        state = pickle.load(open(path / "checkpoint.pkl", "rb"))
+        points = json.loads((path / "progress.json").read_text())
         progress[name] = [{"gpu_seconds": p["gpu_seconds"], "elapsed": p["elapsed"], "full_evals": p["full_evals"],
-                           "best": list(p["best"].values())[0]} for p in state["progress"]]
+                           "best": list(p["best"].values())[0]} for p in points]
+    race = time_to_reach(progress, args.reference)
     report = {"command": " ".join(["python"] + sys.argv), "target": args.target, "heldout": table,
-              "progress": progress, "environment": environment(model)}
+              "progress": progress, "race": race, "environment": environment(model)}
     save_json(report, Path(args.out) / "compare.json")
     lines = [f"# Search at {args.target} tokens: held-out perplexity", "",
              f"Command: `{report['command']}`  ", f"Device: {report['environment']['device']}, "
@@ -92,11 +91,35 @@ def compare(args):
     for label, row in table.items():
         best = min(row[n] for n in names if n.startswith("search:")) if runs else float("nan")
         lines.append(f"| {label} | " + " | ".join(f"{row[n]:.2f}" for n in names) + f" | {best / row['yarn']:.3f} |")
+    if race:
+        lines += ["", f"## GPU seconds to reach {args.reference}'s final best ({race['target']:.2f} on the search "
+                  f"documents, after {race['reference_seconds']:.0f} s)", "",
+                  "| run | GPU seconds | fraction of the reference's | its final best |", "|---|---|---|---|"]
+        for name, row in race["runs"].items():
+            seconds = "not reached" if row["seconds"] is None else f"{row['seconds']:.0f}"
+            fraction = "" if row["fraction"] is None else f"{row['fraction']:.2f}"
+            lines.append(f"| {name} | {seconds} | {fraction} | {row['final_best']:.2f} |")
     lines += ["", "## Best search perplexity (search documents) against GPU seconds", ""]
     for name, points in progress.items():
         lines.append(f"- {name}: " + ", ".join(f"{p['gpu_seconds']:.0f}s: {p['best']:.2f}" for p in points[:: max(1, len(points) // 12)]))
-    (Path(args.out) / "README.md").write_text("\n".join(lines) + "\n")
+    (Path(args.out) / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def time_to_reach(progress: dict, reference: str) -> dict | None:
+    """GPU seconds each run needed to match the reference run's final best (None: it never did)."""
+    if reference not in progress or not progress[reference]:
+        return None
+    target = progress[reference][-1]["best"]
+    reference_seconds = next(p["gpu_seconds"] for p in progress[reference] if p["best"] <= target)
+    runs = {}
+    for name, points in progress.items():
+        if name == reference:
+            continue
+        seconds = next((p["gpu_seconds"] for p in points if p["best"] <= target), None)
+        runs[name] = {"seconds": seconds, "fraction": None if seconds is None else seconds / reference_seconds,
+                      "final_best": points[-1]["best"], "final_seconds": points[-1]["gpu_seconds"]}
+    return {"reference": reference, "target": target, "reference_seconds": reference_seconds, "runs": runs}
 
 
 def main():
@@ -106,7 +129,10 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--target", type=int, default=65536)
-    parser.add_argument("--space", default="fast")
+    parser.add_argument("--space", default="fast", help="a shipped space's name or a space file")
+    parser.add_argument("--name", help="the run's folder under --out (default: the space's name)")
+    parser.add_argument("--reference", default="longrope",
+                        help="compare: the run whose final best the others race to (GPU seconds to reach it)")
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--search-docs", default=SEARCH_DOCS)
     parser.add_argument("--heldout", type=int, default=4, help="longest documents not searched on")

@@ -139,6 +139,28 @@ def test_searched_attention_seeds_each_curve_with_longrope_attention_too():
     assert len(seeds) <= load_space("fast").budget.population
 
 
+def test_attention_mutation_nudges_rather_than_resamples():
+    encoding = Encoding(load_space("fast"), BASE, TARGET)
+    genome = encoding.seed_genomes()["ntk~yarn"]
+    children = FactorMutation(encoding)._do(None, np.repeat(genome[None], 400, axis=0),
+                                            random_state=np.random.default_rng(3))
+    column = encoding.attention_column
+    moved = children[:, column] != genome[column]
+    low, high = encoding.bounds
+    assert moved.sum() >= 20  # it does mutate
+    # a uniform resample over [1, 1.5] would put about a third of them over 0.15 away
+    assert np.max(np.abs(children[moved, column] - genome[column])) < 0.15 * (high[column] - low[column]) / 0.5
+
+
+def test_blend_seeds_lie_between_ntk_and_yarn_in_order_of_their_weight():
+    encoding = Encoding(load_space("fast"), BASE, TARGET)
+    seeds = {name: np.asarray(encoding.decode(g).long_factor) for name, g in encoding.seed_genomes().items()}
+    # more NTK weight: closer to NTK's curve everywhere (up to the 0.01 grid)
+    ntk = np.log(seeds["ntk"])
+    distance = [np.abs(np.log(seeds[name]) - ntk).sum() for name in ("ntk~yarn@0.25", "ntk~yarn", "ntk~yarn@0.75")]
+    assert distance[0] > distance[1] > distance[2] > 0
+
+
 def test_critical_dimension_fills_fast_dims_with_an_ntk_curve():
     space = load_space("longrope2")
     encoding = Encoding(space, BASE, TARGET)
@@ -163,6 +185,20 @@ def test_search_improves_on_its_seeds_and_writes_the_run(loaded, tmp_path):
     assert best["provenance"]["scores"]["ppl@256"] == pytest.approx(result.values[0])
     assert best["constraints"]["monotone"] is True
     assert result.state.stop_reason == "4 generations done"
+
+
+def test_initial_screening_scores_only_the_promoted_part_of_the_start_in_full(loaded, tmp_path):
+    space = tiny_space(generations=1, population=12, top_k=4)
+    space = replace(space, fidelity=replace(space.fidelity, initial=True, promote=0.25))
+    search(loaded, tmp_path / "run", space)
+    start = [r for r in history_without_timing(tmp_path / "run") if r["generation"] == 0]
+    screened = [r for r in start if r["fidelity"] == "screen"]
+    full = [r for r in start if r["fidelity"] == "full"]
+    assert len(screened) == 12 and len(full) == 3
+    # the promoted ones are the best screened ones
+    cut = sorted(r["metrics"]["screen_ppl"] for r in screened)[2]
+    by_genome = {json.dumps(r["genome"]): r["metrics"]["screen_ppl"] for r in screened}
+    assert all(by_genome[json.dumps(r["genome"])] <= cut for r in full)
 
 
 def test_killed_search_resumes_to_the_same_result(loaded, tmp_path):

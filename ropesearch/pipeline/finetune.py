@@ -147,7 +147,7 @@ class Finetuner:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoint"
 
-    def _save_checkpoint(self, step: int, optimizer, generator) -> None:
+    def _save_checkpoint(self, step: int, optimizer, generator, history: list[dict]) -> None:
         from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
@@ -160,17 +160,19 @@ class Finetuner:
         staging.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in weights.items()}, staging / "model.safetensors")
         torch.save({"optimizer": optimizer_state, "generator": generator.get_state()}, staging / "trainer.pt")
-        atomic_write_text(staging / "state.json", json.dumps({"step": step, "config": asdict(self.config)}))
+        atomic_write_text(staging / "state.json", json.dumps({"step": step, "config": asdict(self.config),
+                                                              "history": history}))
         if self.checkpoint_dir.exists():
             import shutil
 
             shutil.rmtree(self.checkpoint_dir)
         os.replace(staging, self.checkpoint_dir)
 
-    def _load_checkpoint(self, optimizer, generator) -> int:
+    def _load_checkpoint(self, optimizer, generator) -> tuple[int, list[dict]]:
+        """The step to continue from and the history of the steps before it."""
         state_file = self.checkpoint_dir / "state.json"
         if not state_file.is_file():
-            return 0
+            return 0, []
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
@@ -184,7 +186,7 @@ class Finetuner:
         set_optimizer_state_dict(self.trainee, optimizer, trainer["optimizer"], options=options)
         generator.set_state(trainer["generator"])
         self.log(f"resuming fine-tuning at step {state['step']}")
-        return int(state["step"])
+        return int(state["step"]), list(state.get("history", []))
 
     # ---- training -------------------------------------------------------------------------
     def _windows(self, generator, rows: int, length: int) -> torch.Tensor:
@@ -208,10 +210,10 @@ class Finetuner:
         optimizer = torch.optim.AdamW(self.trainee.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.95))
         generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
-        step = self._load_checkpoint(optimizer, generator)
+        step, history = self._load_checkpoint(optimizer, generator)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        history = []
-        started = time.perf_counter()
+        # seconds continue from the interrupted session's last step
+        started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
         try:
             while step < config.steps:
                 for group in optimizer.param_groups:
@@ -236,7 +238,7 @@ class Finetuner:
                 if step % 10 == 0 or step == config.steps:
                     self.log(f"step {step}/{config.steps}  loss {total:.4f}  length {length}  lr {entry['lr']:.2e}")
                 if step % config.save_every == 0 or step == config.steps:
-                    self._save_checkpoint(step, optimizer, generator)
+                    self._save_checkpoint(step, optimizer, generator, history)
         finally:
             patch.restore()
             model.eval()

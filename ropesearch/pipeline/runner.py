@@ -149,7 +149,8 @@ class Pipeline:
                                                      settings.passkey_depths,
                                                      settings.passkey_trials, settings.seed)
         if passkey:
-            save_json({"passkey": passkey, "found_model": self.model_spec}, folder / "passkey.json")
+            save_json({"passkey": passkey, "found_model": self.model_spec,
+                       "baseline_scale": factors.target_context / original}, folder / "passkey.json")
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
         merged["found_model"] = self.model_spec

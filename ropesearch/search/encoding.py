@@ -23,6 +23,8 @@ from ropesearch.rope.methods import longrope_mscale
 from ropesearch.search.space import SearchSpace
 
 ATTENTION_STEP = 0.001
+# geometric NTK/YaRN blends seeded when the attention factor is searched: (NTK's weight, name)
+BLENDS = ((0.5, "ntk~yarn"), (0.25, "ntk~yarn@0.25"), (0.75, "ntk~yarn@0.75"))
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class Encoding:
     @property
     def n_var(self) -> int:
         return self.n_factor_genes + (self.space.start_tokens is not None) + (self.space.attention_factor is not None)
+
+    @property
+    def attention_column(self) -> int | None:
+        """Genome column of the attention factor (None when it is not searched)."""
+        if self.space.attention_factor is None:
+            return None
+        return self.n_var - 1
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -187,10 +196,19 @@ class Encoding:
             # to 49 with LongRoPE's instead of none): each curve also starts with LongRoPE's.
             longrope_attention = longrope_mscale(self.scale, self.base.original_context)
             if "ntk" in vectors and "yarn" in vectors:  # found factors often lie between the two
-                vectors["ntk~yarn"] = np.sqrt(vectors["ntk"] * vectors["yarn"])
-                seeds["ntk~yarn"] = self.encode(vectors["ntk~yarn"], attention=longrope_attention)
+                for weight, name in BLENDS:
+                    vectors[name] = vectors["ntk"] ** weight * vectors["yarn"] ** (1 - weight)
+                    seeds[name] = self.encode(vectors[name], attention=longrope_attention)
             for method in [m for m in self.space.seeds if m not in ("none", "pi")]:
                 seeds[f"{method}+longrope-attention"] = self.encode(vectors[method], attention=longrope_attention)
+            # LongRoPE2's shape: geometric up to the critical dimension, flat beyond it (those dims
+            # never turned a full circle in training), topped at s and at 3/4 of s
+            first = critical_dimension(self.base) // 2
+            if 0 < first < self.base.n_factors:
+                ramp = np.minimum(np.arange(self.base.n_factors) / first, 1.0)
+                for share, name in ((1.0, "critical"), (0.75, "critical@0.75s")):
+                    top = max(share * self.search_scale, 1.0)
+                    seeds[name] = self.encode(top ** ramp, attention=longrope_attention)
         if self.reference is not None:
             seeds["reference"] = self.encode(np.ones(self.base.n_factors))
         return seeds

@@ -133,7 +133,8 @@ class Search:
                 seen.add(key)
                 todo.append(i)
         records = []
-        if fidelity.screen_samples and state.generation > 0 and len(todo) > 1:
+        screening = fidelity.screen_samples and (state.generation > 0 or fidelity.initial)
+        if screening and len(todo) > 1:
             fresh = [i for i in todo if keys[i] not in state.screen_cache]
             if fresh:
                 candidates = [encoding.decode(X[i]) for i in fresh]

@@ -17,6 +17,8 @@ from pymoo.core.sampling import Sampling
 
 from ropesearch.search.encoding import Encoding
 
+ATTENTION_SIGMA = 0.05  # attention-factor mutation step, as a fraction of its searched range
+
 
 class GridRepair(Repair):
     """Bounds, grid and monotonicity, as one projection."""
@@ -64,10 +66,14 @@ class FactorMutation(Mutation):
                     left = factors[i - 1] if i > 0 else low[i]
                     right = factors[i + 1] if i + 1 < n else high[i]
                     factors[i] = rng.uniform(min(left, right), max(left, right))
-            # the extra genes mutate with the same per-gene probability
+            # the extra genes mutate with the same per-gene probability: n̂ resampled, the attention
+            # factor nudged (a uniform resample of it is nearly always far worse: its optimum is narrow)
             for column in range(n, len(row)):
                 if rng.random() < max(operators.mutation_prob, 0.1):
-                    row[column] = rng.uniform(low[column], high[column])
+                    if column == self.encoding.attention_column:
+                        row[column] += rng.normal(0.0, ATTENTION_SIGMA * (high[column] - low[column]))
+                    else:
+                        row[column] = rng.uniform(low[column], high[column])
         return self.encoding.repair(X)
 
 

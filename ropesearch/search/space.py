@@ -53,6 +53,9 @@ class Fidelity:
     screen_samples: int | None = None  # windows used for screening (None: no screening)
     screen_length_fraction: float = 1.0  # screening windows are this fraction of the target length
     promote: float = 0.5  # fraction of screened offspring promoted to full scoring
+    # screen the initial population too (a large, cheaply screened start: its best `promote`
+    # fraction is scored in full); false scores every initial member in full
+    initial: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,17 @@ def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
     done = {name: (out / name / "done.json").stat().st_mtime_ns
             for name in ("01-search", "02-finetune", "03-search", "04-recover-short", "05-export")}
 
+    # the failed session's time is kept; pretend it was long, and the finished stage counts it
+    spent = json.loads((out / "06-evaluate" / "spent.json").read_text())["seconds"]
+    assert spent > 0
+    (out / "06-evaluate" / "spent.json").write_text(json.dumps({"seconds": 1000.0}))
+
     plan["data"]["evaluate"] = str(docs)  # fix the failing stage, then resume
     path.write_text(yaml.safe_dump(plan))
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert result.output.count("done earlier, skipped") == 5
+    assert 1000.0 < json.loads((out / "06-evaluate" / "done.json").read_text())["seconds"] < 2000.0
     assert {name: (out / name / "done.json").stat().st_mtime_ns for name in done} == done
 
     # the relative search multiplies the fine-tuned factors; short recovery keeps the long ones

@@ -209,16 +209,21 @@ class Pipeline:
                 continue
             self.log(f"[{number}/{total}] {stage.name}")
             folder.mkdir(parents=True, exist_ok=True)
+            # seconds of earlier, interrupted sessions of this stage count too
+            spent_file = folder / "spent.json"
+            earlier = json.loads(spent_file.read_text())["seconds"] if spent_file.is_file() else 0.0
             started = time.perf_counter()
             try:
                 outputs = handlers[stage.kind](stage, folder)
             except RopesearchError as exc:
                 raise RopesearchError(f"stage {stage.name} failed: {exc} (earlier stages are kept in {self.out}; "
                                       "fix it and run again with --resume)") from None
+            finally:
+                seconds = round(earlier + time.perf_counter() - started, 2)
+                atomic_write_text(spent_file, json.dumps({"seconds": seconds}) + "\n")
             self._apply(outputs)
             self.outputs[stage.name] = outputs
-            atomic_write_text(done, json.dumps({"outputs": outputs,
-                                                "seconds": round(time.perf_counter() - started, 2)}, indent=1) + "\n")
+            atomic_write_text(done, json.dumps({"outputs": outputs, "seconds": seconds}, indent=1) + "\n")
         return self.outputs
 
 

@@ -133,6 +133,7 @@ class Pipeline:
         if settings.heldout and data == self.plan.data["search"]:
             exclude = sorted({name for run in self.search_dirs for name in searched_documents(run)})
         tables, passkey = {}, {}
+        scale = factors.target_context / original  # passkey baselines: the final scale at every length
         # the baselines on the model the plan started from; the found factors on the current model
         for label, spec, methods, files in (("baselines", self.plan.model, ("none",) + tuple(settings.methods), ()),
                                             ("found", self.model_spec, (), (str(self.factors_file),))):
@@ -141,7 +142,6 @@ class Pipeline:
                         loaded=(model, tokenizer), exclude=exclude)
             tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files)
             if settings.passkey:
-                scale = factors.target_context / original
                 sets = {m: None if m == "none" else make_factors(m, factors.base, scale) for m in methods}
                 sets = sets if label == "baselines" else {"found": factors}
                 for name, candidate in sets.items():
@@ -150,7 +150,7 @@ class Pipeline:
                                                      settings.passkey_trials, settings.seed)
         if passkey:
             save_json({"passkey": passkey, "found_model": self.model_spec,
-                       "baseline_scale": factors.target_context / original}, folder / "passkey.json")
+                       "baseline_scale": scale}, folder / "passkey.json")
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
         merged["found_model"] = self.model_spec

@@ -27,6 +27,12 @@ ATTENTION_STEP = 0.001
 BLENDS = ((0.5, "ntk~yarn"), (0.25, "ntk~yarn@0.25"), (0.75, "ntk~yarn@0.75"))
 
 
+def geometric_ramp(top: float, first: int, count: int) -> np.ndarray:
+    """`count` factors growing geometrically (NTK-shaped) from 1 at index 0 to `top` at index
+    `first`, and `top` from there on."""
+    return top ** np.minimum(np.arange(count) / first, 1.0)
+
+
 @dataclass(frozen=True)
 class Encoding:
     space: SearchSpace
@@ -120,9 +126,7 @@ class Encoding:
         searched = np.asarray(genome[: self.n_factor_genes], dtype=np.float64)
         c = self.first_free
         if c:
-            # geometric from 1 (i = 0) to the first searched factor (i = c), like NTK's curve
-            below = searched[0] ** (np.arange(c) / c)
-            searched = np.concatenate([below, searched])
+            searched = np.concatenate([geometric_ramp(searched[0], c, c), searched])
         return searched
 
     def decode(self, genome: np.ndarray) -> RopeFactors:
@@ -205,10 +209,10 @@ class Encoding:
             # never turned a full circle in training), topped at s and at 3/4 of s
             first = critical_dimension(self.base) // 2
             if 0 < first < self.base.n_factors:
-                ramp = np.minimum(np.arange(self.base.n_factors) / first, 1.0)
                 for share, name in ((1.0, "critical"), (0.75, "critical@0.75s")):
                     top = max(share * self.search_scale, 1.0)
-                    seeds[name] = self.encode(top ** ramp, attention=longrope_attention)
+                    seeds[name] = self.encode(geometric_ramp(top, first, self.base.n_factors),
+                                              attention=longrope_attention)
         if self.reference is not None:
             seeds["reference"] = self.encode(np.ones(self.base.n_factors))
         return seeds

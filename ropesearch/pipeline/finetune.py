@@ -96,6 +96,16 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each layer in the backward pass; non-reentrant, so gradients also reach
+    tensors the layers get as keyword arguments (the rotary tables)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class LossModule(torch.nn.Module):
     """The training forward as one root module: hidden states, then the chunked loss.
 
@@ -197,11 +207,7 @@ class Finetuner:
         config = self.config
         model = self.model
         if config.gradient_checkpointing:
-            kwargs = {"use_reentrant": False}
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            enable_activation_checkpointing(model)
         model.config.use_cache = False
         model.train()
         patch = patch_rope(model, self.factors)

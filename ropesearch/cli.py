@@ -184,7 +184,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device, exclude=exclude)
+                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
     if json_out:

@@ -67,3 +67,21 @@ def test_vllm_backend_errors_are_clear(tiny_model_dir, tmp_path, monkeypatch):
     result = run("search", "--model", model, "--data", docs, "--target-length", 256, "--out", tmp_path / "s",
                  "--backend", "tensorrt")
     assert result.exit_code == 2 and "tensorrt" in result.output
+
+
+def test_vllm_backend_loads_only_the_config(tiny_model_dir):
+    """vLLM loads the weights itself: a torch copy would take the GPU memory the engine claims."""
+    import torch
+
+    from ropesearch.evaluate.runs import environment, setup
+    from ropesearch.models import load_for_backend, resolve_model
+
+    model, docs = tiny_model_dir
+    ref = resolve_model(model)
+    for_torch, for_vllm = load_for_backend(ref, "torch", device="cpu"), load_for_backend(ref, "vllm")
+    assert isinstance(for_torch, torch.nn.Module) and not isinstance(for_vllm, torch.nn.Module)
+    assert for_vllm.to_dict() == for_torch.config.to_dict()
+    torch_run, vllm_run = (setup(model, docs, 128, samples=1, backend=b, device="cpu") for b in ("torch", "vllm"))
+    assert not isinstance(vllm_run.model, torch.nn.Module) and vllm_run.base == torch_run.base
+    assert [w.name for w in vllm_run.windows] == [w.name for w in torch_run.windows]
+    assert environment(vllm_run.model)["dtype"] == environment(torch_run.model)["dtype"] == "float32"

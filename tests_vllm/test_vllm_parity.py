@@ -13,7 +13,7 @@ from ropesearch.data import load_documents, sample_windows, tokenize_documents
 from ropesearch.evaluate import TorchEvaluator, make_evaluator
 from ropesearch.evaluate.runs import prefix_windows
 from ropesearch.export import export_vllm
-from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import longrope, methods
 
 ORIGINAL = 256
@@ -37,8 +37,9 @@ def windows(pocket):
 
 @pytest.fixture(scope="module")
 def engine(pocket):
-    ref, model, _, _ = pocket
-    return make_evaluator(model, backend="vllm", model_spec="pocket", max_length=LONG)
+    ref, _, _, _ = pocket
+    # built from the config alone, as `search`/`eval --backend vllm` do: no torch copy of the weights
+    return make_evaluator(load_config(ref), backend="vllm", model_spec="pocket", max_length=LONG)
 
 
 def candidate(base, seed):

@@ -8,8 +8,9 @@ BACKENDS = ("torch", "vllm")
 
 def make_evaluator(model, backend: str = "torch", model_spec: str | None = None, max_length: int | None = None,
                    **options):
-    """The evaluator for a loaded model: torch (default), or vllm (an engine over the same model's
-    folder, `model_spec`, for windows up to `max_length`; torch-only options are ignored)."""
+    """The evaluator for a loaded model: torch (default), or vllm (an engine over the model's folder,
+    `model_spec`, for windows up to `max_length`; `model` may then be just its config, see
+    `load_for_backend`; torch-only options are ignored)."""
     from ropesearch.errors import RopesearchError
 
     if backend == "torch":
@@ -17,15 +18,17 @@ def make_evaluator(model, backend: str = "torch", model_spec: str | None = None,
     if backend == "vllm":
         from ropesearch.evaluate.vllm_backend import VllmEvaluator
         from ropesearch.export.transformers_config import partial_rotary_factor
-        from ropesearch.models import resolve_model, rope_base
+        from ropesearch.models import default_dtype, resolve_model, rope_base
 
         ref = resolve_model(model_spec) if model_spec else None
         if ref is None or ref.gguf_file:
             raise RopesearchError(f"the vLLM backend needs a transformers model folder, not {model_spec!r}: "
                                   "export one with `ropesearch export FACTORS --model M --out DIR` and use --model DIR")
-        return VllmEvaluator(ref.path, rope_base(model.config), max_length or model.config.max_position_embeddings,
-                             dtype=str(model.dtype).removeprefix("torch."),
-                             partial_rotary_factor=partial_rotary_factor(model.config))
+        config = getattr(model, "config", model)  # a loaded model, or only its config
+        dtype = getattr(model, "dtype", None) if hasattr(model, "config") else default_dtype()
+        return VllmEvaluator(ref.path, rope_base(config), max_length or config.max_position_embeddings,
+                             dtype=str(dtype).removeprefix("torch."),
+                             partial_rotary_factor=partial_rotary_factor(config))
     raise RopesearchError(f"unknown evaluator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 

@@ -15,7 +15,7 @@ from ropesearch.data import Window, document_of, load_documents, needle_windows,
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
-from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import default_dtype, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
 
@@ -25,7 +25,7 @@ class EvalSetup:
 
     model_spec: str
     data_spec: str
-    model: object
+    model: object  # the loaded model; for the vLLM backend only its config
     tokenizer: object
     base: RopeBase
     windows: list[Window]
@@ -47,10 +47,11 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
-          dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None) -> EvalSetup:
+          dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
+          backend: str = "torch") -> EvalSetup:
     """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
 
-    `exclude` names documents to leave out.
+    `exclude` names documents to leave out. For the vLLM backend only the model's config is loaded.
     """
     if loaded is None:
         ref = resolve_model(model)
@@ -67,10 +68,11 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
     else:
         windows = sample_windows(documents, max_length, samples, seed, offset)
     if loaded is None:
-        loaded = load_model(ref, dtype=dtype, device=device)
+        loaded = load_for_backend(ref, backend, dtype=dtype, device=device)
     options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
                "excluded_documents": sorted(exclude)}
-    return EvalSetup(model, data, loaded, tokenizer, rope_base(loaded.config, original_context), windows, options)
+    config = getattr(loaded, "config", loaded)
+    return EvalSetup(model, data, loaded, tokenizer, rope_base(config, original_context), windows, options)
 
 
 def searched_documents(run_dir: str | Path) -> list[str]:
@@ -86,13 +88,19 @@ def prefix_windows(windows: list[Window], length: int) -> list[Window]:
 
 
 def environment(model) -> dict:
+    """Where and how scores were made: a loaded model's device and dtype (a config alone, as the
+    vLLM backend holds: the default device and dtype, which the engine uses)."""
     import torch
     import transformers
 
-    device = next(model.parameters()).device
+    if isinstance(model, torch.nn.Module):
+        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = default_dtype(device)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "ropesearch": __version__,

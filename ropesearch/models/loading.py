@@ -93,6 +93,22 @@ def load_tokenizer(ref: ModelRef):
     return tokenizer
 
 
+def default_dtype(device=None):
+    """bfloat16 on a GPU, float32 on the CPU: what models are loaded and scored in."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_for_backend(ref: ModelRef, backend: str = "torch", device=None, dtype=None):
+    """What an evaluator needs: the loaded model for torch; for vLLM only its config, since the
+    engine loads the weights itself (a torch copy on the same GPU would take memory vLLM claims)."""
+    if backend == "vllm":
+        return load_config(ref)
+    return load_model(ref, dtype=dtype, device=device)
+
+
 def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str | None = None):
     """A causal LM in eval mode: float32 on CPU, bfloat16 on a GPU unless `dtype` says otherwise."""
     import torch
@@ -100,7 +116,7 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     from transformers.utils import logging as transformers_logging
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     kwargs = dict(ref.kwargs, dtype=dtype)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

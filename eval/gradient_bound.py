@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -106,6 +107,19 @@ def native_windows(windows: list[Window], length: int) -> list[Window]:
             for w in windows for start in range(0, w.length - length + 1, length)]
 
 
+def sliding_windows(windows: list[Window], length: int, stride: int) -> list[Window]:
+    """The same tokens read by a `length`-token window sliding by `stride`: each token scored once,
+    with at least `length - stride` tokens of context (all it has, at the start)."""
+    if (windows[0].length - length) % stride:
+        raise SystemExit(f"--native-stride {stride} must divide {windows[0].length - length}")
+    cut = []
+    for w in windows:
+        for start in range(0, w.length - length + 1, stride):
+            scored = np.arange(1 if start == 0 else length - stride, length)
+            cut.append(Window(f"{w.name}+{start}", w.ids[start : start + length].copy(), scored))
+    return cut
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -116,7 +130,9 @@ def main():
                         help="documents the factors are fitted on")
     parser.add_argument("--init", default="yarn", help="a factor file, or a method name (yarn, ntk, pi)")
     parser.add_argument("--lr", type=float, default=0.02, help="Adam step on log-factors")
-    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--minutes", type=float, default=4.0, help="fitting time (0: only the baselines)")
+    parser.add_argument("--native-stride", type=int, default=1024,
+                        help="stride of the unscaled model's sliding window over the held-out tokens")
     parser.add_argument("--max-steps", type=int, default=10_000)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--search-docs", default=SEARCH_DOCS)
@@ -146,15 +162,24 @@ def main():
     heldout_ppl = lambda factors_list: [s.ppl[args.target] for s in evaluator.score(factors_list, heldout)]  # noqa: E731
     yarn_ppl, start_ppl = heldout_ppl([yarn, start])
     native = evaluator.score([methods.none(base)], native_windows(heldout, base.original_context))[0]
+    sliding = evaluator.score([methods.none(base)],
+                              sliding_windows(heldout, base.original_context, args.native_stride))[0]
+    native_name = f"unscaled, {base.original_context}-token windows"
+    sliding_name = f"unscaled, {base.original_context}-token window sliding by {args.native_stride}"
     report = {
         "command": " ".join(["python"] + sys.argv), "fit_on": [w.name for w in fit_windows],
         "heldout": [w.name for w in heldout], "target": args.target, "lr": args.lr, "init": args.init,
         "baselines": {"yarn": yarn_ppl, "init": start_ppl,
-                      f"unscaled, {base.original_context}-token windows": native.ppl[base.original_context]},
+                      native_name: native.ppl[base.original_context],
+                      sliding_name: sliding.ppl[base.original_context]},
         "trajectory": [], "environment": environment(model),
     }
     print(f"held-out at {args.target}: YaRN {yarn_ppl:.2f}, init {start_ppl:.2f} ({start_ppl / yarn_ppl:.3f} x YaRN); "
-          f"unscaled on {base.original_context}-token windows of the same tokens {native.ppl[base.original_context]:.2f}")
+          f"unscaled on {base.original_context}-token windows of the same tokens {native.ppl[base.original_context]:.2f}, "
+          f"sliding by {args.native_stride} {sliding.ppl[base.original_context]:.2f}")
+    if args.minutes <= 0:
+        save_json(report, out / "gradient.json")
+        return
 
     enable_activation_checkpointing(model)
     for parameter in model.parameters():
@@ -198,8 +223,8 @@ def main():
     print("\n| factors | held-out ppl | / YaRN |\n|---|---|---|")
     for name, value in [("YaRN", yarn_ppl), (f"init ({args.init})", start_ppl), (f"gradient fit on {args.fit}", final)]:
         print(f"| {name} | {value:.2f} | {value / yarn_ppl:.3f} |")
-    print(f"| unscaled on {base.original_context}-token windows (same tokens) | "
-          f"{native.ppl[base.original_context]:.2f} | |")
+    for name in (native_name, sliding_name):
+        print(f"| {name} (same tokens) | {report['baselines'][name]:.2f} | {report['baselines'][name] / yarn_ppl:.3f} |")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,14 @@ def test_native_windows_cut_back_to_back():
     cut = gradient_bound.native_windows([window], 32)
     assert [w.name for w in cut] == ["doc@0+0", "doc@0+32", "doc@0+64"]
     assert np.array_equal(np.concatenate([w.ids for w in cut]), np.arange(96))
+
+
+def test_sliding_windows_score_every_token_once_with_context():
+    window = Window("doc@0", np.arange(100))
+    cut = gradient_bound.sliding_windows([window], 40, 20)
+    assert [w.name for w in cut] == ["doc@0+0", "doc@0+20", "doc@0+40", "doc@0+60"]
+    scored_tokens = np.concatenate([w.ids[w.scored] for w in cut])
+    assert np.array_equal(scored_tokens, np.arange(1, 100))  # every token but the first, once
+    assert all(w.scored.min() >= 20 for w in cut[1:])  # each with at least 20 tokens before it
+    with pytest.raises(SystemExit, match="must divide"):
+        gradient_bound.sliding_windows([window], 40, 25)

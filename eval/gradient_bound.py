@@ -120,6 +120,12 @@ def sliding_windows(windows: list[Window], length: int, stride: int) -> list[Win
     return cut
 
 
+def save_fitted(factors, out: Path, model: str, fit_on: list[str]) -> None:
+    """The factors with the lowest fit loss so far, as a factor file (not necessarily monotone)."""
+    save_factors(factors, out / "fitted.json", provenance={"model": model, "fit_on": fit_on,
+                                                           "objective": "gradient fit, mean NLL"}, monotone=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -209,6 +215,7 @@ def main():
             print(f"step {step}  {entry['seconds']:.0f}s  fit {entry['fit_ppl_before_step']:.3f}  held-out {ppl:.3f} "
                   f"({ppl / yarn_ppl:.3f} x YaRN)  attention {entry['attention_factor']:.3f}", flush=True)
             save_json(report, out / "gradient.json")
+            save_fitted(best[1], out, args.model, report["fit_on"])  # a killed run keeps its best factors
     rope.restore()
     model.eval()
     fitted = best[1]
@@ -218,8 +225,7 @@ def main():
                         "long_factor": list(fitted.long_factor), "attention_factor": fitted.attention_factor,
                         "monotone": fitted.is_monotone()}
     save_json(report, out / "gradient.json")
-    save_factors(fitted, out / "fitted.json", provenance={"model": args.model, "fit_on": report["fit_on"],
-                                                          "objective": "gradient fit, mean NLL"}, monotone=False)
+    save_fitted(fitted, out, args.model, report["fit_on"])
     print("\n| factors | held-out ppl | / YaRN |\n|---|---|---|")
     for name, value in [("YaRN", yarn_ppl), (f"init ({args.init})", start_ppl), (f"gradient fit on {args.fit}", final)]:
         print(f"| {name} | {value:.2f} | {value / yarn_ppl:.3f} |")

@@ -43,6 +43,13 @@ def subset_folder(data: str, names: list[str]) -> str:
     return str(folder)
 
 
+def heldout_books(documents, search_names, target: int, count: int) -> list:
+    """The `count` longest documents the searches never saw, each cut to its first `target` tokens."""
+    others = [d for d in documents if d.name not in set(search_names) and len(d.ids) >= target]
+    longest = sorted(others, key=lambda d: -len(d.ids))[:count]
+    return sample_windows(longest, target, len(longest))
+
+
 def search(args):
     out = Path(args.out) / (args.name or Path(args.space).stem)
     names = args.search_docs.split(",")
@@ -57,10 +64,8 @@ def compare(args):
     ref = resolve_model(args.model)
     tokenizer, model = load_tokenizer(ref), load_model(ref)
     base = rope_base(model.config)
-    search_names = set(args.search_docs.split(","))
-    documents = [d for d in tokenize_documents(load_documents(args.data), tokenizer) if d.name not in search_names]
-    longest = sorted((d for d in documents if len(d.ids) >= args.target), key=lambda d: -len(d.ids))[: args.heldout]
-    heldout = {"books (held out)": sample_windows(longest, args.target, len(longest))}
+    documents = tokenize_documents(load_documents(args.data), tokenizer)
+    heldout = {"books (held out)": heldout_books(documents, args.search_docs.split(","), args.target, args.heldout)}
     builtin = [d for d in tokenize_documents(load_documents("builtin"), tokenizer) if len(d.ids) >= args.target]
     if builtin:
         heldout["python docs (builtin)"] = sample_windows(builtin, args.target, len(builtin))

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_search import SEARCH_DOCS, heldout_books  # noqa: E402  (the same books as its compare)
 
 from ropesearch.data import load_documents, sample_windows, tokenize_documents  # noqa: E402
 from ropesearch.data.samples import Window  # noqa: E402
@@ -45,8 +48,6 @@ from ropesearch.pipeline.finetune import enable_activation_checkpointing  # noqa
 from ropesearch.rope import make_factors, methods  # noqa: E402
 from ropesearch.rope.patching import rotary_modules  # noqa: E402
 from ropesearch.rope.tables import inv_freq  # noqa: E402
-
-SEARCH_DOCS = "austen-emma.txt,j.fenimore.cooper.the.prairie.txt"
 
 
 class DifferentiableRope:
@@ -153,10 +154,8 @@ def main():
     search_names = args.search_docs.split(",")
     documents = tokenize_documents(load_documents(args.data), tokenizer)
     searched = [d for d in documents if d.name in search_names]
-    others = sorted((d for d in documents if d.name not in search_names and len(d.ids) >= args.target),
-                    key=lambda d: -len(d.ids))[: args.heldout]
     search_windows = sample_windows(searched, args.target, len(searched))
-    heldout = sample_windows(others, args.target, len(others))
+    heldout = heldout_books(documents, search_names, args.target, args.heldout)
     fit_windows = search_windows if args.fit == "search" else heldout
 
     start = (make_factors(args.init, base, scale) if args.init in ("pi", "ntk", "yarn")

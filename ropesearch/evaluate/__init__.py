@@ -18,16 +18,15 @@ def make_evaluator(model, backend: str = "torch", model_spec: str | None = None,
     if backend == "vllm":
         from ropesearch.evaluate.vllm_backend import VllmEvaluator
         from ropesearch.export.transformers_config import partial_rotary_factor
-        from ropesearch.models import default_dtype, resolve_model, rope_base
+        from ropesearch.models import config_of, dtype_of, resolve_model, rope_base
 
         ref = resolve_model(model_spec) if model_spec else None
         if ref is None or ref.gguf_file:
             raise RopesearchError(f"the vLLM backend needs a transformers model folder, not {model_spec!r}: "
                                   "export one with `ropesearch export FACTORS --model M --out DIR` and use --model DIR")
-        config = getattr(model, "config", model)  # a loaded model, or only its config
-        dtype = getattr(model, "dtype", None) if hasattr(model, "config") else default_dtype()
+        config = config_of(model)
         return VllmEvaluator(ref.path, rope_base(config), max_length or config.max_position_embeddings,
-                             dtype=str(dtype).removeprefix("torch."),
+                             dtype=str(dtype_of(model)).removeprefix("torch."),
                              partial_rotary_factor=partial_rotary_factor(config))
     raise RopesearchError(f"unknown evaluator backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 

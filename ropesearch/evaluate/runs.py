@@ -15,7 +15,7 @@ from ropesearch.data import Window, document_of, load_documents, needle_windows,
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
-from ropesearch.models import default_dtype, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, dtype_of, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
 
@@ -71,8 +71,7 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
         loaded = load_for_backend(ref, backend, dtype=dtype, device=device)
     options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
                "excluded_documents": sorted(exclude)}
-    config = getattr(loaded, "config", loaded)
-    return EvalSetup(model, data, loaded, tokenizer, rope_base(config, original_context), windows, options)
+    return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
 
 
 def searched_documents(run_dir: str | Path) -> list[str]:
@@ -94,13 +93,12 @@ def environment(model) -> dict:
     import transformers
 
     if isinstance(model, torch.nn.Module):
-        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        device = next(model.parameters()).device
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = default_dtype(device)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(dtype_of(model)).replace("torch.", ""),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "ropesearch": __version__,

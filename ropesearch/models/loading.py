@@ -109,6 +109,19 @@ def load_for_backend(ref: ModelRef, backend: str = "torch", device=None, dtype=N
     return load_model(ref, dtype=dtype, device=device)
 
 
+def config_of(loaded):
+    """The config of what `load_for_backend` returned: a loaded model's, or the config itself."""
+    return getattr(loaded, "config", loaded)
+
+
+def dtype_of(loaded):
+    """The dtype scores are made in: a loaded model's own; with only a config (the vLLM engine
+    loads the weights), the default one, which the engine is asked for."""
+    import torch
+
+    return next(loaded.parameters()).dtype if isinstance(loaded, torch.nn.Module) else default_dtype()
+
+
 def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str | None = None):
     """A causal LM in eval mode: float32 on CPU, bfloat16 on a GPU unless `dtype` says otherwise."""
     import torch

@@ -9,7 +9,7 @@ from ropesearch import __version__
 from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
-from ropesearch.models import load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
@@ -53,7 +53,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
     else:
         loaded_model, tokenizer = loaded
-    base = rope_base(getattr(loaded_model, "config", loaded_model))
+    base = rope_base(config_of(loaded_model))
     if reference is not None:
         from ropesearch.export.factor_file import check_fits
 

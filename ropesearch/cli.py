@@ -166,7 +166,11 @@ def _eval_options(function):
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
         click.option("--split", default="test", show_default=True, help="datasets split."),
         click.option("--heldout-of", type=click.Path(file_okay=False),
-                     help="Leave out the documents this search run directory searched on."),
+                     help="Leave out the documents this search run (or plan run) searched or fine-tuned on, "
+                     "packed windows included."),
+        click.option("--pack", is_flag=True,
+                     help="Join documents (EOS between them, seeded order) into windows of the longest length: "
+                     "windows longer than any document, e.g. 1M tokens."),
         click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
         click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
         BACKEND_OPTION,
@@ -177,14 +181,14 @@ def _eval_options(function):
     return function
 
 
-def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
+def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
+                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend, pack=pack)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
     if json_out:
@@ -220,10 +224,12 @@ def eval_cmd(method, scale, factor_file, needle, **options):
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
 @click.option("--scale", type=float, help="Fixed scale for every length (default: length / original window).")
 @click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files to compare (repeat).")
-def baselines_cmd(methods, scale, factor_files, **options):
+@click.option("--native", is_flag=True,
+              help="Add the unscaled model reading the same text in back-to-back windows of its own length.")
+def baselines_cmd(methods, scale, factor_files, native, **options):
     """Perplexity by length of the baseline methods (and factor files) in one run, as a table."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    _run_table(methods=names, factor_files=list(factor_files), scale=scale, **options)
+    _run_table(methods=names, factor_files=list(factor_files), scale=scale, native=native, **options)
 
 
 @cli.command("search")
@@ -245,8 +251,11 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--device", help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@click.option("--pack", is_flag=True,
+                     help="Join documents (EOS between them, seeded order) into windows of the longest length: "
+                     "windows longer than any document, e.g. 1M tokens.")
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field):
+               max_batch, device, backend, text_field, pack):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -257,7 +266,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
 
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
-                        max_batch=max_batch, text_field=text_field, backend=backend,
+                        max_batch=max_batch, text_field=text_field, backend=backend, pack=pack,
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
@@ -286,7 +295,13 @@ def _compare_options(function):
 @click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
-def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots):
+@click.option("--data", "-d", help="Hide the key in these documents' text (as for eval) instead of the usual "
+              "filler sentences; one document long enough, or several joined with --pack.")
+@click.option("--pack", is_flag=True,
+                     help="Join documents (EOS between them, seeded order) into windows of the longest length: "
+                     "windows longer than any document, e.g. 1M tokens.")
+def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots, data,
+                pack):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.evaluate.passkey import passkey_accuracy
@@ -297,11 +312,22 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
         raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
+    if pack and not data:
+        raise RopesearchError("--pack joins the documents of --data: give --data too")
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    tokenizer = load_tokenizer(ref)
+    haystack, extra = None, {}
+    if data:
+        from ropesearch.data import build_windows, load_documents, tokenize_documents
+
+        documents = tokenize_documents(load_documents(data), tokenizer)
+        (window,) = build_windows(documents, tokenizer, max(lengths), 1, seed, pack=pack)
+        haystack, extra = window.ids, {"data": data, "haystack": window.record()}
+    loaded = load_model(ref, device=device)
     results = {}
     for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
-        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed)
+        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed,
+                                         haystack=haystack)
         row = "  ".join(f"{n}:{np.mean([results[name]['accuracy'][f'{n}@{d:g}'] for d in depth_values]):.0%}"
                         for n in lengths)
         click.echo(f"{name:>24}  {row}")
@@ -311,7 +337,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
             Path(plots).mkdir(parents=True, exist_ok=True)
             plot_passkey(results[name], Path(plots) / f"passkey-{name.replace('/', '_')}.png", f"Passkey: {name}")
     if json_out:
-        save_json({"passkey": results, "model": model, "command": " ".join(sys.argv)}, json_out)
+        save_json({"passkey": results, "model": model, **extra, "command": " ".join(sys.argv)}, json_out)
         click.echo(f"wrote {json_out}")
 
 

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ropesearch import __version__
-from ropesearch.data import Window, document_of, load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.data import Window, build_windows, document_of, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
@@ -48,42 +50,66 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
           dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
-          backend: str = "torch") -> EvalSetup:
+          backend: str = "torch", pack: bool = False, documents=None) -> EvalSetup:
     """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
 
-    `exclude` names documents to leave out. For the vLLM backend only the model's config is loaded.
+    `exclude` names documents to leave out; `pack` joins documents into windows of the longest
+    length; `documents` (already loaded Document objects) replaces reading `data`. For the vLLM
+    backend only the model's config is loaded.
     """
     if loaded is None:
         ref = resolve_model(model)
         tokenizer = load_tokenizer(ref)
     else:
         loaded, tokenizer = loaded
-    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
+    if documents is None:
+        documents = load_documents(data, text_field=text_field, split=split)
+    documents = tokenize_documents(documents, tokenizer)
     if exclude:
         documents = [d for d in documents if d.name not in set(exclude)]
         if not documents:
             raise RopesearchError(f"every document of {data} was excluded: nothing is held out")
-    if needle:
-        windows = needle_windows(documents, tokenizer, max_length, samples, seed)
-    else:
-        windows = sample_windows(documents, max_length, samples, seed, offset)
+    windows = build_windows(documents, tokenizer, max_length, samples, seed, needle=needle, offset=offset, pack=pack)
     if loaded is None:
         loaded = load_for_backend(ref, backend, dtype=dtype, device=device)
-    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
+    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset, "pack": pack,
                "excluded_documents": sorted(exclude)}
     return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
 
 
 def searched_documents(run_dir: str | Path) -> list[str]:
-    """The documents a search run scored its candidates on (from its config.json)."""
-    config = Path(run_dir) / "config.json"
+    """The documents a run used: a search run's windows (packed ones with all their parts), or
+    for a plan's run directory every document its search and fine-tuning stages read."""
+    run_dir = Path(run_dir)
+    if (run_dir / "plan.json").is_file():
+        used = set()
+        for done in sorted(run_dir.glob("*/done.json")):
+            outputs = json.loads(done.read_text()).get("outputs", {})
+            if outputs.get("search_dir"):
+                used.update(searched_documents(outputs["search_dir"]))
+            used.update(outputs.get("documents", []))
+        return sorted(used)
+    config = run_dir / "config.json"
     if not config.is_file():
-        raise RopesearchError(f"{run_dir} is not a search run directory (no config.json)")
-    return sorted({document_of(name) for name in json.loads(config.read_text()).get("windows", [])})
+        raise RopesearchError(f"{run_dir} is not a search run or plan run directory (no config.json or plan.json)")
+    saved = json.loads(config.read_text())
+    used = {document_of(name) for name in saved.get("windows", [])} if "window_parts" not in saved else set()
+    for parts in saved.get("window_parts", []):
+        used.update(part["document"] for part in parts)
+    if not used and saved.get("window_parts"):
+        used = {document_of(name) for name in saved.get("windows", [])}
+    return sorted(used)
+
+
+def window_parts(windows: Sequence[Window]) -> dict:
+    """{"window_parts": ...} for packed windows (every document, offset and token count), else {}."""
+    if not any(w.parts for w in windows):
+        return {}
+    return {"window_parts": [w.record().get("parts", []) for w in windows]}
 
 
 def prefix_windows(windows: list[Window], length: int) -> list[Window]:
-    return [w if w.length == length else Window(w.name, w.ids[:length], w.scored) for w in windows]
+    return [w.prefix(length) for w in windows]
 
 
 def environment(model) -> dict:
@@ -112,12 +138,27 @@ def _key(factors: RopeFactors) -> tuple:
             factors.dynamic_factor)
 
 
+def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str, float]:
+    """Perplexity of the unscaled model reading the first L tokens of the same windows in
+    back-to-back windows of its own trained length, for each length L: the floor an extension
+    is measured against (same text, no extrapolation)."""
+    from ropesearch.data.samples import native_windows
+
+    original = run.base.original_context
+    chunks = native_windows(run.windows, original)
+    (score,) = evaluator.score([make_factors("none", run.base, 1.0)], chunks, [original])
+    per_window = run.windows[0].length // original
+    nll = np.asarray(score.window_nll[original]).reshape(len(run.windows), per_window)
+    return {str(n): float(np.exp(nll[:, : n // original].mean())) for n in lengths if n >= original}
+
+
 def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str] = (),
                    factor_files: Sequence[str] = (), scale: float | None = None, fixed_scale: bool = False,
-                   **evaluator_options) -> dict:
+                   native: bool = False, **evaluator_options) -> dict:
     """Perplexity by length for baseline methods and factor files, in as few passes as possible.
 
-    A method runs at scale length/original at each length unless `scale` fixes it. Identical
+    A method runs at scale length/original at each length unless `scale` fixes it. `native` adds
+    the unscaled model reading the same text in windows of its own length (`native_column`). Identical
     factor sets (a fixed-scale method at every length, every method at or below the original
     window) are scored once, and sets with the same lengths share batched passes.
     fixed_scale without a scale: every length uses the factors made for the longest one.
@@ -148,14 +189,18 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
         windows = prefix_windows(run.windows, max(key_lengths))
         scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
     names = list(methods) + list(files)
+    ppl = {n: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names}
+    if native and run.windows[0].length >= run.base.original_context:
+        ppl[f"none ({run.base.original_context} windows)"] = native_column(evaluator, run, lengths)
     return {
         "model": run.model_spec,
         "data": run.data_spec,
         "windows": [w.name for w in run.windows],
+        **window_parts(run.windows),
         "options": run.options | {"scale": scale or "length / original window"},
         "original_context": run.base.original_context,
         "lengths": list(lengths),
-        "ppl": {n: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names},
+        "ppl": ppl,
         "seconds": {n: sum(scores[k].seconds for k in {owner[n, length] for length in lengths}) for n in names},
         "environment": environment(run.model),
     }

@@ -11,6 +11,10 @@
       - export: {formats: [hf, vllm, csv]}
       - evaluate: {lengths: [8192, 16384, 32768, 65536, 131072], methods: [ntk, yarn], passkey: true}
       - report: {}
+
+Optional: `pack: true` joins documents into windows (for targets longer than any document);
+`holdout: {fraction: 0.4, seed: 0}` sets aside a seeded share of the documents (by characters)
+that no search or fine-tuning stage reads and the evaluate stage scores on.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class EvaluateStage:
     passkey_lengths: tuple[int, ...] = ()  # default: the evaluation lengths
     passkey_depths: tuple[float, ...] = (0.1, 0.5, 0.9)
     passkey_trials: int = 3
+    native: bool = False  # also the unscaled model reading the same text in windows of its own length
+    unscaled: bool = True  # the unscaled model at every length (false: only its native-window column)
+    baseline_scale: str = "target"  # baselines at the final target's scale at every length, or "length"
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,12 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    fraction: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     model: str
@@ -97,17 +110,23 @@ class Plan:
     device: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    pack: bool = False  # windows joined from several documents (search, recovery, evaluation)
+    holdout: Holdout | None = None
 
 
 def _settings(kind: str, values: Any, where: str):
-    cls = STAGE_TYPES[kind]
+    return _settings_of(STAGE_TYPES[kind], values, where, kind)
+
+
+def _settings_of(cls: type, values: Any, where: str, label: str):
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise RopesearchError(f"{where}: settings of a {kind} stage must be a mapping")
+        raise RopesearchError(f"{where}: settings of a {label} stage must be a mapping" if label in STAGE_TYPES
+                              else f"{where} must be a mapping")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RopesearchError(f"{where}: unknown {kind} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise RopesearchError(f"{where}: unknown {label} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**values)
@@ -118,7 +137,7 @@ def _settings(kind: str, values: Any, where: str):
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     if not isinstance(data, dict):
         raise RopesearchError(f"{where} must be a YAML mapping")
-    allowed = {"name", "model", "data", "stages", "device", "description"}
+    allowed = {"name", "model", "data", "stages", "device", "description", "pack", "holdout"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -145,8 +164,17 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         settings = _settings(kind, values, f"{where}: stage {number} ({kind})")
         stages.append(Stage(kind, f"{number:02d}-{kind}", settings))
     _check_order(stages, where)
+    pack = data.get("pack", False)
+    if not isinstance(pack, bool):
+        raise RopesearchError(f"{where}: pack must be true or false, got {pack!r}")
+    holdout = None
+    if data.get("holdout") is not None:
+        holdout = _settings_of(Holdout, data["holdout"], f"{where}: holdout", "holdout")
+        if isinstance(holdout.fraction, bool) or not isinstance(holdout.fraction, (int, float)) \
+                or not 0 < holdout.fraction < 1:
+            raise RopesearchError(f"{where}: holdout.fraction must be a number strictly between 0 and 1")
     return Plan(name=str(data["name"]), model=str(data["model"]), data=sources, stages=tuple(stages),
-                device=data.get("device"), description=str(data.get("description", "")))
+                device=data.get("device"), description=str(data.get("description", "")), pack=pack, holdout=holdout)
 
 
 def _check_order(stages: list[Stage], where: str) -> None:

@@ -56,7 +56,26 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         lines += [f"{len(progress)} generations, {last['full_evals']} full evaluations (+{last['screen_evals']} "
                   f"screened), {last['elapsed'] / 60:.1f} min wall, {last['gpu_seconds'] / 60:.1f} min in the evaluator.",
                   "", f"![search progress]({tag}progress.png)", ""]
+    lines += _screen_lines(folder)
     return lines
+
+
+def _screen_lines(folder: Path) -> list[str]:
+    """How well the screen ranked the candidates that were also scored in full."""
+    from ropesearch.search.screening import screen_rank_correlation
+
+    history = folder / "history.jsonl"
+    if not history.is_file():
+        return []
+    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rank = screen_rank_correlation(records)
+    if not rank["pairs"]:
+        return []
+    if rank["spearman"] is None:
+        return [f"Screening: {rank['pairs']} candidates were scored both screened and in full (too few to rank).", ""]
+    return [f"Screening: over the {rank['pairs']} candidates scored both screened and in full, the screen's ranking "
+            f"agrees with the full score's with Spearman {rank['spearman']:.2f} (Kendall {rank['kendall']:.2f}); "
+            "promotion keeps only the screen's best, so this is the agreement among promising candidates.", ""]
 
 
 def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:

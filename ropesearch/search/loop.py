@@ -145,7 +145,8 @@ class Search:
                     state.gpu_seconds += second
                 state.screen_evals += len(fresh)
             ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
-            todo = sorted(ranked[: max(1, math.ceil(fidelity.promote * len(ranked)))])
+            promoted = max(1, math.ceil(fidelity.promote * len(ranked)))
+            todo = sorted(ranked[: min(promoted, fidelity.promote_max or promoted)])
         if self.max_evals is not None:
             todo = todo[: max(0, self.max_evals - state.full_evals)]
         if todo:

@@ -6,9 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ropesearch import __version__
-from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.data import build_windows, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
+from ropesearch.evaluate.runs import window_parts
 from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
@@ -19,11 +20,13 @@ from ropesearch.search.space import SearchSpace, load_space, space_to_dict
 
 
 def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
-                   split: str = "test"):
-    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
-    if needle:
-        return needle_windows(documents, tokenizer, length, samples, seed)
-    return sample_windows(documents, length, samples, seed)
+                   split: str = "test", pack: bool = False, documents=None):
+    """The search's windows; `documents` (loaded Document objects, e.g. a plan's non-held-out
+    part) replaces reading `data`."""
+    if documents is None:
+        documents = load_documents(data, text_field=text_field, split=split)
+    return build_windows(tokenize_documents(documents, tokenizer), tokenizer, length, samples, seed, needle=needle,
+                         pack=pack)
 
 
 def run_search(model: str, data: str, target_length: int, out: str | Path, space: str | SearchSpace = "fast",
@@ -32,12 +35,13 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
-               backend: str = "torch") -> SearchResult:
+               backend: str = "torch", pack: bool = False, documents=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
     `reference`: factors the model was fine-tuned with; the search multiplies them (progressive
     stages). With `short_lengths` too, it searches their short_factor at those lengths instead.
+    `pack` joins documents into the windows; `documents` replaces reading `data` (a plan's split).
     """
     space = space if isinstance(space, SearchSpace) else load_space(space)
     regime = "short" if short_lengths else "long"
@@ -64,7 +68,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
                               f"({base.original_context}): nothing to extend")
     window_length = max(short_lengths) if regime == "short" else target_length
-    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split)
+    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split,
+                             pack=pack, documents=documents)
     short = short_length or base.original_context
     fidelity = space.fidelity
     screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
@@ -83,6 +88,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
                                                        "original_context": base.original_context},
     }
+    if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
+        config |= {"pack": True, **window_parts(windows)}
     search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
                     time_minutes=time_minutes, log=log,
                     provenance={"model": model, "data": data, "windows": config["windows"],

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time budget of one window: longer ones run fewer layers and are scaled")
     parser.add_argument("--layers", type=int, default=None, help="run this many layers in every row")
     parser.add_argument("--chunk", type=int, default=None,
-                        help="tokens per chunk of the chunked rows (default: the evaluator's, 16384 on GPU)")
+                        help="tokens per chunk of the chunked rows (default: the evaluator's, 12288 for this shape)")
     parser.add_argument("--quick", action="store_true", help="a tiny shape on the CPU, float32, in seconds")
     parser.add_argument("--out", required=True, help="JSON file to write; the markdown table goes next to it (.md)")
     args = parser.parse_args(argv)

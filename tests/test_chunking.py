@@ -1,4 +1,4 @@
-"""Norms and MLP over chunks of the sequence: same losses, less memory, model restored."""
+"""Decoder layers over chunks of the sequence (attention whole): same losses, less memory, model restored."""
 
 import numpy as np
 import pytest
@@ -46,11 +46,13 @@ def test_chunked_scores_equal_whole_ones(arch):
     assert patched_forwards(model) == []
 
 
-def test_every_norm_and_mlp_runs_chunked(monkeypatch):
+def test_everything_but_attention_runs_chunked(monkeypatch):
     model = tiny_model("llama")
-    mlp_calls, norm_calls = [], []
+    mlp_calls, norm_calls, projection_calls = [], [], []
     for layer in model.model.layers:
         layer.mlp.register_forward_hook(lambda module, args, out: mlp_calls.append(args[0].shape[1]))
+        for projection in (layer.self_attn.q_proj, layer.self_attn.o_proj):
+            projection.register_forward_hook(lambda module, args, out: projection_calls.append(args[0].shape[1]))
     norm_forward = type(model.model.norm).forward
 
     def counted_norm(norm, x):
@@ -63,6 +65,7 @@ def test_every_norm_and_mlp_runs_chunked(monkeypatch):
         assert chunking.layers == 2
     # 100 tokens across 2 rows: 50 positions a chunk; 2 layers x 2 norms + the final norm
     assert mlp_calls == [50, 50, 30] * 2
+    assert projection_calls == [50, 50, 30] * 4  # q_proj then o_proj, each layer
     assert norm_calls == [50, 50, 30] * 5
     assert patched_forwards(model) == []
 
@@ -123,3 +126,15 @@ def test_restored_after_an_error_and_refuses_to_stack():
         SequenceChunking(model, 0)
     with pytest.raises(RopesearchError, match="sequence_chunk"):
         TorchEvaluator(model, sequence_chunk=-1)
+
+
+def test_default_chunks_hold_about_a_gib_of_mlp_intermediates():
+    from ropesearch.evaluate.chunking import auto_chunk_tokens
+
+    config = transformers.LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
+                                      num_attention_heads=32, num_key_value_heads=8, vocab_size=1024)
+    with torch.device("meta"):
+        llama8b_layer = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    assert auto_chunk_tokens(llama8b_layer) == 12288  # 2^30 / (3 x 14336 x 2 bytes) = 12483, in 1024s
+    tiny = tiny_model("llama")
+    assert TorchEvaluator(tiny).sequence_chunk == 2**30 // (3 * 256 * 4) // 1024 * 1024  # float32: not for tests' windows

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ropesearch.data.samples import Window
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.chunking import SequenceChunking
+from ropesearch.evaluate.chunking import SequenceChunking, auto_chunk_tokens
 from ropesearch.evaluate.loss import scored_nll, token_nll
 from ropesearch.evaluate.results import Score
 from ropesearch.rope.factors import RopeFactors
@@ -64,8 +64,9 @@ class TorchEvaluator:
 
     max_batch: most rows per pass (default: as many as fit; on CPU, `cpu_tokens` tokens).
     logits_tokens: positions of logits alive at once across the batch (memory bound of the loss).
-    sequence_chunk: tokens per chunk for the decoder layers' norms and MLP (see `chunking`), used
-    when a pass holds more tokens than that; default 16384 on GPU, 4096 on CPU; 0 turns it off.
+    sequence_chunk: tokens per chunk for the decoder layers (all but attention, see `chunking`), used
+    when a pass holds more tokens than that; default: chunks whose MLP intermediates take 1 GiB
+    (12288 tokens for a Llama-3-8B shape in bf16); 0 turns it off.
     """
 
     def __init__(self, model, max_batch: int | None = None, logits_tokens: int | None = None,
@@ -76,7 +77,7 @@ class TorchEvaluator:
         self.on_gpu = self.device.type == "cuda"
         self.max_batch = max_batch
         self.logits_tokens = logits_tokens or (8192 if self.on_gpu else 4096)
-        self.sequence_chunk = (16384 if self.on_gpu else 4096) if sequence_chunk is None else sequence_chunk
+        self.sequence_chunk = auto_chunk_tokens(model) if sequence_chunk is None else sequence_chunk
         if self.sequence_chunk < 0:
             raise RopesearchError(f"sequence_chunk must be >= 0 tokens (0: off), got {sequence_chunk}")
         self.cpu_tokens = cpu_tokens

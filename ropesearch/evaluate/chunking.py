@@ -42,7 +42,7 @@ ATTENTION_EXTRAS = {
 # Decoder layers whose forward is exactly the pre-norm block above (read in transformers 5.x;
 # Phi-3's residual dropouts are identities at inference)
 PRE_NORM_LAYERS = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
-                             "GemmaDecoderLayer", "Phi3DecoderLayer"})
+                             "Phi3DecoderLayer"})
 
 
 def over_chunks(module: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -161,8 +161,8 @@ def run(shape: dict, lengths: list[int], modes: list[str], device: torch.device,
     weights_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     print(f"model built in {build_seconds:.1f} s: {total} layers, weights {weights_bytes / GIB:.2f} GiB; "
           f"{dtype} matmul peak {peak_tflops:.3g} TFLOP/s", flush=True)
-    for mode in modes:  # warm-up: kernel choice and allocator, at a short length
-        measure(model, min(8192, min(lengths)), total, chunk if mode == "chunked" else 0, weights_bytes)
+    for mode in modes:  # warm-up (kernel choice, allocator) at a short length that is still chunked
+        measure(model, min(16384, min(lengths)), total, chunk if mode == "chunked" else 0, weights_bytes)
     rows, seconds_per_flop = [], None
     for length in sorted(lengths):
         predicted = seconds_per_flop * forward_flops(model.config, length) if seconds_per_flop else None

@@ -204,3 +204,46 @@ def test_a_packed_plan_with_holdout_keeps_evaluation_apart_and_rebuilds_fine_tun
     assert all(np.array_equal(rebuilt[k].numpy(), original[k].numpy()) for k in original)
     again = json.loads((out / "04-evaluate" / "perplexity.json").read_text())
     assert again["ppl"]["found"] == table["ppl"]["found"]
+
+
+def test_passkey_memory_grows_linearly_with_the_prompt():
+    """Generation keeps a KV cache and no length x length mask: what lets a 1M-token prompt fit."""
+    from conftest import tiny_model, tiny_tokenizer
+    from ropesearch.evaluate.memory import PeakMemory
+    from ropesearch.evaluate.passkey import passkey_accuracy
+    from ropesearch.models import rope_base
+    from ropesearch.rope import make_factors
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    peaks = {}
+    for length in (2048, 8192):
+        factors = make_factors("yarn", rope_base(model.config), length / 64)
+        with PeakMemory("cpu") as peak:
+            passkey_accuracy(model, tokenizer, factors, [length], [0.5], 1, progress=False, max_new_tokens=2)
+        peaks[length] = peak.bytes
+    assert peaks[8192] < 6 * peaks[2048]  # 4x the tokens; a quadratic mask would make it ~16x
+
+
+def test_passkey_hides_the_key_in_packed_documents(tiny_model_dir, short_docs, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir[0], short_docs
+    out = tmp_path / "passkey.json"
+    result = CliRunner().invoke(cli, ["passkey", "--model", str(model), "--lengths", "4000", "--depths", "0.5",
+                                      "--trials", "1", "--data", str(docs), "--pack", "--device", "cpu",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert len(record["haystack"]["parts"]) >= 2 and record["data"] == str(docs)
+    from ropesearch.evaluate.passkey import passkey_prompt
+    from ropesearch.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(str(model)))
+    haystack = np.arange(3000, dtype=np.int32) % 200 + 3
+    prompt = passkey_prompt(tokenizer, 1500, 0.5, "12345", haystack)
+    assert len(prompt.ids) == 1500
+    assert np.isin(haystack[:1000], prompt.ids).all()
+    with pytest.raises(RopesearchError, match="haystack holds"):
+        passkey_prompt(tokenizer, 1500, 0.5, "12345", haystack[:100])
+    lone = CliRunner().invoke(cli, ["passkey", "--model", str(model), "--lengths", "300", "--pack"])
+    assert lone.exit_code == 1 and "--pack joins the documents of --data" in lone.output

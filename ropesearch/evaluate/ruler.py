@@ -149,22 +149,26 @@ def _cwe_words() -> list[str]:
     return sorted(set(lists["nouns"] + lists["adjectives"] + lists["verbs"]))
 
 
-def _random_value(rng: np.random.Generator, kind: str) -> str:
+def _random_values(rng: np.random.Generator, kind: str, count: int) -> list[str]:
     if kind == "numbers":  # seven digits, as RULER
-        return str(int(rng.integers(1_000_000, 10_000_000)))
+        return [str(v) for v in rng.integers(1_000_000, 10_000_000, size=count)]
     if kind == "words":  # adjective-noun, as RULER
         lists = _word_lists()
-        return f"{lists['adjectives'][rng.integers(len(lists['adjectives']))]}-{lists['nouns'][rng.integers(len(lists['nouns']))]}"
-    return str(uuid.UUID(int=int.from_bytes(rng.bytes(16), "big"), version=4))
+        adjectives = rng.integers(len(lists["adjectives"]), size=count)
+        nouns = rng.integers(len(lists["nouns"]), size=count)
+        return [f"{lists['adjectives'][a]}-{lists['nouns'][n]}" for a, n in zip(adjectives, nouns)]
+    raw = rng.bytes(16 * count)
+    return [str(uuid.UUID(bytes=raw[16 * i:16 * i + 16], version=4)) for i in range(count)]
 
 
 def _distinct(rng: np.random.Generator, kind: str, count: int, taken: set[str]) -> list[str]:
+    """`count` new values of a kind, none in `taken` (which they join)."""
     out: list[str] = []
     while len(out) < count:
-        value = _random_value(rng, kind)
-        if value not in taken:
-            taken.add(value)
-            out.append(value)
+        for value in _random_values(rng, kind, count - len(out)):
+            if value not in taken:
+                taken.add(value)
+                out.append(value)
     return out
 
 
@@ -179,6 +183,8 @@ class _Layout:
     units: Callable[[int], list[str]]  # the first n filler units, each with its leading separator
     inserts: list[str] = field(default_factory=list)  # placed between filler units, in this order
     depths: list[float] = field(default_factory=list)  # where each insert goes (0 start, 1 end of the filler)
+    head_tokens: int | None = None  # known already (a long generated head): not counted again
+    cache_units: bool = True  # False for units that never repeat: counted in one pass, not remembered
 
 
 class RulerSuite:
@@ -194,7 +200,15 @@ class RulerSuite:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
 
-    def _count(self, texts: Sequence[str]) -> np.ndarray:
+    def _count(self, texts: Sequence[str], cache: bool = True) -> np.ndarray:
+        """Tokens of each text; cache=False counts them in context in one pass over their join (texts that
+        never repeat, e.g. distractor needles), each token going to the text where it starts."""
+        if not cache:
+            encoded = self.tokenizer("".join(texts), add_special_tokens=False, return_offsets_mapping=True,
+                                     return_attention_mask=False, verbose=False)
+            starts = np.fromiter((start for start, _ in encoded["offset_mapping"]), dtype=np.int64)
+            ends = np.cumsum(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)))
+            return np.bincount(np.searchsorted(ends, starts, side="right"), minlength=len(texts))[:len(texts)]
         missing = list({t for t in texts if t not in self._counts})
         if missing:
             encoded = self.tokenizer(missing, add_special_tokens=False, return_attention_mask=False, verbose=False)
@@ -224,36 +238,45 @@ class RulerSuite:
         units = self._essay_units()
         return [units[i % len(units)] for i in range(n)]  # RULER repeats the essays when too short
 
-    def _assemble(self, layout: _Layout, budget: int, what: str) -> tuple[str, int]:
-        """head + filler (inserts at their depths) + tail of exactly `budget` tokens (specials included)."""
-        fixed = self._count([layout.head, layout.tail] + layout.inserts).sum() + self.special_tokens
-        room = budget - int(fixed)
+    def _room(self, layout: _Layout, budget: int, what: str) -> int:
+        """Tokens left for the filler once head, inserts, tail and special tokens are counted."""
+        head = [] if layout.head_tokens is not None else [layout.head]
+        fixed = self._count(head + [layout.tail] + layout.inserts).sum() + (layout.head_tokens or 0)
+        room = budget - int(fixed) - self.special_tokens
         if room < 8:
-            raise RopesearchError(f"{what}: {budget} tokens is too short for this task (needs > {budget - room + 8})")
-        for _ in range(6):  # the counts of pieces add up exactly unless tokens merge across a boundary
-            first = layout.units(1)
-            per_unit = max(1, int(self._count(first)[0]))
-            n = room // per_unit + 2
+            raise RopesearchError(f"{what}: too short for this task (needs > {budget - room + 8} prompt tokens)")
+        return room
+
+    def _fill(self, layout: _Layout, room: int) -> str:
+        """head + `room` tokens of filler (inserts at their depths, the last unit cut to fit) + tail."""
+        per_unit = max(1.0, float(self._count(layout.units(16), layout.cache_units).mean()))
+        n = int(room / per_unit * 1.1) + 4
+        units = layout.units(n)
+        counts = self._count(units, layout.cache_units)
+        while counts.sum() <= room:  # units shorter than the first: take more
+            n = int(n * 1.5) + 2
             units = layout.units(n)
-            counts = self._count(units)
-            while counts.sum() < room:  # units shorter than the first: take more
-                n = int(n * 1.5) + 2
-                units = layout.units(n)
-                counts = self._count(units)
-            cumulative = np.cumsum(counts)
-            whole = int(np.searchsorted(cumulative, room, side="right"))  # units that fit entirely
-            left = room - (int(cumulative[whole - 1]) if whole else 0)
-            partial = self.tokenizer.decode(self._ids(units[whole])[:left]) if left else ""
-            pieces = list(units[:whole])
-            slots = sorted(zip((int(round(d * whole)) for d in layout.depths), range(len(layout.inserts))),
-                           reverse=True)
-            for slot, order in slots:
-                pieces.insert(slot, layout.inserts[order])
-            text = layout.head + "".join(pieces) + partial + layout.tail
-            got = self.prompt_tokens(text)
+            counts = self._count(units, layout.cache_units)
+        cumulative = np.cumsum(counts)
+        whole = int(np.searchsorted(cumulative, room, side="right"))  # units that fit entirely
+        left = room - (int(cumulative[whole - 1]) if whole else 0)
+        partial = self.tokenizer.decode(self._ids(units[whole])[:left]) if left else ""
+        pieces = list(units[:whole])
+        slots = sorted(zip((int(round(d * whole)) for d in layout.depths), range(len(layout.inserts))), reverse=True)
+        for slot, order in slots:
+            pieces.insert(slot, layout.inserts[order])
+        return layout.head + "".join(pieces) + partial + layout.tail
+
+    def _exact(self, layout: _Layout, budget: int, what: str, text: str, got: int) -> str:
+        """Refill until the whole prompt is `budget` tokens: counts of pieces add up exactly unless
+        tokens merge across a boundary, which the next try corrects."""
+        room = self._room(layout, budget, what)
+        for _ in range(6):
             if got == budget:
-                return text, got
+                return text
             room += budget - got
+            text = self._fill(layout, room)
+            got = self.prompt_tokens(text)
         raise RopesearchError(f"{what}: could not build a prompt of exactly {budget} tokens with this tokenizer "
                               f"(last try {got}); please report the tokenizer")
 
@@ -288,12 +311,14 @@ class RulerSuite:
             state = np.random.default_rng(rng.integers(1 << 62))
 
             def units(n):
-                while len(stream) < n:
-                    key, value = _distinct(state, o["key"], 1, taken)[0], _distinct(state, kind, 1, taken)[0]
-                    stream.append("\n" + NEEDLE.format(kind=kind, key=key, value=value))
+                if len(stream) < n:
+                    new_keys, new_values = _distinct(state, o["key"], n - len(stream), taken), \
+                        _distinct(state, kind, n - len(stream), taken)
+                    stream.extend("\n" + NEEDLE.format(kind=kind, key=k, value=v) for k, v in zip(new_keys, new_values))
                 return stream[:n]
         depths = sorted(rng.choice(DEPTHS, size=len(needles), replace=False).tolist())
-        layout = _Layout(head, tail, units, [separator + n for n in needles], depths)
+        layout = _Layout(head, tail, units, [separator + n for n in needles], depths,
+                         cache_units=o["haystack"] != "needle")
         return layout, answers
 
     def _vt(self, rng, spec: TaskSpec, budget: int, what: str):
@@ -344,44 +369,39 @@ class RulerSuite:
                    + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(shot_words[:o["common"]])) + "\n")
         head, tail = example + CWE_HEAD, CWE_TAIL.format(count=o["common"])
         fixed = int(self._count([head, tail]).sum()) + self.special_tokens
-        # the most rare words whose list fits with a margin; the margin is filled with words said once
-        low, high = 0, len(words) - o["common"]
-        while low < high:
-            mid = (low + high + 1) // 2
-            entries, _ = listing(mid)
-            if fixed + self._count_entries(entries) <= budget - 24:
-                low = mid
-            else:
-                high = mid - 1
+        # the most rare words whose list fits with a margin (the margin is filled with words said once):
+        # a list's tokens are those of its numbers " 12." plus its words " word", summed by prefix sums
+        word_tokens = self._count([" " + w for w in words])[order]
+        rare_sums = np.concatenate([[0], np.cumsum(word_tokens[o["common"]:])])
+        entries_for = o["common"] * common_repeats + rare_repeats * np.arange(len(rare_sums))
+        number_sums = np.concatenate([[0], np.cumsum(self._count([f"{i}." if i == 1 else f" {i}." for i in range(1, entries_for[-1] + 1)]))])
+        totals = (fixed + number_sums[entries_for] + common_repeats * word_tokens[:o["common"]].sum()
+                  + rare_repeats * rare_sums)
+        low = int(np.searchsorted(totals, budget - 24, side="right")) - 1
+        if low < 0:
+            raise RopesearchError(f"{what}: too short for this task")
         entries, common = listing(low)
-        if fixed + self._count_entries(entries) > budget - 8:
-            raise RopesearchError(f"{what}: {budget + spec.max_new_tokens} tokens is too short for this task")
+        head_tokens = int(self._count([head])[0] + totals[low] - fixed)
         spare = [words[i] for i in order[o["common"] + low:]]
         head = head + "".join(entries)
 
         def units(n):
             start = len(entries) + 1
             return [f" {start + i}. {spare[i % len(spare)]}" for i in range(n)]
-        return _Layout(head, tail, units), common
-
-    def _count_entries(self, entries: list[str]) -> int:
-        # " 12. word" counted as " 12." + " word": both cached across samples, the sum exact for common
-        # tokenizers and checked for the whole prompt in _assemble anyway
-        heads, words = zip(*(e.split(" ", 1) if not e.startswith(" ") else e[1:].split(" ", 1) for e in entries))
-        return int(self._count([" " + h for h in heads]).sum() + self._count([" " + w for w in words]).sum())
+        return _Layout(head, tail, units, head_tokens=head_tokens), common
 
     def _fwe(self, rng, spec: TaskSpec, budget: int, what: str):
         from scipy.special import zeta
 
         o = spec.options
-        size = max(16, (budget - spec.max_new_tokens) // 50)  # RULER's vocabulary: length / 50 coded words
-        vocabulary = sorted({"".join(rng.choice(list(string.ascii_lowercase), size=o["word_length"]))
-                             for _ in range(size * 2)})[: size]
+        size = max(16, budget // 50)  # RULER's vocabulary: a coded word per 50 tokens
+        letters = np.array(list(string.ascii_lowercase))[rng.integers(26, size=(size * 2, o["word_length"]))]
+        vocabulary = sorted({"".join(row) for row in letters})[:size]
         vocabulary = [vocabulary[i] for i in rng.permutation(len(vocabulary))]
         vocabulary[0] = "..."  # the most frequent "word" is noise, as RULER
         ranks = np.arange(1, len(vocabulary) + 1)
         share = ranks ** -o["alpha"] / zeta(o["alpha"])
-        word_tokens = self._count([" " + w for w in vocabulary])
+        word_tokens = self._count([" " + w for w in vocabulary], cache=False)
         fixed = int(self._count([FWE_HEAD, FWE_TAIL]).sum()) + self.special_tokens
 
         def counts_for(total_words: int) -> np.ndarray:
@@ -399,24 +419,33 @@ class RulerSuite:
             raise RopesearchError(f"{what}: {budget} tokens is too short for this task")
         words = np.repeat(np.arange(len(vocabulary)), counts)
         words = words[rng.permutation(len(words))]
-        text = "".join(" " + vocabulary[i] for i in words).lstrip()
+        text = "".join(" " + vocabulary[i] for i in words)  # the first word's space ends the head
         once = [w for w in vocabulary if w != "..."][::-1]  # the rarest words, said once more each
-        head = FWE_HEAD + text
-        return _Layout(head, FWE_TAIL, lambda n: [" " + once[i % len(once)] for i in range(n)]), vocabulary[1:4]
+        head_tokens = int(self._count([FWE_HEAD.rstrip(" ")])[0] + counts @ word_tokens)
+        return _Layout(FWE_HEAD.rstrip(" ") + text, FWE_TAIL, lambda n: [" " + once[i % len(once)] for i in range(n)],
+                       head_tokens=head_tokens), vocabulary[1:4]
 
     # ------------------------------------------------------------ public
 
-    def sample(self, task: str, length: int, index: int) -> RulerSample:
+    def samples(self, task: str, length: int, count: int, first: int = 0) -> list[RulerSample]:
+        """Samples `first` .. `first + count - 1` of a task at a length (each from its own seed)."""
         spec = TASKS[task]
         what = f"RULER task {task} at {length} tokens"
-        rng = np.random.default_rng([self.seed, list(TASKS).index(task), length, index])
         budget = length - spec.max_new_tokens
-        layout, answers = getattr(self, f"_{spec.family}")(rng, spec, budget, what)
-        prompt, tokens = self._assemble(layout, budget, what)
-        return RulerSample(task, length, index, prompt, list(answers), spec.max_new_tokens, spec.metric, tokens)
+        drafts = []
+        for index in range(first, first + count):
+            rng = np.random.default_rng([self.seed, list(TASKS).index(task), length, index])
+            layout, answers = getattr(self, f"_{spec.family}")(rng, spec, budget, what)
+            drafts.append((index, layout, answers, self._fill(layout, self._room(layout, budget, what))))
+        # one batched tokenisation checks every draft (the tokenizer runs it on all cores)
+        checked = self.tokenizer([d[3] for d in drafts], add_special_tokens=True, return_attention_mask=False,
+                                 verbose=False)["input_ids"]
+        return [RulerSample(task, length, index, self._exact(layout, budget, what, text, len(ids)), list(answers),
+                            spec.max_new_tokens, spec.metric, budget)
+                for (index, layout, answers, text), ids in zip(drafts, checked)]
 
-    def samples(self, task: str, length: int, count: int) -> list[RulerSample]:
-        return [self.sample(task, length, i) for i in range(count)]
+    def sample(self, task: str, length: int, index: int) -> RulerSample:
+        return self.samples(task, length, 1, first=index)[0]
 
 
 def _distinct_names(rng: np.random.Generator, count: int) -> list[str]:

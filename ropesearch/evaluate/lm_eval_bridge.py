@@ -90,6 +90,7 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
         max_length = max(max_length or 0, max(lengths))  # RULER's lengths include the answer: no truncation
         if any(t in LM_EVAL_RULER for t in tasks):
             metadata = lm_eval_metadata(tokenizer, Path(workdir), lengths)
+            max_length += 64  # lm-eval's own prompts can run a few tokens past the length: keep them whole
     manager = TaskManager(include_path=str(include), metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:

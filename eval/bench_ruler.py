@@ -1,24 +1,37 @@
 """RULER proof: SmolLM2-135M with the searched factors against NTK, YaRN and the unscaled model.
 
 Two factor sets, each against NTK and YaRN at its own scale, 20 samples per task and length,
-all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays from the books:
+all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays from the books.
+Each line below is planned to fit one 10-minute GPU command (estimates below):
 
-    # 64k set (x8): results/search-smollm2-64k/fast-v2 against none, NTK x8, YaRN x8 at 8k-64k
-    python eval/bench_ruler.py run --set 64k --lengths 8k,16k,32k --data ../shared/data/books
-    python eval/bench_ruler.py run --set 64k --lengths 64k --data ../shared/data/books
-    # 128k set (x16): results/search-smollm2-128k/fast against NTK x16, YaRN x16 at 8k-128k (the
-    # unscaled model's 8k-64k scores come from the 64k set; at 128k it runs here)
-    python eval/bench_ruler.py run --set 128k --lengths 8k,16k,32k --data ../shared/data/books
-    python eval/bench_ruler.py run --set 128k --lengths 64k --data ../shared/data/books
-    python eval/bench_ruler.py run --set 128k --lengths 128k --methods ntk,yarn --data ../shared/data/books
-    python eval/bench_ruler.py run --set 128k --lengths 128k --methods none --no-found --data ../shared/data/books
+    # 64k set (x8): results/search-smollm2-64k/fast-v2 against none, NTK x8, YaRN x8      ~25 min
+    python eval/bench_ruler.py run --set 64k --lengths 8k,16k                             # ~5 min
+    python eval/bench_ruler.py run --set 64k --lengths 32k                                # ~7 min
+    python eval/bench_ruler.py run --set 64k --lengths 64k --methods none,ntk --no-found  # ~7 min
+    python eval/bench_ruler.py run --set 64k --lengths 64k --methods yarn                 # ~7 min
+    # 128k set (x16): results/search-smollm2-128k/fast against NTK x16, YaRN x16 (the unscaled
+    # model's 8k-64k scores come from the 64k set; at 128k it runs here)                 ~52 min
+    python eval/bench_ruler.py run --set 128k --lengths 8k,16k,32k --methods ntk,yarn     # ~9 min
+    python eval/bench_ruler.py run --set 128k --lengths 64k --methods ntk,yarn --no-found # ~7 min
+    python eval/bench_ruler.py run --set 128k --lengths 64k,128k --methods ""             # found: ~12 min, 2 runs
+    python eval/bench_ruler.py run --set 128k --lengths 128k --methods ntk --no-found     # ~9 min
+    python eval/bench_ruler.py run --set 128k --lengths 128k --methods yarn --no-found    # ~9 min
+    python eval/bench_ruler.py run --set 128k --lengths 128k --methods none --no-found    # ~9 min
     python eval/bench_ruler.py summary            # table, heatmaps, targets: results/ruler-smollm2/README.md
     python eval/bench_ruler.py speed              # CPU: generating 64k x 11 tasks x 20 samples
 
-Every `run` resumes: cells (factor set, length) already in results/ruler-smollm2/ruler-<set>.json
-are kept, and each finished length is written at once, so a command killed at its time limit
-loses at most the length it was on; run it again to continue. Each cell's seconds are in the
-JSON ("seconds"), to plan the next commands.
+(`--data` defaults to ../shared/data/books.) Every `run` resumes: cells (factor set, length)
+already in results/ruler-smollm2/ruler-<set>.json are kept, each finished cell is written at
+once, and all factor sets run one length before the next; a command killed at its limit loses
+at most the cell it was on: run the same line again to continue. Each cell's seconds are in
+the JSON ("seconds"), to re-plan the remaining commands from measured times.
+
+Estimate, per cell (one factor set at one length, 11 tasks x 20 samples; batches of 512k tokens):
+prefill = 220 forward passes at REFERENCE.md's H100 speeds (21 ms at 8k batched, 52 ms at 16k,
+0.15 s at 32k, 0.46 s at 64k, 1.56 s at 128k) and decoding = (batches per task) x 1,224 steps
+(RULER's budgets: 8 x 128 + 30 + 120 + 50) at an assumed 25 ms per step (not measured):
+8k 35 s, 16k 42 s, 32k 94 s, 64k 193 s, 128k 496 s; 6 min per factor set for 8k-64k, 8.3 min
+at 128k. Whole proof: about 77 GPU-minutes (11 commands).
 """
 
 from __future__ import annotations

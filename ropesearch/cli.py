@@ -338,7 +338,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, ta
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
     from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
-    from ropesearch.evaluate.ruler_eval import check_resumable, format_ruler, ruler_results
+    from ropesearch.evaluate.ruler_eval import check_resumable, check_settings, format_ruler, ruler_results
     from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
@@ -349,6 +349,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, ta
         raise RopesearchError("--resume needs --json (the results to continue)")
     settings = {"model": model, "data": data, "seed": seed}
     saved = json.loads(Path(json_out).read_text()) if resume and Path(json_out).is_file() else {}
+    check_settings(settings, saved)
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
     suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
@@ -362,15 +363,16 @@ def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, ta
                 save_json(document, json_out)
         return write
 
-    for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
-        previous = document["ruler"].get(name)
-        if previous is not None:
-            check_resumable(previous, task_names, samples, settings, saved, max_new_tokens)
-        document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, lengths, samples,
-                                                max_batch, previous, on_cell=save(name), name=name,
-                                                max_new_tokens=max_new_tokens)
-        row = "  ".join(f"{n}:{100 * document['ruler'][name]['average'][str(n)]:.1f}" for n in lengths)
-        click.echo(f"{name:>24}  {row}")
+    sets = comparison_sets(loaded, methods, factor_files, scale, max(lengths))
+    for name in sets:
+        if name in document["ruler"]:
+            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
+    for length in lengths:  # every factor set at one length, then the next: the samples are made once
+        for name, factors in sets.items():
+            document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
+                                                    max_batch, document["ruler"].get(name), on_cell=save(name),
+                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens)
+            click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     click.echo(format_ruler(document["ruler"]))
     if plots:
         from ropesearch.report.plots import plot_ruler

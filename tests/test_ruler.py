@@ -162,6 +162,8 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     # ... and refuses other settings
     result = CliRunner().invoke(cli, [a if a != "2" else "3" for a in args] + ["--resume"])
     assert result.exit_code == 1 and "--samples" in result.output
+    result = CliRunner().invoke(cli, args + ["--resume", "--seed", "1"])
+    assert result.exit_code == 1 and "seed 0" in result.output
     result = CliRunner().invoke(cli, ["report", str(out.parent)])
     assert result.exit_code == 0, result.output
     report = (out.parent / "report" / "report.md").read_text()

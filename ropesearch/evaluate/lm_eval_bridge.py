@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler_tasks import LM_EVAL_RULER, is_ruler_task, lm_eval_metadata
+from ropesearch.evaluate.ruler_tasks import LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, write_ruler_tasks
 from ropesearch.rope import RopeFactors, patch_rope
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
@@ -35,7 +35,6 @@ def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: 
     """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path."""
     from ropesearch.data import load_documents
     from ropesearch.evaluate.passkey import passkey_prompt
-    from ropesearch.evaluate.ruler_tasks import is_ruler_task, write_ruler_tasks
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -194,6 +194,7 @@ class RulerSuite:
         self.tokenizer, self.data, self.text_field, self.seed = tokenizer, data, text_field, seed
         self._counts: dict[str, int] = {}
         self._essay_cache: list[str] | None = None
+        self._made: dict[tuple, list[RulerSample]] = {}
         self.special_tokens = len(tokenizer("a")["input_ids"]) - len(self._ids("a"))
 
     # token counting, cached per string (units repeat across samples)
@@ -428,7 +429,16 @@ class RulerSuite:
     # ------------------------------------------------------------ public
 
     def samples(self, task: str, length: int, count: int, first: int = 0) -> list[RulerSample]:
-        """Samples `first` .. `first + count - 1` of a task at a length (each from its own seed)."""
+        """Samples `first` .. `first + count - 1` of a task at a length (each from its own seed); those
+        of the latest length asked for are kept, so factor sets compared at one length share them."""
+        key = (task, length, count, first)
+        if key not in self._made:
+            if any(k[1] != length for k in self._made):
+                self._made.clear()
+            self._made[key] = self._make(task, length, count, first)
+        return self._made[key]
+
+    def _make(self, task: str, length: int, count: int, first: int) -> list[RulerSample]:
         spec = TASKS[task]
         what = f"RULER task {task} at {length} tokens"
         budget = length - spec.max_new_tokens

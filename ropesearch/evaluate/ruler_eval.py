@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, score
+from ropesearch.evaluate.ruler import RulerSample, RulerSuite, score
 from ropesearch.rope import RopeFactors, patch_rope
 
 PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers
@@ -102,13 +102,16 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
     return result
 
 
-def check_resumable(previous: dict, tasks: Sequence[str], samples: int, settings: dict, saved: dict,
-                    max_new_tokens: int | None = None) -> None:
-    """A --resume may only add lengths or factor sets to results made with the same settings."""
+def check_settings(settings: dict, saved: dict) -> None:
+    """A --resume may only add to results made with the same model, data and seed."""
     for key, value in settings.items():
-        if saved.get(key) != value:
+        if saved and saved.get(key) != value:
             raise RopesearchError(f"--resume: the JSON was made with {key} {saved.get(key)!r}, not {value!r}: "
                                   "give the same settings, or another --json")
+
+
+def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_tokens: int | None = None) -> None:
+    """A factor set's results may only gain lengths if made with the same tasks, samples and budgets."""
     if (previous.get("samples"), previous.get("tasks"), previous.get("max_new_tokens")) != (samples, list(tasks),
                                                                                          max_new_tokens):
         raise RopesearchError("--resume: the JSON holds other --tasks, --samples or --max-new-tokens; give the same, "
@@ -132,4 +135,4 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["TASKS", "check_resumable", "format_ruler", "ruler_cell", "ruler_results"]
+__all__ = ["check_resumable", "check_settings", "format_ruler", "ruler_cell", "ruler_results"]

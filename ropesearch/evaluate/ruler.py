@@ -89,7 +89,7 @@ def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
         [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text))
     unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
-        raise RopesearchError(f"unknown RULER task {unknown[0] if unknown else text!r}: choose from all, "
+        raise RopesearchError(f"--tasks: unknown RULER task {unknown[0] if unknown else text!r}; choose from all, "
                               + ", ".join(TASKS))
     return names
 

@@ -341,6 +341,75 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
         click.echo(f"wrote {json_out}")
 
 
+@cli.command("ruler")
+@_compare_options
+@click.option("--lengths", "-l", required=True, help="Sequence lengths in tokens (prompt + answer), e.g. 8k,16k,32k.")
+@click.option("--tasks", default="all", show_default=True,
+              help="Comma-separated RULER tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+              "niah_multiquery, vt, cwe, fwe; or all.")
+@click.option("--samples", "-k", type=int, default=20, show_default=True, help="Samples per task and length.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Every sample's seed derives from it.")
+@click.option("--data", "-d", default="builtin", show_default=True, help="Documents for the essay haystack (as for eval).")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@click.option("--max-batch", type=int, help="Samples per generate call (default: 512k tokens' worth on a GPU, 1 on CPU).")
+@click.option("--max-new-tokens", type=int,
+              help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
+@click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
+def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, tasks, samples, seed, data, text_field,
+              max_batch, max_new_tokens, resume, plots):
+    """RULER-style long-context suite: NIAH, variable tracking, common/frequent words; greedy, RULER's scoring.
+
+    Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
+    is the length minus the task's answer budget). Tables per task and the average per length.
+    """
+    from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
+    from ropesearch.evaluate.ruler_eval import check_resumable, check_settings, format_ruler, ruler_results
+    from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
+    from ropesearch.models import load_model, load_tokenizer, resolve_model
+
+    lengths, task_names = parse_lengths(lengths), parse_tasks(tasks)
+    if samples < 1:
+        raise RopesearchError(f"--samples must be at least 1, got {samples}")
+    if resume and not json_out:
+        raise RopesearchError("--resume needs --json (the results to continue)")
+    settings = {"model": model, "data": data, "seed": seed}
+    saved = json.loads(Path(json_out).read_text()) if resume and Path(json_out).is_file() else {}
+    check_settings(settings, saved)
+    ref = resolve_model(model)
+    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
+    document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
+                "environment": environment(loaded)}
+
+    def save(name):
+        def write(result):
+            document["ruler"][name] = result
+            if json_out:
+                save_json(document, json_out)
+        return write
+
+    sets = comparison_sets(loaded, methods, factor_files, scale, max(lengths))
+    for name in sets:
+        if name in document["ruler"]:
+            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
+    for length in lengths:  # every factor set at one length, then the next: the samples are made once
+        for name, factors in sets.items():
+            document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
+                                                    max_batch, document["ruler"].get(name), on_cell=save(name),
+                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens)
+            click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
+    click.echo(format_ruler(document["ruler"]))
+    if plots:
+        from ropesearch.report.plots import plot_ruler
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        for name, result in document["ruler"].items():
+            plot_ruler(result, Path(plots) / f"ruler-{name.replace('/', '_')}.png", f"RULER: {name}")
+    if json_out:
+        click.echo(f"wrote {json_out}")
+
+
 @cli.command("lm-eval")
 @_compare_options
 @click.option("--tasks", required=True,

@@ -1,7 +1,8 @@
 """lm-evaluation-harness on a patched in-memory model: any task by name, plus ropesearch's offline tasks.
 
 The offline tasks live in eval/tasks/ as YAML templates: `ropesearch_passkey` (passkey retrieval
-over data generated here) and `ropesearch_ppl` (rolling perplexity over the user's documents).
+over data generated here), `ropesearch_ppl` (rolling perplexity over the user's documents) and
+`ropesearch_ruler` (the RULER-style suite, ropesearch.evaluate.ruler_tasks).
 Their data is written to a working folder and the templates are filled with its path, so no
 hub access is needed.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.ruler_tasks import LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, write_ruler_tasks
 from ropesearch.rope import RopeFactors, patch_rope
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
@@ -28,13 +30,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: str | None, lengths: Sequence[int],
                           depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 2, documents: int = 4,
-                          seed: int = 0, doc_tokens: int | None = None) -> Path:
+                          seed: int = 0, doc_tokens: int | None = None, ruler_samples: int = 20,
+                          ruler_max_new_tokens: int | None = None) -> Path:
     """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path."""
     from ropesearch.data import load_documents
     from ropesearch.evaluate.passkey import passkey_prompt
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    if any(is_ruler_task(t) for t in tasks):
+        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=ruler_samples, seed=seed,
+                          max_new_tokens=ruler_max_new_tokens)
     for task in tasks:
         if task not in OFFLINE_TASKS:
             continue
@@ -78,18 +84,60 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
     max_length = max_length or (factors.target_context if factors is not None else None)
     lengths = tuple(lengths) or ((original,) if original else (2048,))
     include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, **task_options)
-    manager = TaskManager(include_path=str(include))
+    metadata = None
+    if any(is_ruler_task(t) or t in LM_EVAL_RULER for t in tasks):
+        max_length = max(max_length or 0, max(lengths))  # RULER's lengths include the answer: no truncation
+        if any(t in LM_EVAL_RULER for t in tasks):
+            metadata = lm_eval_metadata(tokenizer, Path(workdir), lengths)
+            max_length += 64  # lm-eval's own prompts can run a few tokens past the length: keep them whole
+    manager = TaskManager(include_path=str(include), metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise RopesearchError(f"lm-eval does not know task {unknown[0]!r} (offline tasks: {', '.join(OFFLINE_TASKS)})")
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+    lm = pinned_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
+                           device=device)
     patch = patch_rope(model, factors) if factors is not None else None
+    lm.rope_patch = patch
     try:
-        results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                          log_samples=False, bootstrap_iters=0)
+        try:
+            results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                              log_samples=False, bootstrap_iters=0)
+        except Exception as exc:
+            if any(t in LM_EVAL_RULER for t in tasks):  # its data comes from the network and NLTK at build time
+                raise RopesearchError(f"lm-eval's own RULER tasks could not be built ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}); they need "
+                                      "`pip install 'lm_eval[ruler]'` and the network; offline, use "
+                                      "--tasks ropesearch_ruler") from None
+            raise
     finally:
         if patch is not None:
             patch.restore()
     return {"results": results["results"], "versions": results.get("versions", {}),
-            "n-samples": results.get("n-samples", {}), "max_length": max_length}
+            "n-samples": results.get("n-samples", {}), "max_length": max_length,
+            "generation_context_tokens": sorted(set(lm.context_tokens))}
+
+
+def pinned_hflm(hflm_class):
+    """HFLM whose generations pin the RoPE factors to prompt + new tokens (RopePatch.pin), as
+    `ropesearch passkey` and `ruler` do, so a prompt at or below the original window that runs past
+    it keeps one factor set; it records the prompt lengths it generated from."""
+
+    class PinnedHFLM(hflm_class):
+        rope_patch = None
+
+        @property
+        def context_tokens(self) -> list[int]:
+            return self.__dict__.setdefault("_context_tokens", [])
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            self.context_tokens.append(int(context.shape[1]))
+            if self.rope_patch is not None:
+                self.rope_patch.pin(max_length)
+            try:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            finally:
+                if self.rope_patch is not None:
+                    self.rope_patch.pin(None)
+
+    return PinnedHFLM

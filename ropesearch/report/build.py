@@ -13,7 +13,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress
+from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress, plot_ruler
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
@@ -112,12 +112,31 @@ def _lm_eval_lines(path: Path, results: dict) -> list[str]:
     return lines + [""]
 
 
+def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
+    from ropesearch.evaluate.ruler_eval import format_ruler
+
+    results = document["ruler"]
+    environment = document.get("environment", {})
+    lines = [f"RULER ({path.name}): model `{document.get('model')}`, essays from `{document.get('data')}`, seed "
+             f"{document.get('seed')}, {next(iter(results.values()))['samples']} samples per task and length; scores "
+             f"in % (RULER's string_match_all); {environment.get('device', '?')}, {environment.get('date', '?')}.",
+             "", "```", format_ruler(results), "```", ""]
+    for name, result in results.items():
+        image = f"{tag}ruler-{path.stem}-{name.replace('/', '_')}.png"
+        plot_ruler(result, out / image, f"RULER: {name}")
+        lines += [f"![RULER {name}]({image})", ""]
+    return lines
+
+
 def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
     lines = []
     for path in sorted(folder.glob("*.json")):
         table = _json(path)
         if isinstance(table, dict) and isinstance(table.get("passkey"), dict) and table["passkey"]:
             lines += _passkey_lines(path, table["passkey"], out, tag)
+            continue
+        if isinstance(table, dict) and isinstance(table.get("ruler"), dict) and table["ruler"]:
+            lines += _ruler_lines(path, table, out, tag)
             continue
         if isinstance(table, dict) and isinstance(table.get("lm_eval"), dict) and table["lm_eval"]:
             lines += _lm_eval_lines(path, table["lm_eval"])

@@ -111,3 +111,22 @@ def plot_passkey(results: dict, path: Path, title: str = "Passkey retrieval") ->
     axis.set_title(title)
     figure.colorbar(image, ax=axis, fraction=0.04)
     return _save(figure, path)
+
+
+def plot_ruler(result: dict, path: Path, title: str = "RULER") -> Path:
+    """Score heatmap: lengths (rows) x tasks (columns), with the average per length as the last column."""
+    lengths = sorted(int(n) for n in result["average"])
+    tasks = list(result["tasks"])
+    grid = np.array([[result["scores"][t][str(n)] for t in tasks] + [result["average"][str(n)]] for n in lengths])
+    figure, axis = plt.subplots(figsize=(0.75 * len(tasks) + 3.2, 0.5 * len(lengths) + 2.4), dpi=STYLE["dpi"])
+    image = axis.imshow(grid * 100, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+    axis.set_xticks(range(len(tasks) + 1), [t.replace("niah_", "") for t in tasks] + ["average"], rotation=45,
+                    ha="right", fontsize=8)
+    axis.set_yticks(range(len(lengths)), [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths])
+    axis.axvline(len(tasks) - 0.5, color="black", linewidth=1)
+    for (row, column), value in np.ndenumerate(grid):
+        axis.text(column, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7)
+    axis.set_ylabel("tokens")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.03)
+    return _save(figure, path)

@@ -133,15 +133,19 @@ def show_cmd(factor_file, as_json):
 @click.option("--format", "fmt", type=click.Choice(["hf", "vllm", "csv"]), default="hf", show_default=True,
               help="hf: a model folder transformers and vLLM load; vllm: overrides for an existing model; "
               "csv: LongRoPE-style factor lists.")
-@click.option("--copy", is_flag=True, help="hf: copy weights instead of symlinking them.")
+@click.option("--copy", is_flag=True, help="hf: copy weights (default: hard links where possible, else copies).")
+@click.option("--symlink", is_flag=True, help="hf: symlink weights and tokenizer to the source model instead "
+              "(the folder then breaks when the source moves).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--ignore-start-tokens", is_flag=True, help="Export although configs cannot express start tokens.")
-def export_cmd(factor_file, model, out, fmt, copy, overwrite, ignore_start_tokens):
+def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_start_tokens):
     """Export FACTOR_FILE for a model as a transformers folder, vLLM overrides or CSV."""
     from ropesearch.api import export
 
+    if copy and symlink:
+        raise RopesearchError("--copy and --symlink exclude each other: choose one")
     path = export(factor_file, model, out, fmt=fmt, copy=copy, overwrite=overwrite,
-                  allow_start_tokens=ignore_start_tokens)
+                  allow_start_tokens=ignore_start_tokens, symlink=symlink)
     click.echo(f"wrote {path}")
 
 

@@ -249,8 +249,13 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--device", help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@click.option("--short-tolerance", type=float, default=0.01, show_default=True,
+              help="Keep the original window within this relative perplexity of the unscaled model "
+              "(short_factor = 1, attention factor capped to what allows it).")
+@click.option("--no-short-guard", is_flag=True, help="Search without that guard (short_factor = long_factor, "
+              "attention factor free; the original window may get worse).")
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field):
+               max_batch, device, backend, text_field, short_tolerance, no_short_guard):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -262,6 +267,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
                         max_batch=max_batch, text_field=text_field, backend=backend,
+                        short_tolerance=None if no_short_guard else short_tolerance,
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")

@@ -54,7 +54,7 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])))
         last = progress[-1]
         lines += [f"{len(progress)} generations, {last['full_evals']} full evaluations (+{last['screen_evals']} "
-                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last['gpu_seconds'] / 60:.1f} min in the evaluator.",
+                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last.get('evaluator_seconds', last.get('gpu_seconds', 0)) / 60:.1f} min in the evaluator.",
                   "", f"![search progress]({tag}progress.png)", ""]
     return lines
 

@@ -53,7 +53,7 @@ def plot_progress(progress: list[dict], path: Path, objective: str) -> Path:
     best = [next(iter(p["best"].values())) for p in progress]
     axes[0].plot([p["full_evals"] for p in progress], best, marker=".")
     axes[0].set_xlabel("full evaluations")
-    axes[1].plot([p["gpu_seconds"] for p in progress], best, marker=".", color="C1")
+    axes[1].plot([p.get("evaluator_seconds", p.get("gpu_seconds")) for p in progress], best, marker=".", color="C1")
     axes[1].set_xlabel("evaluator seconds")
     for axis in axes:
         axis.set_ylabel(f"best {objective}")

@@ -191,6 +191,10 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
+    from ropesearch.evaluate.runs import original_window_warnings
+
+    for warning in original_window_warnings(table):
+        click.echo(warning, err=True)
     if json_out:
         save_json(table | {"command": " ".join(sys.argv)}, json_out)
         click.echo(f"wrote {json_out}")
@@ -222,12 +226,21 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 @_eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
-@click.option("--scale", type=float, help="Fixed scale for every length (default: length / original window).")
-@click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files to compare (repeat).")
-def baselines_cmd(methods, scale, factor_files, **options):
-    """Perplexity by length of the baseline methods (and factor files) in one run, as a table."""
+@click.option("--scale", type=float, help="Scale of the methods at every length (default: longest length / "
+              "original window).")
+@click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
+              "length instead (a different model per row; columns labelled 'per-length').")
+@click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+              help="Factor files to compare (repeat; LABEL=PATH names the column).")
+def baselines_cmd(methods, scale, per_length_scale, factor_files, **options):
+    """Perplexity by length of the baseline methods (and factor files) in one run, as a table.
+
+    Every column is one model at one scale, shown in its header.
+    """
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    _run_table(methods=names, factor_files=list(factor_files), scale=scale, **options)
+    if scale and per_length_scale:
+        raise RopesearchError("--scale and --per-length-scale exclude each other: choose one")
+    _run_table(methods=names, factor_files=list(factor_files), scale=scale, per_length=per_length_scale, **options)
 
 
 @cli.command("search")
@@ -280,7 +293,8 @@ def _compare_options(function):
         click.option("--methods", default="none", show_default=True,
                      help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
         click.option("--scale", type=float, help="Scale for the methods (default: longest length / original window)."),
-        click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files (repeat)."),
+        click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+                     help="Factor files (repeat; LABEL=PATH names one)."),
         click.option("--device", help="cuda, cpu (default: cuda if present)."),
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
     ]

@@ -120,7 +120,8 @@ class Pipeline:
 
     def _evaluate(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.evaluate.passkey import passkey_accuracy
-        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, searched_documents, setup
+        from ropesearch.evaluate.runs import (baseline_table, format_table, original_window_warnings, save_json,
+                                              searched_documents, setup)
         from ropesearch.rope import make_factors
 
         settings = stage.settings
@@ -133,14 +134,14 @@ class Pipeline:
         if settings.heldout and data == self.plan.data["search"]:
             exclude = sorted({name for run in self.search_dirs for name in searched_documents(run)})
         tables, passkey = {}, {}
-        scale = factors.target_context / original  # passkey baselines: the final scale at every length
+        scale = factors.target_context / original  # baselines: the found factors' scale at every length
         # the baselines on the model the plan started from; the found factors on the current model
         for label, spec, methods, files in (("baselines", self.plan.model, ("none",) + tuple(settings.methods), ()),
                                             ("found", self.model_spec, (), (str(self.factors_file),))):
             model, tokenizer = self.loaded(spec)
             run = setup(spec, data, max(lengths), samples=settings.samples, seed=settings.seed,
                         loaded=(model, tokenizer), exclude=exclude)
-            tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files)
+            tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files, scale=scale)
             if settings.passkey:
                 sets = {m: None if m == "none" else make_factors(m, factors.base, scale) for m in methods}
                 sets = sets if label == "baselines" else {"found": factors}
@@ -153,9 +154,15 @@ class Pipeline:
                        "baseline_scale": scale}, folder / "passkey.json")
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
+        merged["scales"] = {**tables["baselines"]["scales"], "found": factors.scale}
+        merged["original_window"] = {"found": next(iter(tables["found"].get("original_window", {}).values()), None)}
+        if merged["original_window"]["found"] is None:
+            del merged["original_window"]
         merged["found_model"] = self.model_spec
         path = save_json(merged, folder / "perplexity.json")
         self.log(format_table(merged))
+        for warning in original_window_warnings(merged):
+            self.log(warning)
         return {"table": str(path)}
 
     def _report(self, stage: Stage, folder: Path) -> dict:

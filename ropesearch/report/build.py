@@ -13,7 +13,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress
+from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress, plot_relative
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
@@ -111,6 +111,8 @@ def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
                   f"{', '.join(table.get('windows', []))}; {environment.get('device', '?')}, "
                   f"{environment.get('date', '?')}.", "", "```", format_table(table), "```", "",
                   f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""]
+        if plot_relative(table, out / f"{tag}ppl-relative-{path.stem}.png"):
+            lines += [f"![perplexity relative to YaRN]({tag}ppl-relative-{path.stem}.png)", ""]
     return lines
 
 

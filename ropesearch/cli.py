@@ -343,14 +343,17 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
 @_compare_options
 @click.option("--tasks", required=True,
               help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, ropesearch_ppl.")
-@click.option("--data", "-d", help="Documents for ropesearch_ppl (as for eval).")
-@click.option("--lengths", "-l", help="Prompt lengths of ropesearch_passkey (default: the original window).")
-@click.option("--limit", type=int, help="At most this many documents per task.")
-@click.option("--doc-tokens", type=int, help="ropesearch_ppl: score only each document's first N tokens.")
+@click.option("--data", "-d", default="builtin", show_default=True, help="Documents for ropesearch_ppl (as for eval).")
+@click.option("--lengths", "-l", help="ropesearch_passkey prompt lengths (default: the original window) and "
+              "ropesearch_ppl document lengths (default: the extended window).")
+@click.option("--limit", type=int, help="About this many documents per task; offline tasks keep at least one per "
+              "length and depth.")
+@click.option("--doc-tokens", type=int, help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
+@click.option("--verbose", "-v", is_flag=True, help="Show lm-eval's own logging.")
 def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, data, lengths, limit, doc_tokens,
-                workdir):
+                workdir, verbose):
     """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
     from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
@@ -361,10 +364,13 @@ def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, da
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
     prompt_lengths = parse_lengths(lengths) if lengths else ()
     results = {}
-    for name, factors in comparison_sets(loaded, methods, factor_files, scale,
-                                         max(prompt_lengths) if prompt_lengths else None).items():
+    sets = comparison_sets(loaded, methods, factor_files, scale, max(prompt_lengths) if prompt_lengths else None)
+    from tqdm import tqdm
+
+    for name, factors in tqdm(sets.items(), desc="lm-eval", unit="model", total=len(sets), disable=len(sets) < 2):
         results[name] = run_lm_eval(loaded, tokenizer, factors, task_names, Path(workdir) / name.replace("/", "_"),
-                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens)
+                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens,
+                                    verbose=verbose)
         for task, metrics in results[name]["results"].items():
             shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
                               if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len")

@@ -23,6 +23,31 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+TOKENS = None  # the token-count parameter type (2048, 2k, 1M), built on first use below
+
+
+def _tokens():
+    global TOKENS
+    if TOKENS is None:
+        from ropesearch.units import token_count_type
+
+        TOKENS = token_count_type()
+    return TOKENS
+
+
+def _torch_dtype(name: str | None):
+    """--dtype as a torch dtype (None: the default, bfloat16 on a GPU and float32 on the CPU)."""
+    if name in (None, "auto"):
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+DTYPE_OPTION = click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                            show_default=True, help="Weights and compute dtype (auto: bfloat16 on a GPU, float32 on "
+                            "the CPU).")
+
 MODEL_HELP = "Model: pocket (shipped), smollm2-135m (fetched), a transformers folder or hub id, or a .gguf file."
 
 
@@ -62,7 +87,7 @@ def _model_base(model: str, original_context: int | None):
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
 @click.option("--scale", "-s", type=float, required=True, help="Extension ratio: target window / original window.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
-@click.option("--original-context", type=int, help="Override the model's trained window.")
+@click.option("--original-context", type=_tokens(), help="Override the model's trained window (e.g. 4k).")
 @click.option("--beta-fast", type=float, help="YaRN: rotations above which dims are kept (default 32).")
 @click.option("--beta-slow", type=float, help="YaRN: rotations below which dims are interpolated (default 1).")
 @click.option("--mscale", type=float, help="YaRN: mscale (with --mscale-all-dim).")
@@ -174,6 +199,7 @@ def _eval_options(function):
         click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
         click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
         BACKEND_OPTION,
+        DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
     ]
     for option in reversed(options):
@@ -182,13 +208,14 @@ def _eval_options(function):
 
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
-               backend, json_out, needle=False, **table_args):
+               backend, dtype, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
+                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
+                dtype=_torch_dtype(dtype))
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
     from ropesearch.evaluate.runs import original_window_warnings
@@ -202,8 +229,9 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 
 @cli.command("eval")
 @_eval_options
-@click.option("--method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
-              help="Score a baseline method (with --scale).")
+@click.option("--method", type=click.Choice(["as-is", "none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
+              help="Score a baseline method (with --scale), or as-is: the model with the RoPE its own config sets "
+              "(e.g. an exported folder as shipped).")
 @click.option("--scale", type=float, help="Scale for --method (default: longest length / original window).")
 @click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
 @click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
@@ -246,7 +274,8 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, **options):
 @cli.command("search")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
-@click.option("--target-length", "-t", type=int, required=True, help="Window to extend the model to, in tokens.")
+@click.option("--target-length", "-t", type=_tokens(), required=True,
+              help="Window to extend the model to, in tokens (e.g. 2048, 32k, 1M).")
 @click.option("--space", "-s", default="fast", show_default=True,
               help="Search space: fast, longrope, longrope2, or a YAML file.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -265,10 +294,11 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, **options):
 @click.option("--short-tolerance", type=float, default=0.01, show_default=True,
               help="Keep the original window within this relative perplexity of the unscaled model "
               "(short_factor = 1, attention factor capped to what allows it).")
+@DTYPE_OPTION
 @click.option("--no-short-guard", is_flag=True, help="Search without that guard (short_factor = long_factor, "
               "attention factor free; the original window may get worse).")
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field, short_tolerance, no_short_guard):
+               max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -280,7 +310,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
                         max_batch=max_batch, text_field=text_field, backend=backend,
-                        short_tolerance=None if no_short_guard else short_tolerance,
+                        short_tolerance=None if no_short_guard else short_tolerance, dtype=_torch_dtype(dtype),
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
@@ -296,6 +326,7 @@ def _compare_options(function):
         click.option("--factors", "factor_files", multiple=True, type=click.Path(),
                      help="Factor files (repeat; LABEL=PATH names one)."),
         click.option("--device", help="cuda, cpu (default: cuda if present)."),
+        DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
     ]
     for option in reversed(options):
@@ -310,7 +341,7 @@ def _compare_options(function):
 @click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
-def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots):
+def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, depths, trials, seed, plots):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.evaluate.passkey import passkey_accuracy
@@ -322,7 +353,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
     except ValueError:
         raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     results = {}
     for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
         results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed)
@@ -348,11 +379,11 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
               "ropesearch_ppl document lengths (default: the extended window).")
 @click.option("--limit", type=int, help="About this many documents per task; offline tasks keep at least one per "
               "length and depth.")
-@click.option("--doc-tokens", type=int, help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
+@click.option("--doc-tokens", type=_tokens(), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
 @click.option("--verbose", "-v", is_flag=True, help="Show lm-eval's own logging.")
-def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, data, lengths, limit, doc_tokens,
+def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, tasks, data, lengths, limit, doc_tokens,
                 workdir, verbose):
     """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
     from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
@@ -360,7 +391,7 @@ def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, da
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
     prompt_lengths = parse_lengths(lengths) if lengths else ()
     results = {}

@@ -33,16 +33,10 @@ class EvalSetup:
 
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
-    if not isinstance(text, str):
-        return sorted({int(x) for x in text})
-    try:
-        lengths = sorted({int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
-                          for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise RopesearchError(f"--lengths must be comma-separated token counts like 16384,32k, got {text!r}") from None
-    if not lengths or lengths[0] < 2:
-        raise RopesearchError(f"--lengths must be token counts >= 2, got {text!r}")
-    return lengths
+    """Comma-separated token counts such as 16384,32k,1M (see ropesearch.units)."""
+    from ropesearch.units import parse_token_list
+
+    return parse_token_list(text)
 
 
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
@@ -155,13 +149,17 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     files = {label: load_factors(path) for label, path in factor_labels(factor_files).items()}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")
-    label_of = {m: f"{m}@per-length" if per_length and m != "none" else m for m in methods}
+    label_of = {m: f"{m}@per-length" if per_length and m not in ("none", "as-is") else m for m in methods}
     unique: dict[tuple, tuple[RopeFactors, set[int]]] = {}
     owner: dict[tuple[str, int], tuple] = {}
     for name in list(methods) + list(files):
         for length in lengths:
             if name in files:
                 factors = files[name]
+            elif name == "as-is":  # the model as its own config sets up RoPE
+                from ropesearch.export.transformers_config import factors_as_configured
+
+                factors = factors_as_configured(config_of(run.model), run.base)
             else:
                 length_scale = max(1.0, length / run.base.original_context) if per_length else scale
                 factors = make_factors(name, run.base, 1.0 if name == "none" else length_scale)
@@ -178,6 +176,8 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     names = list(methods) + list(files)
     labels = {n: label_of.get(n, n) for n in names}
     scales = {labels[m]: 1.0 if m == "none" else ("per-length" if per_length else scale) for m in methods}
+    if "as-is" in methods:
+        scales["as-is"] = unique[owner["as-is", lengths[0]]][0].scale
     scales |= {name: factors.scale for name, factors in files.items()}
     table = {
         "model": run.model_spec,

@@ -33,7 +33,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
-               backend: str = "torch", short_tolerance: float | None = 0.01) -> SearchResult:
+               backend: str = "torch", short_tolerance: float | None = 0.01, dtype=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
@@ -51,7 +51,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     ref = resolve_model(model)
     if loaded is None:
         tokenizer = load_tokenizer(ref)
-        loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
+        loaded_model = load_for_backend(ref, backend, device=device, dtype=dtype)  # vLLM: the config only
     else:
         loaded_model, tokenizer = loaded
     base = rope_base(config_of(loaded_model))

@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 
 demo: install
 	@# --resume: a second `make demo` continues an interrupted run, or shows the finished one
-	$(BIN)/ropesearch run search_spaces/plans/pocket-quickstart.yaml --out runs/quickstart --resume
+	$(BIN)/ropesearch run pocket-quickstart --out runs/quickstart --resume
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -172,6 +172,13 @@ def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_st
     path = export(factor_file, model, out, fmt=fmt, copy=copy, overwrite=overwrite,
                   allow_start_tokens=ignore_start_tokens, symlink=symlink)
     click.echo(f"wrote {path}")
+    from ropesearch.export import load_factors
+    from ropesearch.export.portable import original_window_caveat
+
+    provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
+    caveat = original_window_caveat(load_factors(factor_file), provenance)
+    if caveat:
+        click.echo(f"warning: {caveat}", err=True)
 
 
 BACKEND_OPTION = click.option(

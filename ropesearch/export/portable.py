@@ -82,6 +82,23 @@ def place_file(source: Path, target: Path, mode: str) -> None:
     shutil.copy2(source, target)
 
 
+def original_window_caveat(factors: RopeFactors, provenance: dict | None = None) -> str | None:
+    """Why these factors may be worse than the unscaled model at the original window (transformers
+    applies the attention factor at every length), or None when they are the unscaled model there
+    or a search's short guard measured them within its tolerance."""
+    if (provenance or {}).get("short_guard"):
+        return None
+    problems = []
+    if any(abs(f - 1.0) > 1e-9 for f in factors.short_factor):
+        problems.append("short_factor is not all 1")
+    if factors.attention_factor > 1.001:
+        problems.append(f"the attention factor {factors.attention_factor:.4g} applies at every length")
+    if not problems:
+        return None
+    return (f"at or below {factors.base.original_context} tokens this is not the unscaled model ("
+            + "; ".join(problems) + "): compare with `ropesearch baselines --methods none --factors ...`")
+
+
 def _scores_lines(provenance: dict) -> list[str]:
     scores = provenance.get("scores") or {}
     if not scores:
@@ -109,6 +126,15 @@ def model_card(factors: RopeFactors, model_spec: str, provenance: dict, factor_f
         f"data `{provenance.get('data', '?')}`, objective `{provenance.get('objective', '?')}`, "
         f"ropesearch {provenance.get('ropesearch_version', '?')}, {provenance.get('created', '?')}.",
         *_scores_lines(provenance),
+        *([f"- The same windows at the target with the baselines: "
+           + ", ".join(f"{k} {v:.4f}" for k, v in provenance["baselines"].items()) + "."]
+          if provenance.get("baselines") else []),
+        *([f"- Short guard: {provenance['short_guard']['length']} tokens kept within "
+           f"{provenance['short_guard']['tolerance']:.0%} of the unscaled model "
+           f"({provenance['short_guard']['unscaled_ppl']:.3f} -> at most {provenance['short_guard']['capped_ppl']:.3f} "
+           "on the search windows)."] if provenance.get("short_guard") else []),
+        *([f"- Caveat: {original_window_caveat(factors, provenance)}."]
+          if original_window_caveat(factors, provenance) else []),
         "- `ropesearch_factors.json` in this folder is the factor file itself.", "",
         "## Load it", "",
         "transformers 5.x, and 4.x from " + OLDEST_TRANSFORMERS_4 + " (config.json carries both `rope_parameters` "

@@ -35,6 +35,7 @@ class SearchStage:
     max_evals: int | None = None
     samples: int | None = None
     seed: int = 0
+    short_tolerance: float | None = 0.01  # the short guard (see search/short_guard.py); null: off
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class Pipeline:
                             space=settings.space, objective=settings.objective, samples=settings.samples,
                             seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
                             max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
-                            loaded=self.loaded(), reference=reference)
+                            loaded=self.loaded(), reference=reference, short_tolerance=settings.short_tolerance)
         return {"factors": str(folder / "search" / "best.json"), "values": result.values,
                 "search_dir": str(folder / "search")}
 

@@ -83,3 +83,9 @@ def test_perplexity_plots_speak_tokens_and_label_the_windows(tmp_path):
     assert [t.get_text() for t in axis.get_xticklabels()] == ["256", "1k", "2k"]
     assert [t.get_text() for t in axis.texts] == ["original window (256)", "target window (2k)"]
     plt.close(figure)
+    from ropesearch.report.plots import plot_relative
+
+    table = {"lengths": lengths, "original_context": 256, "scales": {"yarn": 8.0, "found": 8.0},
+             "ppl": {"yarn": {"256": 30.0, "1024": 24.0, "2048": 21.0}, "found": {"256": 24.0, "1024": 23.0, "2048": 21.5}}}
+    assert plot_relative(table, tmp_path / "relative.png").is_file()
+    assert plot_relative({**table, "ppl": {"found": table["ppl"]["found"]}}, tmp_path / "none.png") is None

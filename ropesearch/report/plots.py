@@ -91,6 +91,15 @@ def _token_axis(axis, lengths, table: dict) -> None:
                           rotation=90, ha="right", va="top", fontsize=7, color=color)
 
 
+def _plain_log_y(axis) -> None:
+    """A log y axis labelled 20, 30, 1.5 rather than 2x10^1 (after set_yscale, which resets formatters)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain)
+
+
 def plot_perplexity(table: dict, path: Path) -> Path:
     """Perplexity against length, one line per model (its scale in the legend), log-log."""
     figure, axis = plt.subplots(**STYLE)
@@ -102,6 +111,7 @@ def plot_perplexity(table: dict, path: Path) -> Path:
         axis.plot(lengths, [values[str(n)] for n in lengths], marker="o", label=label)
     _token_axis(axis, lengths, table)
     axis.set_yscale("log")
+    _plain_log_y(axis)
     axis.set_ylabel("perplexity")
     axis.set_title("Perplexity by length")
     axis.legend(fontsize=8)
@@ -123,6 +133,7 @@ def plot_relative(table: dict, path: Path, reference: str = "yarn") -> Path | No
     axis.axhline(1.0, color="black", linewidth=1, label=f"{reference} (= 1)")
     _token_axis(axis, lengths, table)
     axis.set_yscale("log")
+    _plain_log_y(axis)
     axis.set_ylabel(f"perplexity / {reference}'s")
     axis.set_title(f"Perplexity relative to {reference} (below 1: better)")
     axis.legend(fontsize=8)

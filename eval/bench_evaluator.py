@@ -224,7 +224,7 @@ def main():
                          args.repeats)
     run = EvalSetup(args.model, args.data, model, tokenizer, base, windows, {"documents": "longest"})
     started = time.perf_counter()
-    report["c"] = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], progress=False)
+    report["c"] = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True, progress=False)
     report["c_seconds"] = time.perf_counter() - started
     report["c_table"] = format_table(report["c"])
     print(report["c_table"], flush=True)

@@ -39,6 +39,7 @@ class SearchStage:
     max_evals: int | None = None
     samples: int | None = None
     seed: int = 0
+    short_tolerance: float | None = 0.01  # the short guard (see search/short_guard.py); null: off
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,14 @@ def _settings_of(cls: type, values: Any, where: str, label: str):
     if unknown:
         raise RopesearchError(f"{where}: unknown {label} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    from ropesearch.units import parse_token_list, parse_tokens
+
+    for key in ("target", "length"):  # token counts may be written 32k, 1M
+        if isinstance(values.get(key), str):
+            values[key] = parse_tokens(values[key], f"{where}: {key}")
+    for key in ("lengths", "passkey_lengths"):
+        if values.get(key) and any(isinstance(v, str) for v in values[key]):
+            values[key] = tuple(parse_token_list(values[key], f"{where}: {key}"))
     try:
         return cls(**values)
     except TypeError as exc:
@@ -189,9 +198,16 @@ def _check_order(stages: list[Stage], where: str) -> None:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """A plan by file path, or by the name of a shipped plan (pocket-quickstart, ...) from any directory."""
+    from ropesearch.search.space import SPACES_DIR
+
     path = Path(path)
     if not path.is_file():
-        raise RopesearchError(f"plan file {path} does not exist")
+        shipped = SPACES_DIR / "plans" / f"{path.name.removesuffix('.yaml')}.yaml"
+        if path.parent != Path(".") and path.parts[:2] != ("search_spaces", "plans") or not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in (SPACES_DIR / "plans").glob("*.yaml")))
+            raise RopesearchError(f"plan file {path} does not exist (shipped plans, usable by name: {names})")
+        path = shipped
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -74,8 +74,8 @@ class Pipeline:
                             space=settings.space, objective=settings.objective, samples=settings.samples,
                             seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
                             max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
-                            loaded=self.loaded(), reference=reference, pack=self.plan.pack,
-                            documents=self.documents("search"))
+                            loaded=self.loaded(), reference=reference, short_tolerance=settings.short_tolerance,
+                            pack=self.plan.pack, documents=self.documents("search"))
         from ropesearch.search.rundir import RunDir
         from ropesearch.search.screening import screen_rank_correlation
 
@@ -180,7 +180,8 @@ class Pipeline:
 
     def _evaluate(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.evaluate.passkey import passkey_accuracy
-        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, searched_documents, setup
+        from ropesearch.evaluate.runs import (baseline_table, format_table, original_window_warnings, save_json,
+                                              searched_documents, setup)
         from ropesearch.rope import make_factors
 
         settings = stage.settings
@@ -198,7 +199,7 @@ class Pipeline:
                 exclude = set(exclude) | set(self.finetuned_documents)
             exclude = sorted(exclude)
         tables, passkey = {}, {}
-        scale = factors.target_context / original  # passkey baselines: the final scale at every length
+        scale = factors.target_context / original  # baselines: the found factors' scale at every length
         # the baselines on the model the plan started from; the found factors on the current model
         unscaled = ("none",) if settings.unscaled else ()
         for label, spec, methods, files in (("baselines", self.plan.model, unscaled + tuple(settings.methods), ()),
@@ -210,6 +211,7 @@ class Pipeline:
             baselines = label == "baselines"
             tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files,
                                            scale=scale if settings.baseline_scale == "target" else None,
+                                           per_length=settings.baseline_scale == "length",
                                            native=settings.native and baselines)
             if settings.passkey:
                 sets = {m: None if m == "none" else make_factors(m, factors.base, scale) for m in methods}
@@ -224,9 +226,15 @@ class Pipeline:
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
         merged["seconds"] = {**tables["baselines"]["seconds"], "found": next(iter(tables["found"]["seconds"].values()))}
+        merged["scales"] = {**tables["baselines"]["scales"], "found": factors.scale}
+        merged["original_window"] = {"found": next(iter(tables["found"].get("original_window", {}).values()), None)}
+        if merged["original_window"]["found"] is None:
+            del merged["original_window"]
         merged["found_model"] = self.model_spec
         path = save_json(merged, folder / "perplexity.json")
         self.log(format_table(merged))
+        for warning in original_window_warnings(merged):
+            self.log(warning)
         return {"table": str(path)}
 
     def _report(self, stage: Stage, folder: Path) -> dict:

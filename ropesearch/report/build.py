@@ -13,7 +13,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress, plot_ruler
+from ropesearch.report.plots import (plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress,
+                                     plot_relative, plot_ruler)
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
@@ -54,7 +55,7 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])))
         last = progress[-1]
         lines += [f"{len(progress)} generations, {last['full_evals']} full evaluations (+{last['screen_evals']} "
-                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last['gpu_seconds'] / 60:.1f} min in the evaluator.",
+                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last.get('evaluator_seconds', last.get('gpu_seconds', 0)) / 60:.1f} min in the evaluator.",
                   "", f"![search progress]({tag}progress.png)", ""]
     lines += _screen_lines(folder)
     return lines
@@ -149,6 +150,8 @@ def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
                   f"{', '.join(table.get('windows', []))}; {environment.get('device', '?')}, "
                   f"{environment.get('date', '?')}.", "", "```", format_table(table), "```", "",
                   f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""]
+        if plot_relative(table, out / f"{tag}ppl-relative-{path.stem}.png"):
+            lines += [f"![perplexity relative to YaRN]({tag}ppl-relative-{path.stem}.png)", ""]
     return lines
 
 

@@ -16,6 +16,7 @@ from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
 from ropesearch.search.objectives import OBJECTIVES, Objective, screening_windows
 from ropesearch.search.rundir import RunDir
+from ropesearch.search.short_guard import ShortGuard, guarded_space, measure_guard
 from ropesearch.search.space import SearchSpace, load_space, space_to_dict
 
 
@@ -35,7 +36,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
-               backend: str = "torch", pack: bool = False, documents=None) -> SearchResult:
+               backend: str = "torch", short_tolerance: float | None = 0.01, dtype=None, pack: bool = False,
+               documents=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
@@ -54,7 +56,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     ref = resolve_model(model)
     if loaded is None:
         tokenizer = load_tokenizer(ref)
-        loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
+        loaded_model = load_for_backend(ref, backend, device=device, dtype=dtype)  # vLLM: the config only
     else:
         loaded_model, tokenizer = loaded
     base = rope_base(config_of(loaded_model))
@@ -76,6 +78,11 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
               if fidelity.screen_samples else None)
     evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
                                max_batch=max_batch, progress=False)
+    guard = None
+    if short_tolerance is not None and regime == "long" and reference is None and objective != "ppl+short":
+        guard = _short_guard(out, resume, evaluator, windows, base, target_length, short_tolerance, space)
+        space = guarded_space(space, guard.attention_cap)
+        log(guard.describe())
     scorer = Objective(objective, evaluator, windows, target_length,
                        short_length=short if objective == "ppl+short" else None, screen_windows=screen,
                        short_lengths=tuple(short_lengths))
@@ -84,14 +91,35 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         "space": space_to_dict(space), "samples": samples, "seed": seed,
         "short_length": short if objective == "ppl+short" else None,
         "regime": regime, "short_lengths": list(short_lengths),
+        "short_guard": None if guard is None else guard.as_dict(),
         "reference": None if reference is None else list(reference.long_factor),
         "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
                                                        "original_context": base.original_context},
     }
     if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
         config |= {"pack": True, **window_parts(windows)}
-    search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
+    encoding = Encoding(space, base, target_length, reference=reference, regime=regime,
+                        short_unscaled=guard is not None)
+    search = Search(encoding, scorer, RunDir(out), seed=seed, max_evals=max_evals,
                     time_minutes=time_minutes, log=log,
                     provenance={"model": model, "data": data, "windows": config["windows"],
-                                "ropesearch_version": __version__})
+                                "ropesearch_version": __version__}
+                    | ({"short_guard": guard.as_dict()} if guard else {}))
     return search.run(resume=resume, config=config, stop_after=stop_after)
+
+
+def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,
+                 space: SearchSpace) -> ShortGuard:
+    """Measure the guard, or on resume take the one the run measured (so its config stays the same)."""
+    import json
+
+    saved = Path(out) / "config.json"
+    if resume and saved.is_file():
+        earlier = json.loads(saved.read_text()).get("short_guard")
+        if earlier and earlier.get("tolerance") == tolerance:
+            return ShortGuard(**earlier)
+    from ropesearch.rope.methods import longrope_mscale
+
+    highest = space.attention_factor[1] if space.attention_factor else longrope_mscale(
+        target / base.original_context, base.original_context)
+    return measure_guard(evaluator, windows, base, target, tolerance, highest)

@@ -417,7 +417,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
 @click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
-def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, tasks, samples, seed, data, text_field,
+def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data, text_field,
               max_batch, max_new_tokens, resume, plots):
     """RULER-style long-context suite: NIAH, variable tracking, common/frequent words; greedy, RULER's scoring.
 
@@ -438,7 +438,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, json_out, lengths, ta
     saved = json.loads(Path(json_out).read_text()) if resume and Path(json_out).is_file() else {}
     check_settings(settings, saved)
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
     document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
                 "environment": environment(loaded)}

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ropesearch import __version__
 from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
 from ropesearch.errors import RopesearchError
+from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
+from ropesearch.fingerprint import data_fingerprint, files_fingerprint, weights_fingerprint, windows_fingerprint
 from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
@@ -16,11 +21,14 @@ from ropesearch.search.loop import Search, SearchResult
 from ropesearch.search.objectives import OBJECTIVES, Objective, screening_windows
 from ropesearch.search.rundir import RunDir
 from ropesearch.search.space import SearchSpace, load_space, space_to_dict
+from ropesearch.validate import check_model_folder
 
 
-def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
+def search_windows(tokenizer, data, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
                    split: str = "test"):
-    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
+    """`data`: a data spec, or documents already loaded from one."""
+    documents = data if isinstance(data, list) else load_documents(data, text_field=text_field, split=split)
+    documents = tokenize_documents(documents, tokenizer)
     if needle:
         return needle_windows(documents, tokenizer, length, samples, seed)
     return sample_windows(documents, length, samples, seed)
@@ -39,6 +47,11 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     `reference`: factors the model was fine-tuned with; the search multiplies them (progressive
     stages). With `short_lengths` too, it searches their short_factor at those lengths instead.
     """
+    for name, value, ok in (("max_evals", max_evals, max_evals is None or max_evals >= 1),
+                            ("time_minutes", time_minutes, time_minutes is None or 0 < time_minutes < math.inf),
+                            ("samples", samples, samples is None or samples >= 1)):
+        if not ok:
+            raise RopesearchError(f"{name} must be {'> 0' if name == 'time_minutes' else '>= 1'}, got {value}")
     space = space if isinstance(space, SearchSpace) else load_space(space)
     regime = "short" if short_lengths else "long"
     objective = "short" if short_lengths else (objective or space.objective)
@@ -49,42 +62,54 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     samples = samples or space.samples
     ref = resolve_model(model)
     if loaded is None:
-        tokenizer = load_tokenizer(ref)
-        loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
-    else:
-        loaded_model, tokenizer = loaded
-    base = rope_base(config_of(loaded_model))
-    if reference is not None:
-        from ropesearch.export.factor_file import check_fits
+        check_model_folder(ref.path)
+    documents = load_documents(data, text_field=text_field, split=split)  # bad data fails before any write
+    # the run directory is checked and locked before anything loads; a new run that fails before
+    # it starts leaves no folder behind
+    with RunDir(out).opened(resume) as run_dir:
+        if loaded is None:
+            tokenizer = load_tokenizer(ref)
+            loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
+        else:
+            loaded_model, tokenizer = loaded
+        base = rope_base(config_of(loaded_model))
+        if reference is not None:
+            from ropesearch.export.factor_file import check_fits
 
-        check_fits(reference, base, source="the reference factors")
-    if regime == "short":
-        target_length = reference.target_context
-    if target_length <= base.original_context:
-        raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
-                              f"({base.original_context}): nothing to extend")
-    window_length = max(short_lengths) if regime == "short" else target_length
-    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split)
-    short = short_length or base.original_context
-    fidelity = space.fidelity
-    screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
-              if fidelity.screen_samples else None)
-    evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
-                               max_batch=max_batch, progress=False)
-    scorer = Objective(objective, evaluator, windows, target_length,
-                       short_length=short if objective == "ppl+short" else None, screen_windows=screen,
-                       short_lengths=tuple(short_lengths))
-    config = {
-        "model": model, "data": data, "target_length": target_length, "objective": objective,
-        "space": space_to_dict(space), "samples": samples, "seed": seed,
-        "short_length": short if objective == "ppl+short" else None,
-        "regime": regime, "short_lengths": list(short_lengths),
-        "reference": None if reference is None else list(reference.long_factor),
-        "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
-                                                       "original_context": base.original_context},
-    }
-    search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
-                    time_minutes=time_minutes, log=log,
-                    provenance={"model": model, "data": data, "windows": config["windows"],
-                                "ropesearch_version": __version__})
-    return search.run(resume=resume, config=config, stop_after=stop_after)
+            check_fits(reference, base, source="the reference factors")
+        if regime == "short":
+            target_length = reference.target_context
+        if target_length <= base.original_context:
+            raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
+                                  f"({base.original_context}): nothing to extend")
+        window_length = max(short_lengths) if regime == "short" else target_length
+        windows = search_windows(tokenizer, documents, window_length, samples, seed, objective == "needle",
+                                 text_field, split)
+        short = short_length or base.original_context
+        fidelity = space.fidelity
+        screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
+                  if fidelity.screen_samples else None)
+        evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
+                                   max_batch=max_batch, progress=False)
+        scorer = Objective(objective, evaluator, windows, target_length,
+                           short_length=short if objective == "ppl+short" else None, screen_windows=screen,
+                           short_lengths=tuple(short_lengths))
+        config = {
+            "model": model, "data": data, "target_length": target_length, "objective": objective,
+            "space": space_to_dict(space), "samples": samples, "seed": seed,
+            "short_length": short if objective == "ppl+short" else None,
+            "regime": regime, "short_lengths": list(short_lengths),
+            "reference": None if reference is None else list(reference.long_factor),
+            "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
+                                                           "original_context": base.original_context},
+        }
+        weights = (weights_fingerprint(loaded_model) if isinstance(loaded_model, torch.nn.Module)
+                   else files_fingerprint(ref.path))
+        config["inputs"] = {"model": weights, "tokenizer": tokenizer_fingerprint(tokenizer),
+                            "data": windows_fingerprint(windows), "space": data_fingerprint(config["space"]),
+                            "seed": seed}
+        search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, run_dir,
+                        seed=seed, max_evals=max_evals, time_minutes=time_minutes, log=log,
+                        provenance={"model": model, "data": data, "windows": config["windows"],
+                                    "ropesearch_version": __version__})
+        return search.run(resume=resume, config=config, stop_after=stop_after)

@@ -31,11 +31,14 @@ def export(factor_file: str | Path, model: str, out: str | Path, fmt: str = "hf"
     """`ropesearch export`: a factor file as a model folder (hf), vLLM overrides or CSV."""
     ref = resolve_model(model)
     factors = load_factors(factor_file)
+    protect = {"the factor file": factor_file}  # --out never replaces an input (the model is added below)
     if fmt == "hf":
-        return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens)
+        return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
+                         protect=protect)
     if fmt == "vllm":
-        return export_vllm(factors, ref, out, overwrite=overwrite, allow_start_tokens=allow_start_tokens)
+        return export_vllm(factors, ref, out, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
+                           protect=protect)
     if fmt == "csv":
         check_fits(factors, rope_base(load_config(ref)), source=f"factor file {factor_file}")
-        return export_csv(factors, out, overwrite=overwrite)
+        return export_csv(factors, out, overwrite=overwrite, protect=protect)
     raise RopesearchError(f"unknown export format {fmt!r}: choose hf, vllm or csv")

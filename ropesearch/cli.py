@@ -11,6 +11,7 @@ import numpy as np
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
+from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
 
 
 class _Group(click.Group):
@@ -21,6 +22,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RopesearchError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            # a bad option value is one line and exit status 1 too, with where to look for help
+            where = f"ropesearch {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "ropesearch --help"
+            raise click.ClickException(f"{exc.format_message().rstrip('.')} (see {where})") from None
+        except OSError as exc:  # a file that cannot be read or written (permissions, a full disk...)
+            target = f" {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"cannot access{target}: {exc.strerror or exc}") from None
 
 
 MODEL_HELP = "Model: pocket (shipped), smollm2-135m (fetched), a transformers folder or hub id, or a .gguf file."
@@ -60,19 +70,20 @@ def _model_base(model: str, original_context: int | None):
 @cli.command("factors")
 @click.argument("method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3", "longrope"]))
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
-@click.option("--scale", "-s", type=float, required=True, help="Extension ratio: target window / original window.")
+@click.option("--scale", "-s", type=FiniteFloat(min=1), required=True,
+              help="Extension ratio: target window / original window.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
-@click.option("--original-context", type=int, help="Override the model's trained window.")
-@click.option("--beta-fast", type=float, help="YaRN: rotations above which dims are kept (default 32).")
-@click.option("--beta-slow", type=float, help="YaRN: rotations below which dims are interpolated (default 1).")
-@click.option("--mscale", type=float, help="YaRN: mscale (with --mscale-all-dim).")
-@click.option("--mscale-all-dim", type=float, help="YaRN: mscale_all_dim.")
-@click.option("--attention-factor", type=float, help="YaRN/LongRoPE: attention factor (default: the method's).")
-@click.option("--low-freq-factor", type=float, help="Llama-3: low_freq_factor (default 1).")
-@click.option("--high-freq-factor", type=float, help="Llama-3: high_freq_factor (default 4).")
+@click.option("--original-context", type=count(2), help="Override the model's trained window.")
+@click.option("--beta-fast", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations above which dims are kept (default 32).")
+@click.option("--beta-slow", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations below which dims are interpolated (default 1).")
+@click.option("--mscale", type=FiniteFloat(min=0, min_open=True), help="YaRN: mscale (with --mscale-all-dim).")
+@click.option("--mscale-all-dim", type=FiniteFloat(min=0), help="YaRN: mscale_all_dim.")
+@click.option("--attention-factor", type=FiniteFloat(min=0, min_open=True), help="YaRN/LongRoPE: attention factor (default: the method's).")
+@click.option("--low-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: low_freq_factor (default 1).")
+@click.option("--high-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: high_freq_factor (default 4).")
 @click.option("--csv", "long_csv", type=click.Path(), help="LongRoPE: long factors from a LongRoPE-style CSV.")
 @click.option("--short-csv", type=click.Path(), help="LongRoPE: short factors from a CSV (default: the long ones).")
-@click.option("--start-tokens", type=int, default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
+@click.option("--start-tokens", type=count(0), default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
 def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv, start_tokens, **options):
     """Write the factor file of METHOD for a model, or import LongRoPE CSV factors (METHOD longrope).
 
@@ -92,6 +103,7 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
             raise RopesearchError("--csv, --short-csv and --start-tokens apply to method longrope only")
         factors = baseline_factors(method, base, scale, **params)
     if out:
+        check_output(out, {"the model": model, "the CSV": long_csv, "the short CSV": short_csv}, folder=False)
         save_factors(factors, out, provenance={"model": model})
         click.echo(f"wrote {out}: {method}, {base.n_factors} factors, {base.original_context} -> {factors.target_context}")
     else:
@@ -159,16 +171,16 @@ def _eval_options(function):
                      help="Documents: a folder of .txt, a .txt or .jsonl file, a datasets name, or builtin "
                      "(long texts that ship with Python)."),
         click.option("--lengths", "-l", required=True, help="Comma-separated window lengths in tokens, e.g. 16384,32k."),
-        click.option("--samples", "-k", type=int, default=4, show_default=True, help="Documents (windows) per length."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Which documents are sampled."),
+        click.option("--samples", "-k", type=count(1), default=4, show_default=True, help="Documents (windows) per length."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Which documents are sampled."),
         click.option("--offset", type=click.Choice(["start", "random"]), default="start", show_default=True,
                      help="Cut each window from the document's start or a seeded random place."),
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
         click.option("--split", default="test", show_default=True, help="datasets split."),
         click.option("--heldout-of", type=click.Path(file_okay=False),
                      help="Leave out the documents this search run directory searched on."),
-        click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
-        click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+        click.option("--max-batch", type=count(1), help="Most windows per forward pass (default: what fits)."),
+        click.option("--device", type=Device(), help="cuda, cuda:1, cpu (default: cuda if present)."),
         BACKEND_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
     ]
@@ -179,14 +191,23 @@ def _eval_options(function):
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
                backend, json_out, needle=False, **table_args):
-    from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
+    from ropesearch.evaluate.runs import (baseline_table, failed_cells, format_table, parse_lengths, save_json,
+                                          searched_documents, setup)
 
     lengths = parse_lengths(lengths)
+    if json_out:
+        check_output(json_out, {"the model": model, "the data": data, **{f"factor file {f}": f for f in
+                                                                        table_args.get("factor_files", ())}},
+                     "--json", folder=False)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
+    failed = failed_cells(table)
+    if failed:
+        raise RopesearchError(f"non-finite perplexity (shown as failed) for {', '.join(failed)}: those factors "
+                              "break the model at that length; no result is written")
     if json_out:
         save_json(table | {"command": " ".join(sys.argv)}, json_out)
         click.echo(f"wrote {json_out}")
@@ -196,7 +217,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 @_eval_options
 @click.option("--method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
               help="Score a baseline method (with --scale).")
-@click.option("--scale", type=float, help="Scale for --method (default: longest length / original window).")
+@click.option("--scale", type=FiniteFloat(min=1), help="Scale for --method (default: longest length / original window).")
 @click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
 @click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
 def eval_cmd(method, scale, factor_file, needle, **options):
@@ -218,7 +239,7 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 @_eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
-@click.option("--scale", type=float, help="Fixed scale for every length (default: length / original window).")
+@click.option("--scale", type=FiniteFloat(min=1), help="Fixed scale for every length (default: length / original window).")
 @click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files to compare (repeat).")
 def baselines_cmd(methods, scale, factor_files, **options):
     """Perplexity by length of the baseline methods (and factor files) in one run, as a table."""
@@ -229,7 +250,7 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @cli.command("search")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
-@click.option("--target-length", "-t", type=int, required=True, help="Window to extend the model to, in tokens.")
+@click.option("--target-length", "-t", type=count(2), required=True, help="Window to extend the model to, in tokens.")
 @click.option("--space", "-s", default="fast", show_default=True,
               help="Search space: fast, longrope, longrope2, or a YAML file.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -237,24 +258,25 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--objective", type=click.Choice(["ppl", "needle", "ppl+short"]),
               help="ppl: perplexity at the target; needle: needle-driven perplexity; ppl+short: also the "
               "original window, one factor set for every length (NSGA-II). Default: the space's.")
-@click.option("--max-evals", type=int, help="Stop after this many full evaluations.")
-@click.option("--time-budget", type=float, help="Stop after this many minutes.")
-@click.option("--samples", "-k", type=int, help="Search windows (default: the space's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Windows and search randomness.")
-@click.option("--max-batch", type=int, help="Most windows per forward pass.")
-@click.option("--device", help="cuda, cpu (default: cuda if present).")
+@click.option("--max-evals", type=count(1), help="Stop after this many full evaluations.")
+@click.option("--time-budget", type=FiniteFloat(min=0, min_open=True), help="Stop after this many minutes.")
+@click.option("--samples", "-k", type=count(1), help="Search windows (default: the space's).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Windows and search randomness.")
+@click.option("--max-batch", type=count(1), help="Most windows per forward pass.")
+@click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
                max_batch, device, backend, text_field):
     """Evolutionary search for LongRoPE factors at --target-length.
 
-    Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
-    (after every generation) and OUT/best.json (a factor file). A killed search continues with
-    --resume and reaches the same result as an uninterrupted one.
+    Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.json
+    (after every generation, data only) and OUT/best.json (a factor file). A killed search continues
+    with --resume and reaches the same result as an uninterrupted one; one process at a time.
     """
     from ropesearch.search.session import run_search
 
+    check_output(out, {"the model": model, "the data": data, "the space": space})
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
                         max_batch=max_batch, text_field=text_field, backend=backend,
@@ -269,9 +291,9 @@ def _compare_options(function):
         click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
         click.option("--methods", default="none", show_default=True,
                      help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
-        click.option("--scale", type=float, help="Scale for the methods (default: longest length / original window)."),
+        click.option("--scale", type=FiniteFloat(min=1), help="Scale for the methods (default: longest length / original window)."),
         click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files (repeat)."),
-        click.option("--device", help="cuda, cpu (default: cuda if present)."),
+        click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present)."),
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
     ]
     for option in reversed(options):
@@ -283,8 +305,8 @@ def _compare_options(function):
 @_compare_options
 @click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
 @click.option("--depths", default="0.1,0.5,0.9", show_default=True, help="Where the key sits (0 start, 1 end).")
-@click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trials", type=count(1), default=5, show_default=True, help="Random keys per length and depth.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
 def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
@@ -297,6 +319,8 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
         raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
+    if not all(0 <= d <= 1 for d in depth_values):
+        raise RopesearchError(f"--depths must be fractions in [0, 1] (0 start, 1 end), got {depths!r}")
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
     results = {}
@@ -321,8 +345,8 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
               help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, ropesearch_ppl.")
 @click.option("--data", "-d", help="Documents for ropesearch_ppl (as for eval).")
 @click.option("--lengths", "-l", help="Prompt lengths of ropesearch_passkey (default: the original window).")
-@click.option("--limit", type=int, help="At most this many documents per task.")
-@click.option("--doc-tokens", type=int, help="ropesearch_ppl: score only each document's first N tokens.")
+@click.option("--limit", type=count(1), help="At most this many documents per task.")
+@click.option("--doc-tokens", type=count(1), help="ropesearch_ppl: score only each document's first N tokens.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
 def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, data, lengths, limit, doc_tokens,

@@ -194,3 +194,21 @@ def text_problem(text: str) -> str | None:
     if share > 0.02:
         return f"{share:.0%} of its characters are undecodable bytes or control codes"
     return None
+
+
+# ---- outputs never clobber inputs ------------------------------------------------------------------
+def check_output(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out", folder: bool = True) -> None:
+    """`out` is not an input and holds none (a folder output also lies inside none): one line otherwise.
+
+    `inputs` maps what an input is ("the model folder") to its path; entries that are not local
+    paths (hub ids, dataset names, builtin) are skipped.
+    """
+    target = Path(out).expanduser().resolve()
+    for what, path in inputs.items():
+        if path is None or not Path(path).expanduser().exists():
+            continue
+        source = Path(path).expanduser().resolve()
+        if source == target or (folder and target in source.parents) or (folder and source in target.parents):
+            relation = "is" if source == target else ("holds" if target in source.parents else "lies inside")
+            raise RopesearchError(f"{flag} {out} {relation} {what} ({path}), an input of this command: "
+                                  f"choose another {flag}")

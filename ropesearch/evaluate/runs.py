@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import sys
 from collections.abc import Sequence
@@ -171,11 +172,18 @@ def format_table(table: dict) -> str:
         cells = [str(length), f"{length / original:g}" if original else ""]
         for name in names:
             value = table["ppl"][name].get(str(length))
-            cells.append("-" if value is None else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
+            cells.append("-" if value is None else "failed" if not math.isfinite(value)
+                         else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def failed_cells(table: dict) -> list[str]:
+    """"name@length" of every non-finite perplexity in a table: failed, never a result."""
+    return [f"{name}@{length}" for name, row in table["ppl"].items() for length, value in row.items()
+            if value is not None and not math.isfinite(value)]
 
 
 def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[str], scale: float | None,

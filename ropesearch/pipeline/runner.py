@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
+from ropesearch.lock import LOCK_NAME, DirectoryLock
+from ropesearch.search.rundir import writable_folder
 from ropesearch.export.factor_file import atomic_write_text, load_factors, save_factors
 from ropesearch.pipeline.plan import Plan, Stage
 from ropesearch.rope import RopeFactors
@@ -183,10 +185,34 @@ class Pipeline:
                 raise RopesearchError(f"completed stage {stage.name} is not in the plan as it was: "
                                       "resume with its settings unchanged, or start a new --out")
 
+    def check_inputs(self) -> None:
+        """The model and local data exist and read as they should, before anything is written."""
+        from ropesearch.data import load_documents
+        from ropesearch.models import resolve_model
+        from ropesearch.validate import check_model_folder, check_output
+
+        ref = resolve_model(self.plan.model, fetch=False)
+        check_model_folder(ref.path)
+        inputs = {"the model": ref.path if Path(ref.path).exists() else None}
+        for role, spec in self.plan.data.items():
+            if spec != "builtin" and Path(spec).expanduser().exists():
+                load_documents(spec)  # missing, empty or binary documents fail here, not at their stage
+                inputs[f"the {role} data"] = spec
+        check_output(self.out, inputs)
+
     def run(self, resume: bool = False) -> dict[str, dict]:
-        if self.out.exists() and any(self.out.iterdir()) and not resume:
+        used = self.out.exists() and any(p.name != LOCK_NAME for p in self.out.iterdir())
+        if used and not resume:
             raise RopesearchError(f"run directory {self.out} is not empty: pass --resume to continue it, or another --out")
+        if used and not (self.out / "plan.json").is_file():  # --resume of an empty folder just starts
+            raise RopesearchError(f"{self.out} is not a plan's run directory (no plan.json): choose another --out")
+        self.check_inputs()
+        writable_folder(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        with DirectoryLock(self.out):  # one writer per run directory, released by the OS if this process dies
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, dict]:
         from dataclasses import asdict
 
         described = {"name": self.plan.name, "model": self.plan.model, "data": self.plan.data,

@@ -31,7 +31,8 @@ def export(factor_file: str | Path, model: str, out: str | Path, fmt: str = "hf"
     """`ropesearch export`: a factor file as a model folder (hf), vLLM overrides or CSV."""
     ref = resolve_model(model)
     factors = load_factors(factor_file)
-    protect = {"the factor file": factor_file}  # --out never replaces an input (the model is added below)
+    # --out never is, holds or lies inside an input
+    protect = {"the factor file": factor_file, "the model": Path(ref.path) / (ref.gguf_file or "")}
     if fmt == "hf":
         return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
                          protect=protect)

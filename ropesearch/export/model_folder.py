@@ -39,11 +39,6 @@ def _prepare_out(out: Path, overwrite: bool, protect: dict | None = None) -> Non
     (out / MARKER).write_text("written by ropesearch export; --overwrite may replace this folder\n")
 
 
-def _with_model(protect: dict | None, ref: ModelRef) -> dict:
-    model = Path(ref.path) / ref.gguf_file if ref.gguf_file else Path(ref.path)
-    return {"the model": model, **(protect or {})}
-
-
 def _local_folder(ref: ModelRef) -> Path | None:
     """The folder holding a non-GGUF model's files, downloading a hub id into the HF cache if needed."""
     if ref.gguf_file:
@@ -70,7 +65,7 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     apply_to_config(config, factors, allow_start_tokens)
-    _prepare_out(out, overwrite, _with_model(protect, ref))
+    _prepare_out(out, overwrite, protect)
     source = _local_folder(ref)
     if source is None:
         save_model_folder(load_model(ref, dtype=None, device="cpu"), load_tokenizer(ref), config, out)
@@ -115,7 +110,7 @@ def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite:
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     overrides = vllm_overrides(factors, partial_rotary_factor(config), allow_start_tokens)
-    _prepare_out(out, overwrite, _with_model(protect, ref))
+    _prepare_out(out, overwrite, protect)
     atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
     model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
     hf_overrides = shlex.quote(json.dumps(overrides["hf_overrides"]))

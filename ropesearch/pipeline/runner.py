@@ -195,7 +195,8 @@ class Pipeline:
         check_model_folder(ref.path)
         inputs = {"the model": ref.path if Path(ref.path).exists() else None}
         for role, spec in self.plan.data.items():
-            if spec != "builtin" and Path(spec).expanduser().exists():
+            path = Path(spec).expanduser()
+            if spec != "builtin" and (path.exists() or spec.startswith((".", "/", "~")) or path.suffix):
                 load_documents(spec)  # missing, empty or binary documents fail here, not at their stage
                 inputs[f"the {role} data"] = spec
         check_output(self.out, inputs)

@@ -195,10 +195,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
                                           searched_documents, setup)
 
     lengths = parse_lengths(lengths)
-    if json_out:
-        check_output(json_out, {"the model": model, "the data": data, **{f"factor file {f}": f for f in
-                                                                        table_args.get("factor_files", ())}},
-                     "--json", folder=False)
+    _check_json_out(json_out, model, [*table_args.get("factor_files", ()), data])
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
@@ -301,6 +298,12 @@ def _compare_options(function):
     return function
 
 
+def _check_json_out(json_out, model, factor_files) -> None:
+    if json_out:
+        check_output(json_out, {"the model": model, **{f"factor file {f}": f for f in factor_files}}, "--json",
+                     folder=False)
+
+
 @cli.command("passkey")
 @_compare_options
 @click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
@@ -315,6 +318,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
     lengths = parse_lengths(lengths)
+    _check_json_out(json_out, model, factor_files)
     try:
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
@@ -356,6 +360,7 @@ def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, da
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
+    _check_json_out(json_out, model, factor_files)
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]

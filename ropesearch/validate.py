@@ -144,7 +144,7 @@ def check_fields(cls, values: dict, where: str, skip: tuple[str, ...] = ()) -> d
 
 
 # ---- files -------------------------------------------------------------------------------------------
-def check_safetensors(path: str | Path) -> None:
+def check_safetensors(path: str | Path, what: str = "model file", fix: str = "download or copy it again") -> None:
     """The header parses and every tensor lies inside the file (a cut-off download does not)."""
     path = Path(path)
     size = path.stat().st_size
@@ -167,7 +167,7 @@ def check_safetensors(path: str | Path) -> None:
                     if 8 + length + end > size:
                         problem = f"it is truncated ({size} bytes, the header needs {8 + length + end})"
     if problem:
-        raise RopesearchError(f"model file {path} is damaged: {problem}; download or copy it again")
+        raise RopesearchError(f"{what} {path} is damaged: {problem}; {fix}")
 
 
 def check_model_folder(folder: str | Path) -> None:
@@ -212,3 +212,11 @@ def check_output(out: str | Path, inputs: dict[str, str | Path | None], flag: st
             relation = "is" if source == target else ("holds" if target in source.parents else "lies inside")
             raise RopesearchError(f"{flag} {out} {relation} {what} ({path}), an input of this command: "
                                   f"choose another {flag}")
+
+
+def read_json(path: str | Path, what: str, fix: str):
+    """A JSON file ropesearch wrote; damage (truncation, hand edits) is one line saying how to continue."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RopesearchError(f"{what} {path} is damaged (not valid JSON: {exc}); {fix}") from None

@@ -466,6 +466,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_planted_pickle_is_never_executed(loaded, finished_run, tmp_path):
     marker = tmp_path / "pwned"
     for stale in finished_run.glob("checkpoint*"):
@@ -647,3 +648,37 @@ def test_eval_prints_failed_not_nan(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "failed" in result.output and "nan" not in result.output.lower()
     assert result.output.strip().splitlines()[-1].startswith("Error: non-finite perplexity")
     assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_damaged_records_of_plans_finetuning_and_runs_are_one_line(tmp_path):
+    import torch
+
+    from conftest import tiny_model
+    from ropesearch.data import TokenizedDocument
+    from ropesearch.evaluate.runs import searched_documents
+    from ropesearch.pipeline.finetune import FinetuneConfig, Finetuner
+    from ropesearch.rope import RopeBase, make_factors
+
+    (tmp_path / "config.json").write_text('{"windows": [')
+    with pytest.raises(RopesearchError, match="search config .* is damaged"):
+        searched_documents(tmp_path)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(QUICKSTART))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "plan.json").write_text('{"name": ')
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "run"), "--resume"])
+    assert result.exit_code == 1 and result.output.startswith("Error: the plan copy") and "damaged" in result.output
+    factors = make_factors("pi", RopeBase(100.0, 32, 64), 2.0)
+    documents = [TokenizedDocument("d", torch.arange(600).numpy() % 100)]
+    config = FinetuneConfig(length=128, steps=2, global_batch=1, save_every=1, gradient_checkpointing=False)
+    Finetuner(tiny_model("llama"), factors, documents, config, tmp_path / "ft", log=lambda m: None).run()
+    checkpoint = tmp_path / "ft" / "checkpoint"
+    for name, damage in (("trainer.pt", pickle.dumps(_Payload(tmp_path / "pwned"))), ("model.safetensors", b"\0" * 9),
+                         ("state.json", b'{"step": ')):
+        saved = (checkpoint / name).read_bytes()
+        (checkpoint / name).write_bytes(damage)
+        with pytest.raises(RopesearchError, match=f"remove {checkpoint} to fine-tune again"):
+            Finetuner(tiny_model("llama"), factors, documents, config, tmp_path / "ft", log=lambda m: None).run()
+        (checkpoint / name).write_bytes(saved)
+        EXERCISED["damaged fine-tuning checkpoint"] += 1
+    assert not (tmp_path / "pwned").exists()

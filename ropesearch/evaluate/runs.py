@@ -80,7 +80,13 @@ def searched_documents(run_dir: str | Path) -> list[str]:
     config = Path(run_dir) / "config.json"
     if not config.is_file():
         raise RopesearchError(f"{run_dir} is not a search run directory (no config.json)")
-    return sorted({document_of(name) for name in json.loads(config.read_text()).get("windows", [])})
+    from ropesearch.validate import read_json
+
+    saved = read_json(config, "search config", "give another --heldout-of, or restore the file")
+    windows = saved.get("windows") if isinstance(saved, dict) else None
+    if not isinstance(windows, list) or not all(isinstance(w, str) for w in windows):
+        raise RopesearchError(f"{config} names no searched windows (field windows): not a search run's config")
+    return sorted({document_of(name) for name in windows})
 
 
 def prefix_windows(windows: list[Window], length: int) -> list[Window]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from ropesearch.data import TokenizedDocument
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.loss import trainable_mean_nll
+from ropesearch.validate import check_safetensors
 from ropesearch.export.factor_file import current_umask, atomic_write_text
 from ropesearch.rope import RopeFactors, methods, patch_rope
 
@@ -194,14 +196,25 @@ class Finetuner:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-        state = json.loads(state_file.read_text())
+        from ropesearch.validate import read_json
+
+        fix = f"remove {self.checkpoint_dir} to fine-tune again from step 0"
+        state = read_json(state_file, "fine-tuning checkpoint", fix)
+        if not isinstance(state, dict) or not {"config", "step"} <= set(state):
+            raise RopesearchError(f"fine-tuning checkpoint {state_file} is damaged (no step or config); {fix}")
         if state["config"] != asdict(self.config):
             raise RopesearchError(f"{self.checkpoint_dir} was written with other fine-tuning settings; "
                                   "remove it or restore the settings")
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.trainee, load_file(self.checkpoint_dir / "model.safetensors"), options=options)
-        # weights_only: tensors and plain containers only, so a planted file cannot run code
-        trainer = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=True)
+        try:
+            check_safetensors(self.checkpoint_dir / "model.safetensors", "fine-tuning checkpoint weights", fix)
+            weights = load_file(self.checkpoint_dir / "model.safetensors")
+            # weights_only: tensors and plain containers only, so a planted file cannot run code
+            trainer = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise RopesearchError(f"fine-tuning checkpoint {self.checkpoint_dir} is damaged or not data only "
+                                  f"({str(exc).splitlines()[0][:120]}); {fix}") from None
+        set_model_state_dict(self.trainee, weights, options=options)
         set_optimizer_state_dict(self.trainee, optimizer, trainer["optimizer"], options=options)
         generator.set_state(trainer["generator"])
         self.log(f"resuming fine-tuning at step {state['step']}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from ropesearch.errors import RopesearchError
 from ropesearch.lock import LOCK_NAME, DirectoryLock
 from ropesearch.search.rundir import writable_folder
+from ropesearch.validate import read_json
 from ropesearch.export.factor_file import atomic_write_text, load_factors, save_factors
 from ropesearch.pipeline.plan import Plan, Stage
 from ropesearch.rope import RopeFactors
@@ -220,7 +221,8 @@ class Pipeline:
                      "stages": [{s.kind: asdict(s.settings)} for s in self.plan.stages]}
         plan_copy = self.out / "plan.json"
         if resume and plan_copy.is_file():
-            self._check_unchanged(json.loads(plan_copy.read_text()), json.loads(json.dumps(described)))
+            saved = read_json(plan_copy, "the plan copy", f"restore it, or start a new --out instead of {self.out}")
+            self._check_unchanged(saved, json.loads(json.dumps(described)))
         atomic_write_text(plan_copy, json.dumps(described, indent=1) + "\n")
         total = len(self.plan.stages)
         handlers = {"search": self._search, "finetune": self._finetune, "recover-short": self._recover_short,
@@ -229,7 +231,10 @@ class Pipeline:
             folder = self.out / stage.name
             done = folder / "done.json"
             if done.is_file():
-                outputs = json.loads(done.read_text())["outputs"]
+                outputs = read_json(done, f"stage {stage.name}'s record", f"remove it to run {stage.name} again")
+                if not isinstance(outputs, dict) or not isinstance(outputs.get("outputs"), dict):
+                    raise RopesearchError(f"{done} is damaged (no outputs): remove it to run {stage.name} again")
+                outputs = outputs["outputs"]
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
                 self.log(f"[{number}/{total}] {stage.name}: done earlier, skipped")
@@ -238,7 +243,8 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             # seconds of earlier, interrupted sessions of this stage count too
             spent_file = folder / "spent.json"
-            earlier = json.loads(spent_file.read_text())["seconds"] if spent_file.is_file() else 0.0
+            spent = read_json(spent_file, "time record", "remove it") if spent_file.is_file() else {}
+            earlier = float(spent.get("seconds", 0.0)) if isinstance(spent, dict) else 0.0
             started = time.perf_counter()
             try:
                 outputs = handlers[stage.kind](stage, folder)

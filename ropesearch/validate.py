@@ -220,3 +220,11 @@ def read_json(path: str | Path, what: str, fix: str):
         return json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise RopesearchError(f"{what} {path} is damaged (not valid JSON: {exc}); {fix}") from None
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A text input (YAML, CSV, JSON lines) as str; binary content is one line, not a UnicodeDecodeError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RopesearchError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a text file") from None

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -45,6 +46,15 @@ def _count_inputs():
     yield
     if os.environ.get("ROPESEARCH_COUNT_INPUTS"):
         sys.__stderr__.write(f"\nmalformed inputs exercised: {sum(EXERCISED.values())} {dict(EXERCISED)}\n")
+
+
+@contextmanager
+def fresh_file(name: str, content: str | bytes):
+    """A new temporary folder holding one file: (folder, file)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        yield Path(folder), path
 
 
 def snapshot(folder: Path) -> list:
@@ -117,21 +127,26 @@ broken_factor_documents = st.one_of(
 @PROPERTY
 @given(document=broken_factor_documents)
 def test_malformed_factor_documents_are_refused_by_show_and_export(document):
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        path = folder / "factors.json"
-        path.write_text(json.dumps(document))
+    with fresh_file("factors.json", json.dumps(document)) as (folder, path):
         refused(["show", path], folder, "factor file")
         refused(["export", path, "--model", "pocket", "--out", folder / "out"], folder, "factor file (export)")
 
 
+READERS = {  # a file name and the command that reads it
+    "factors.json": lambda f, out: ["show", f],
+    "space.yaml": lambda f, out: ["search", "--model", "pocket", "-t", 1024, "--space", f, "--out", out],
+    "plan.yaml": lambda f, out: ["run", f, "--out", out],
+    "long.csv": lambda f, out: ["factors", "longrope", "--model", "pocket", "--scale", 8, "--csv", f, "--out", out],
+    "docs.jsonl": lambda f, out: ["search", "--model", "pocket", "-t", 1024, "--data", f, "--out", out],
+}
+
+
 @PROPERTY
-@given(content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
-def test_factor_files_of_random_bytes_are_refused(content):
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        (folder / "factors.json").write_bytes(content)
-        refused(["show", folder / "factors.json"], folder, "factor file (bytes)")
+@given(content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)),
+       name=st.sampled_from(sorted(READERS)))
+def test_random_bytes_are_refused_wherever_a_file_is_read(content, name):
+    with fresh_file(name, content) as (folder, path):
+        refused(READERS[name](path, folder / "out"), folder, f"random bytes ({name})")
 
 
 # ---- malformed search spaces ---------------------------------------------------------------------
@@ -180,10 +195,8 @@ broken_spaces = st.one_of(
 @PROPERTY
 @given(space=broken_spaces)
 def test_malformed_spaces_are_refused_before_the_model_loads(space):
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        path = folder / "space.yaml"
-        path.write_text(yaml.safe_dump(space) if not isinstance(space, str) else space + "\n: [")
+    with fresh_file("space.yaml", yaml.safe_dump(space) if not isinstance(space, str) else space + "\n: [") as (
+            folder, path):
         refused(["search", "--model", "pocket", "--target-length", 1024, "--space", path, "--out", folder / "run"],
                 folder, "search space")
 
@@ -223,10 +236,7 @@ broken_plans = st.one_of(
 @PROPERTY
 @given(plan=broken_plans)
 def test_malformed_plans_are_refused_before_anything_is_written(plan):
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        path = folder / "plan.yaml"
-        path.write_text(yaml.safe_dump(plan))
+    with fresh_file("plan.yaml", yaml.safe_dump(plan)) as (folder, path):
         refused(["run", path, "--out", folder / "run"], folder, "plan")
 
 

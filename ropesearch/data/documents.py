@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import text_problem
+from ropesearch.validate import read_text, text_problem
 
 # Long texts that ship with every CPython (documentation and large modules): the corpus that
 # exists on any machine with no download. Files missing from a given Python are skipped.
@@ -45,7 +45,7 @@ def builtin_documents(files: tuple[str, ...] = BUILTIN_FILES) -> list[Document]:
 
 def _from_jsonl(path: Path, text_field: str) -> list[Document]:
     documents = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "data file").splitlines(), 1):
         if not line.strip():
             continue
         try:

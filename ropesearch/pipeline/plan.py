@@ -24,7 +24,7 @@ import yaml
 
 from ropesearch.errors import RopesearchError
 from ropesearch.pipeline.finetune import FinetuneConfig
-from ropesearch.validate import check_device, check_fields
+from ropesearch.validate import check_device, check_fields, read_text
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def load_plan(path: str | Path) -> Plan:
     if not path.is_file():
         raise RopesearchError(f"plan file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "plan"))
     except yaml.YAMLError as exc:
         raise RopesearchError(f"plan {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return plan_from_dict(data, where=f"plan {path}")

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import check_fields
+from ropesearch.validate import check_fields, read_text
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -181,7 +181,7 @@ def load_space(spec: str | Path) -> SearchSpace:
             names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
             raise RopesearchError(f"search space {spec} is neither a file nor a shipped space ({names})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "search space"))
     except yaml.YAMLError as exc:
         raise RopesearchError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return space_from_dict(data, where=f"search space {path}")

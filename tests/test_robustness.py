@@ -457,6 +457,12 @@ def finished_run(one_run, tmp_path):
     return Path(shutil.copytree(one_run, tmp_path / "run"))
 
 
+def history_rows(run: Path) -> list[dict]:
+    """The history without its timings (which differ from run to run)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "history.jsonl").read_text().splitlines()]
+
+
 def _resume_error(loaded, run) -> str:
     with pytest.raises(RopesearchError) as error:
         tiny_search(loaded, run, resume=True)
@@ -504,7 +510,7 @@ def test_a_planted_pickle_is_never_executed(loaded, finished_run, tmp_path):
 def test_damaged_runs_are_named_never_restarted(loaded, finished_run):
     history = finished_run / "history.jsonl"
     checkpoint = finished_run / "checkpoint.json"
-    lines, saved = history.read_bytes(), checkpoint.read_bytes()
+    lines, saved, rows = history.read_bytes(), checkpoint.read_bytes(), history_rows(finished_run)
     history.write_bytes(lines[: len(lines) // 2])
     assert "history.jsonl is truncated" in _resume_error(loaded, finished_run)
     history.write_bytes(lines.replace(b'"generation": 0', b'"generation": 7', 1))
@@ -519,6 +525,12 @@ def test_damaged_runs_are_named_never_restarted(loaded, finished_run):
     checkpoint.unlink()
     assert "checkpoint.json is missing" in _resume_error(loaded, finished_run)
     assert history.read_bytes() == lines, "a refused resume changed the history"
+    # killed after writing its config but before the first generation ended: --resume starts it
+    for stale in finished_run.glob("checkpoint-g*.npz"):
+        stale.unlink()
+    history.write_bytes(b"")
+    result = tiny_search(loaded, finished_run, resume=True)
+    assert result.state.stop_reason == "2 generations done" and history_rows(finished_run) == rows
 
 
 def test_changed_inputs_are_refused_on_resume(loaded, finished_run):
@@ -609,11 +621,7 @@ def test_kill_9_mid_search_then_resume_gives_the_uninterrupted_result(tiny_model
     for out, resume in ((straight, False), (killed, True)):
         run_search(str(model), str(docs), 256, out, space=space, device="cpu", log=lambda m: None, resume=resume)
 
-    def rows(run):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (run / "history.jsonl").read_text().splitlines()]
-
-    assert rows(killed) == rows(straight)
+    assert history_rows(killed) == history_rows(straight)
     best = [json.loads((run / "best.json").read_text())["rope"]["long_factor"] for run in (straight, killed)]
     assert best[0] == best[1]
 

@@ -14,7 +14,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
 from ropesearch.fingerprint import data_fingerprint, files_fingerprint, weights_fingerprint, windows_fingerprint
-from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
@@ -32,6 +32,12 @@ def search_windows(tokenizer, data, length: int, samples: int, seed: int, needle
     if needle:
         return needle_windows(documents, tokenizer, length, samples, seed)
     return sample_windows(documents, length, samples, seed)
+
+
+def _check_target(target_length: int | None, base) -> None:
+    if target_length is not None and target_length <= base.original_context:
+        raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
+                              f"({base.original_context}): nothing to extend")
 
 
 def run_search(model: str, data: str, target_length: int, out: str | Path, space: str | SearchSpace = "fast",
@@ -63,6 +69,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     ref = resolve_model(model)
     if loaded is None:
         check_model_folder(ref.path)
+        _check_target(target_length if regime == "long" else None, rope_base(load_config(ref)))  # the config only
     documents = load_documents(data, text_field=text_field, split=split)  # bad data fails before any write
     # the run directory is checked and locked before anything loads; a new run that fails before
     # it starts leaves no folder behind
@@ -79,9 +86,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
             check_fits(reference, base, source="the reference factors")
         if regime == "short":
             target_length = reference.target_context
-        if target_length <= base.original_context:
-            raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
-                                  f"({base.original_context}): nothing to extend")
+        _check_target(target_length, base)
         window_length = max(short_lengths) if regime == "short" else target_length
         windows = search_windows(tokenizer, documents, window_length, samples, seed, objective == "needle",
                                  text_field, split)

@@ -32,6 +32,8 @@ def tiny_space(name="fast", **budget):
 
 
 def search(loaded, out, space, **kwargs):
+    # the loop's mechanics without the short guard (which caps the attention gene); it has its own tests
+    kwargs.setdefault("short_tolerance", None)
     return run_search("tiny", "builtin", TARGET, out, space=space, loaded=loaded, log=lambda m: None, **kwargs)
 
 
@@ -227,6 +229,12 @@ def test_killed_search_resumes_to_the_same_result(loaded, tmp_path):
     assert resumed.factors == straight.factors and resumed.values == straight.values
     assert history_without_timing(tmp_path / "resumed") == history_without_timing(tmp_path / "straight")
     assert resumed.state.full_evals == straight.state.full_evals
+    # the data-only checkpoint carries the baselines, the evaluator's seconds and the offspring's origins
+    assert resumed.state.baselines == straight.state.baselines and set(straight.state.baselines) == {"pi", "ntk", "yarn"}
+    assert resumed.state.evaluator_seconds > 0
+    saved = {name: json.loads((tmp_path / name / "checkpoint.json").read_text()) for name in ("straight", "resumed")}
+    assert saved["resumed"]["algorithm"]["origins"] == saved["straight"]["algorithm"]["origins"] != {}
+    assert saved["resumed"]["baselines"] == saved["straight"]["baselines"]
 
 
 def test_budgets_and_early_stopping(loaded, tmp_path):

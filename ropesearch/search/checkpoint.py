@@ -3,7 +3,8 @@
 A checkpoint must never be code (a pickle runs whatever its author put in it), so instead of
 saving the algorithm object we save what the ask/tell loop depends on between generations:
 the surviving population (genomes, objective values, and the rank/crowding NSGA-II's survival
-attaches), the iteration counter and the random generator's state. Restoring sets exactly
+attaches), the iteration counter, the random generator's state and where the last offspring
+came from (`origins`, named in history rows). Restoring sets exactly
 these on a freshly built algorithm, which then asks for the same offspring the saved one would.
 """
 
@@ -19,7 +20,8 @@ OPTIONAL_KEYS = ("rank", "crowding")  # set by rank-and-crowding survival (NSGA-
 def algorithm_state(algorithm) -> tuple[dict, dict[str, np.ndarray]]:
     """(JSON-able fields, arrays) of an algorithm between generations."""
     meta = {"initialized": bool(algorithm.is_initialized), "n_iter": algorithm.n_iter,
-            "rng": algorithm.random_state.bit_generator.state}
+            "rng": algorithm.random_state.bit_generator.state,
+            "origins": dict(getattr(algorithm, "origins", {}))}
     arrays: dict[str, np.ndarray] = {}
     pop = algorithm.pop
     if algorithm.is_initialized and pop is not None:
@@ -34,6 +36,9 @@ def algorithm_state(algorithm) -> tuple[dict, dict[str, np.ndarray]]:
 def restore_algorithm(algorithm, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     """Put a saved state into a freshly built (set up, not yet asked) algorithm."""
     algorithm.random_state.bit_generator.state = meta["rng"]
+    if hasattr(algorithm, "origins"):  # the dict its sampling and mating share: filled in place
+        algorithm.origins.clear()
+        algorithm.origins.update(meta.get("origins") or {})
     if not meta["initialized"]:
         return
     pop = Population.new("X", np.asarray(arrays["X"], dtype=np.float64))

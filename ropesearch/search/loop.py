@@ -59,14 +59,16 @@ def build_algorithm(encoding: Encoding, n_obj: int, seed: int):
     repair = GridRepair(encoding)
     mutation = FactorMutation(encoding)
     crossover = FactorCrossover(encoding)
-    mating = SplitMating(encoding, mutation, crossover, repair=repair,
+    origins: dict[str, str] = {}  # genome key -> seed name / mutation / crossover, for history rows
+    mating = SplitMating(encoding, mutation, crossover, origins=origins, repair=repair,
                          eliminate_duplicates=DefaultDuplicateElimination(), n_max_iterations=20)
     cls = _GA if space.algorithm == "ga" else _NSGA2
-    algorithm = cls(pop_size=space.budget.top_k, sampling=SeededSampling(encoding, mutation), mating=mating,
+    algorithm = cls(pop_size=space.budget.top_k, sampling=SeededSampling(encoding, mutation, origins), mating=mating,
                     n_offsprings=space.offspring, repair=repair, eliminate_duplicates=DefaultDuplicateElimination())
     low, high = encoding.bounds
     algorithm.setup(Problem(n_var=encoding.n_var, n_obj=n_obj, xl=low, xu=high), termination=NoTermination(),
                     seed=seed)
+    algorithm.origins = origins
     return algorithm
 
 
@@ -79,7 +81,7 @@ class SearchState:
     full_evals: int = 0
     screen_evals: int = 0
     elapsed: float = 0.0  # wall seconds over all sessions of this run
-    gpu_seconds: float = 0.0  # evaluator seconds, full and screening
+    evaluator_seconds: float = 0.0  # seconds in the evaluator (GPU or CPU), full and screening
     cache: dict = field(default_factory=dict)  # genome key -> objective values (full scores)
     screen_cache: dict = field(default_factory=dict)
     progress: list = field(default_factory=list)  # one entry per generation
@@ -88,6 +90,7 @@ class SearchState:
     short_reference: float | None = None  # unscaled perplexity at the original window (ppl+short)
     stop_reason: str | None = None
     history_lines: int = 0
+    baselines: dict = field(default_factory=dict)  # PI / NTK / YaRN at the target: what the search has to beat
 
 
 @dataclass
@@ -118,9 +121,11 @@ class Search:
     def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
         failed = _failure(values, names)
+        origins = getattr(state.algorithm, "origins", {})
         return {
             "generation": state.generation,
             "fidelity": fidelity,
+            "origin": origins.get(self.encoding.key(genome), "survivor"),
             "genome": [round(float(g), 6) for g in genome],
             "long_factor": [round(f, 6) for f in factors.long_factor],
             "start_tokens": factors.start_tokens,
@@ -154,10 +159,11 @@ class Search:
                     # a non-finite score is a failed candidate: ranked last, never promoted or best
                     state.screen_cache[keys[i]] = float(value) if math.isfinite(value) else math.inf
                     records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second))
-                    state.gpu_seconds += second
+                    state.evaluator_seconds += second
                 state.screen_evals += len(fresh)
             ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
-            todo = sorted(ranked[: max(1, math.ceil(fidelity.promote * len(ranked)))])
+            promoted = max(1, math.ceil(fidelity.promote * len(ranked)))
+            todo = sorted(ranked[: min(promoted, fidelity.promote_max or promoted)])
         if self.max_evals is not None:
             todo = todo[: max(0, self.max_evals - state.full_evals)]
         if todo:
@@ -168,7 +174,7 @@ class Search:
                 F[i] = value
                 state.cache[keys[i]] = value.tolist()
                 records.append(self._record(state, X[i], factors, "full", value, objective.names, second))
-                state.gpu_seconds += second
+                state.evaluator_seconds += second
             state.full_evals += len(todo)
         pop.set("F", F)
         state.algorithm.tell(infills=pop)
@@ -198,7 +204,7 @@ class Search:
         state.elapsed += time.perf_counter() - started
         state.progress.append({"generation": state.generation - 1, "full_evals": state.full_evals,
                                "screen_evals": state.screen_evals, "elapsed": round(state.elapsed, 3),
-                               "gpu_seconds": round(state.gpu_seconds, 3),
+                               "evaluator_seconds": round(state.evaluator_seconds, 3),
                                "best": dict(zip(self.objective.names, map(float, values)))})
         factors = self.encoding.decode(genome)
         if not np.all(np.isfinite(values)):  # every candidate so far failed: no best to write
@@ -212,6 +218,7 @@ class Search:
                 "scores": dict(zip(self.objective.names, map(float, values))),
                 "generation": state.generation - 1,
                 "full_evaluations": state.full_evals,
+                **({"baselines": state.baselines} if state.baselines else {}),
             },
             monotone=self.encoding.space.factors.monotone,
         )
@@ -220,7 +227,26 @@ class Search:
         budget = self.encoding.space.budget
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
-                 + f"  best {self.objective.names[0]} {state.best:.4f}  {state.elapsed / 60:.1f} min")
+                 + f"  best {self.objective.names[0]} {state.best:.4f}{self._versus_yarn(state)}"
+                 + f"  {state.elapsed / 60:.1f} min")
+
+    @staticmethod
+    def _versus_yarn(state: SearchState) -> str:
+        yarn = state.baselines.get("yarn")
+        return f" ({state.best / yarn:.3f}x YaRN)" if yarn else ""
+
+    def _score_baselines(self, state: SearchState) -> None:
+        """PI, NTK and YaRN at the target, scored and printed before generation 0 (what to beat)."""
+        encoding = self.encoding
+        if encoding.regime != "long" or encoding.reference is not None:
+            return
+        sets = {name: methods.make_factors(name, encoding.base, encoding.scale) for name in ("pi", "ntk", "yarn")}
+        values, seconds = self.objective.score(list(sets.values()))
+        state.evaluator_seconds += sum(seconds)
+        state.baselines = {name: float(value[0]) for name, value in zip(sets, values)}
+        self.log(f"baselines at {encoding.target_context} tokens ({self.objective.names[0]}): "
+                 + ", ".join(f"{name.upper() if name != 'yarn' else 'YaRN'} {value:.4f}"
+                             for name, value in state.baselines.items()) + "; generation 0 starts")
 
     def _stop_reason(self, state: SearchState) -> str | None:
         budget = self.encoding.space.budget
@@ -243,6 +269,8 @@ class Search:
     def _restore(self, saved: dict) -> SearchState:
         algorithm = build_algorithm(self.encoding, self.objective.n_obj, self.seed)
         restore_algorithm(algorithm, saved["algorithm"]["meta"], saved["algorithm"]["arrays"])
+        if "gpu_seconds" in saved:  # runs written before the field was named for CPU runs too
+            saved = {k: v for k, v in saved.items() if k != "gpu_seconds"} | {"evaluator_seconds": saved["gpu_seconds"]}
         names = {f.name for f in fields(SearchState)} - {"algorithm"}
         return SearchState(algorithm=algorithm, **{k: v for k, v in saved.items() if k in names})
 
@@ -261,6 +289,7 @@ class Search:
                 reference = self.objective.evaluator.score(
                     [methods.none(base)], prefix_windows(self.objective.windows, self.objective.short_length))
                 state.short_reference = reference[0].ppl[self.objective.short_length]
+            self._score_baselines(state)
         sessions = 0
         while (reason := self._stop_reason(state)) is None:
             if stop_after is not None and sessions >= stop_after:

@@ -36,14 +36,17 @@ def export(factor_file: str | Path, model: str, out: str | Path, fmt: str = "hf"
 
     ref = resolve_model(model)
     factors = load_factors(factor_file)
+    # --out never is, holds or lies inside an input
+    protect = {"the factor file": factor_file, "the model": Path(ref.path) / (ref.gguf_file or "")}
     if fmt == "hf":
         provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
         return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
                          link="symlink" if symlink else "hardlink", provenance=provenance,
-                         factor_file=Path(factor_file).name)
+                         factor_file=Path(factor_file).name, protect=protect)
     if fmt == "vllm":
-        return export_vllm(factors, ref, out, overwrite=overwrite, allow_start_tokens=allow_start_tokens)
+        return export_vllm(factors, ref, out, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
+                           protect=protect)
     if fmt == "csv":
         check_fits(factors, rope_base(load_config(ref)), source=f"factor file {factor_file}")
-        return export_csv(factors, out, overwrite=overwrite)
+        return export_csv(factors, out, overwrite=overwrite, protect=protect)
     raise RopesearchError(f"unknown export format {fmt!r}: choose hf, vllm or csv")

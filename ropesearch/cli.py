@@ -11,6 +11,7 @@ import numpy as np
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
+from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
 
 
 class _Group(click.Group):
@@ -21,18 +22,22 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RopesearchError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            # a bad option value is one line and exit status 1 too, with where to look for help
+            where = f"ropesearch {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "ropesearch --help"
+            raise click.ClickException(f"{exc.format_message().rstrip('.')} (see {where})") from None
+        except OSError as exc:  # a file that cannot be read or written (permissions, a full disk...)
+            target = f" {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"cannot access{target}: {exc.strerror or exc}") from None
 
 
-TOKENS = None  # the token-count parameter type (2048, 2k, 1M), built on first use below
+def _tokens(minimum: int = 1):
+    """The token-count parameter type (2048, 2k, 1M), at least `minimum`."""
+    from ropesearch.units import token_count_type
 
-
-def _tokens():
-    global TOKENS
-    if TOKENS is None:
-        from ropesearch.units import token_count_type
-
-        TOKENS = token_count_type()
-    return TOKENS
+    return token_count_type(minimum)
 
 
 def _torch_dtype(name: str | None):
@@ -85,19 +90,20 @@ def _model_base(model: str, original_context: int | None):
 @cli.command("factors")
 @click.argument("method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3", "longrope"]))
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
-@click.option("--scale", "-s", type=float, required=True, help="Extension ratio: target window / original window.")
+@click.option("--scale", "-s", type=FiniteFloat(min=1), required=True,
+              help="Extension ratio: target window / original window.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
-@click.option("--original-context", type=_tokens(), help="Override the model's trained window (e.g. 4k).")
-@click.option("--beta-fast", type=float, help="YaRN: rotations above which dims are kept (default 32).")
-@click.option("--beta-slow", type=float, help="YaRN: rotations below which dims are interpolated (default 1).")
-@click.option("--mscale", type=float, help="YaRN: mscale (with --mscale-all-dim).")
-@click.option("--mscale-all-dim", type=float, help="YaRN: mscale_all_dim.")
-@click.option("--attention-factor", type=float, help="YaRN/LongRoPE: attention factor (default: the method's).")
-@click.option("--low-freq-factor", type=float, help="Llama-3: low_freq_factor (default 1).")
-@click.option("--high-freq-factor", type=float, help="Llama-3: high_freq_factor (default 4).")
+@click.option("--original-context", type=_tokens(2), help="Override the model's trained window (e.g. 4k).")
+@click.option("--beta-fast", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations above which dims are kept (default 32).")
+@click.option("--beta-slow", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations below which dims are interpolated (default 1).")
+@click.option("--mscale", type=FiniteFloat(min=0, min_open=True), help="YaRN: mscale (with --mscale-all-dim).")
+@click.option("--mscale-all-dim", type=FiniteFloat(min=0), help="YaRN: mscale_all_dim.")
+@click.option("--attention-factor", type=FiniteFloat(min=0, min_open=True), help="YaRN/LongRoPE: attention factor (default: the method's).")
+@click.option("--low-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: low_freq_factor (default 1).")
+@click.option("--high-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: high_freq_factor (default 4).")
 @click.option("--csv", "long_csv", type=click.Path(), help="LongRoPE: long factors from a LongRoPE-style CSV.")
 @click.option("--short-csv", type=click.Path(), help="LongRoPE: short factors from a CSV (default: the long ones).")
-@click.option("--start-tokens", type=int, default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
+@click.option("--start-tokens", type=count(0), default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
 def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv, start_tokens, **options):
     """Write the factor file of METHOD for a model, or import LongRoPE CSV factors (METHOD longrope).
 
@@ -117,6 +123,7 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
             raise RopesearchError("--csv, --short-csv and --start-tokens apply to method longrope only")
         factors = baseline_factors(method, base, scale, **params)
     if out:
+        check_output(out, {"the model": model, "the CSV": long_csv, "the short CSV": short_csv}, folder=False)
         save_factors(factors, out, provenance={"model": model})
         click.echo(f"wrote {out}: {method}, {base.n_factors} factors, {base.original_context} -> {factors.target_context}")
     else:
@@ -199,8 +206,8 @@ def _eval_options(function):
                      help="Documents: a folder of .txt, a .txt or .jsonl file, a datasets name, or builtin "
                      "(long texts that ship with Python)."),
         click.option("--lengths", "-l", required=True, help="Comma-separated window lengths in tokens, e.g. 16384,32k."),
-        click.option("--samples", "-k", type=int, default=4, show_default=True, help="Documents (windows) per length."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Which documents are sampled."),
+        click.option("--samples", "-k", type=count(1), default=4, show_default=True, help="Documents (windows) per length."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Which documents are sampled."),
         click.option("--offset", type=click.Choice(["start", "random"]), default="start", show_default=True,
                      help="Cut each window from the document's start or a seeded random place."),
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
@@ -209,8 +216,8 @@ def _eval_options(function):
                      help="Leave out the documents this search run (or plan run) searched or fine-tuned on, "
                      "packed windows included."),
         PACK_OPTION,
-        click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
-        click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+        click.option("--max-batch", type=count(1), help="Most windows per forward pass (default: what fits)."),
+        click.option("--device", type=Device(), help="cuda, cuda:1, cpu (default: cuda if present)."),
         BACKEND_OPTION,
         DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
@@ -222,15 +229,21 @@ def _eval_options(function):
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
-    from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
+    from ropesearch.evaluate.runs import (baseline_table, failed_cells, format_table, parse_lengths, save_json,
+                                          searched_documents, setup)
 
     lengths = parse_lengths(lengths)
+    _check_json_out(json_out, model, table_args.get("factor_files", ()), data)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
                 dtype=_torch_dtype(dtype), pack=pack)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
     click.echo(format_table(table))
+    failed = failed_cells(table)
+    if failed:
+        raise RopesearchError(f"non-finite perplexity (shown as failed) for {', '.join(failed)}: those factors "
+                              "break the model at that length; no result is written")
     from ropesearch.evaluate.runs import original_window_warnings
 
     for warning in original_window_warnings(table):
@@ -245,7 +258,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 @click.option("--method", type=click.Choice(["as-is", "none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
               help="Score a baseline method (with --scale), or as-is: the model with the RoPE its own config sets "
               "(e.g. an exported folder as shipped).")
-@click.option("--scale", type=float, help="Scale for --method (default: longest length / original window).")
+@click.option("--scale", type=FiniteFloat(min=1), help="Scale for --method (default: longest length / original window).")
 @click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
 @click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
 def eval_cmd(method, scale, factor_file, needle, **options):
@@ -267,8 +280,8 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 @_eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
-@click.option("--scale", type=float, help="Scale of the methods at every length (default: longest length / "
-              "original window).")
+@click.option("--scale", type=FiniteFloat(min=1), help="Scale of the methods at every length (default: longest "
+              "length / original window).")
 @click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
               "length instead (a different model per row; columns labelled 'per-length').")
 @click.option("--factors", "factor_files", multiple=True, type=click.Path(),
@@ -290,7 +303,7 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 @cli.command("search")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
-@click.option("--target-length", "-t", type=_tokens(), required=True,
+@click.option("--target-length", "-t", type=_tokens(2), required=True,
               help="Window to extend the model to, in tokens (e.g. 2048, 32k, 1M).")
 @click.option("--space", "-s", default="fast", show_default=True,
               help="Search space: fast, longrope, longrope2, or a YAML file.")
@@ -299,15 +312,15 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 @click.option("--objective", type=click.Choice(["ppl", "needle", "ppl+short"]),
               help="ppl: perplexity at the target; needle: needle-driven perplexity; ppl+short: also the "
               "original window, one factor set for every length (NSGA-II). Default: the space's.")
-@click.option("--max-evals", type=int, help="Stop after this many full evaluations.")
-@click.option("--time-budget", type=float, help="Stop after this many minutes.")
-@click.option("--samples", "-k", type=int, help="Search windows (default: the space's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Windows and search randomness.")
-@click.option("--max-batch", type=int, help="Most windows per forward pass.")
-@click.option("--device", help="cuda, cpu (default: cuda if present).")
+@click.option("--max-evals", type=count(1), help="Stop after this many full evaluations.")
+@click.option("--time-budget", type=FiniteFloat(min=0, min_open=True), help="Stop after this many minutes.")
+@click.option("--samples", "-k", type=count(1), help="Search windows (default: the space's).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Windows and search randomness.")
+@click.option("--max-batch", type=count(1), help="Most windows per forward pass.")
+@click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
-@click.option("--short-tolerance", type=float, default=0.01, show_default=True,
+@click.option("--short-tolerance", type=FiniteFloat(min=0), default=0.01, show_default=True,
               help="Keep the original window within this relative perplexity of the unscaled model "
               "(short_factor = 1, attention factor capped to what allows it).")
 @DTYPE_OPTION
@@ -318,12 +331,13 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
                max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard, pack):
     """Evolutionary search for LongRoPE factors at --target-length.
 
-    Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
-    (after every generation) and OUT/best.json (a factor file). A killed search continues with
-    --resume and reaches the same result as an uninterrupted one.
+    Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.json
+    (after every generation, data only) and OUT/best.json (a factor file). A killed search continues
+    with --resume and reaches the same result as an uninterrupted one; one process at a time.
     """
     from ropesearch.search.session import run_search
 
+    check_output(out, {"the model": model, "the data": data, "the space": space})
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
                         max_batch=max_batch, text_field=text_field, backend=backend, pack=pack,
@@ -339,10 +353,10 @@ def _compare_options(function):
         click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
         click.option("--methods", default="none", show_default=True,
                      help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
-        click.option("--scale", type=float, help="Scale for the methods (default: longest length / original window)."),
+        click.option("--scale", type=FiniteFloat(min=1), help="Scale for the methods (default: longest length / original window)."),
         click.option("--factors", "factor_files", multiple=True, type=click.Path(),
                      help="Factor files (repeat; LABEL=PATH names one)."),
-        click.option("--device", help="cuda, cpu (default: cuda if present)."),
+        click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present)."),
         DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
     ]
@@ -351,12 +365,20 @@ def _compare_options(function):
     return function
 
 
+def _check_json_out(json_out, model, factor_files, data=None) -> None:
+    if json_out:
+        from ropesearch.evaluate.runs import factor_labels  # LABEL=PATH: the path is the input
+
+        inputs = {"the model": model, **{f"factor file {f}": f for f in factor_labels(factor_files).values()}}
+        check_output(json_out, inputs | ({"the data": data} if data else {}), "--json", folder=False)
+
+
 @cli.command("passkey")
 @_compare_options
 @click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
 @click.option("--depths", default="0.1,0.5,0.9", show_default=True, help="Where the key sits (0 start, 1 end).")
-@click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trials", type=count(1), default=5, show_default=True, help="Random keys per length and depth.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
 @click.option("--data", "-d", help="Hide the key in these documents' text (as for eval) instead of the usual "
               "filler sentences; one document long enough, or several joined with --pack.")
@@ -369,10 +391,13 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
     lengths = parse_lengths(lengths)
+    _check_json_out(json_out, model, factor_files, data)
     try:
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
         raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
+    if not all(0 <= d <= 1 for d in depth_values):
+        raise RopesearchError(f"--depths must be fractions in [0, 1] (0 start, 1 end), got {depths!r}")
     if pack and not data:
         raise RopesearchError("--pack joins the documents of --data: give --data too")
     ref = resolve_model(model)
@@ -408,17 +433,17 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 @click.option("--tasks", default="all", show_default=True,
               help="Comma-separated RULER tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
               "niah_multiquery, vt, cwe, fwe; or all.")
-@click.option("--samples", "-k", type=int, default=20, show_default=True, help="Samples per task and length.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Every sample's seed derives from it.")
+@click.option("--samples", "-k", type=count(1), default=20, show_default=True, help="Samples per task and length.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Every sample's seed derives from it.")
 @click.option("--data", "-d", default="builtin", show_default=True, help="Documents for the essay haystack (as for eval).")
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
-@click.option("--max-batch", type=int, help="Samples per generate call (default: 512k tokens' worth on a GPU, 1 on CPU).")
-@click.option("--max-new-tokens", type=int,
+@click.option("--max-batch", type=count(1), help="Samples per generate call (default: 512k tokens' worth on a GPU, 1 on CPU).")
+@click.option("--max-new-tokens", type=count(1),
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
 @click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
-def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data, text_field,
-              max_batch, max_new_tokens, resume, plots):
+def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data,
+              text_field, max_batch, max_new_tokens, resume, plots):
     """RULER-style long-context suite: NIAH, variable tracking, common/frequent words; greedy, RULER's scoring.
 
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
@@ -429,13 +454,15 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
+    from ropesearch.validate import read_json
+
     lengths, task_names = parse_lengths(lengths), parse_tasks(tasks)
-    if samples < 1:
-        raise RopesearchError(f"--samples must be at least 1, got {samples}")
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
+    _check_json_out(json_out, model, factor_files, data)
     settings = {"model": model, "data": data, "seed": seed}
-    saved = json.loads(Path(json_out).read_text()) if resume and Path(json_out).is_file() else {}
+    saved = (read_json(json_out, "RULER results", "run without --resume and another --json")
+             if resume and Path(json_out).is_file() else {})
     check_settings(settings, saved)
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
@@ -478,9 +505,9 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
 @click.option("--data", "-d", default="builtin", show_default=True, help="Documents for ropesearch_ppl (as for eval).")
 @click.option("--lengths", "-l", help="ropesearch_passkey prompt lengths (default: the original window) and "
               "ropesearch_ppl document lengths (default: the extended window).")
-@click.option("--limit", type=int, help="About this many documents per task; offline tasks keep at least one per "
+@click.option("--limit", type=count(1), help="About this many documents per task; offline tasks keep at least one per "
               "length and depth.")
-@click.option("--doc-tokens", type=_tokens(), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
+@click.option("--doc-tokens", type=_tokens(1), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
 @click.option("--verbose", "-v", is_flag=True, help="Show lm-eval's own logging.")
@@ -491,6 +518,7 @@ def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, ta
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
+    _check_json_out(json_out, model, factor_files)
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]

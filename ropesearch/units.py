@@ -39,17 +39,22 @@ def parse_token_list(text: str | Iterable, what: str = "--lengths") -> list[int]
     return lengths
 
 
-def token_count_type():
-    """A click parameter type accepting 2048, 2k, 1M (built lazily: the library does not need click)."""
+def token_count_type(minimum: int = 0):
+    """A click parameter type accepting 2048, 2k, 1M, at least `minimum` (built lazily: the library
+    does not need click)."""
     import click
 
     class TokenCount(click.ParamType):
         name = "TOKENS"
 
         def convert(self, value, param, ctx):
+            what = f"--{param.name.replace('_', '-')}" if param else "a token count"
             try:
-                return parse_tokens(value, f"--{param.name.replace('_', '-')}" if param else "a token count")
+                tokens = parse_tokens(value, what)
             except RopesearchError as exc:
                 self.fail(str(exc), param, ctx)
+            if tokens < minimum:
+                self.fail(f"{what} must be at least {minimum} tokens, got {value!r}", param, ctx)
+            return tokens
 
     return TokenCount()

@@ -28,7 +28,13 @@ def test_token_counts():
 
 def test_every_length_option_takes_2k_and_bad_ones_fail_in_one_line(tmp_path):
     result = run("search", "--model", "pocket", "--target-length", "2q", "--out", tmp_path / "s")
-    assert result.exit_code == 2 and "--target-length must be a token count like 2048, 2k or 1M" in result.output
+    # a bad option value is one Error line and exit status 1, like every other bad input
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error:")
+    assert "--target-length must be a token count like 2048, 2k or 1M" in lines[0]
+    result = run("search", "--model", "pocket", "--target-length", "0", "--out", tmp_path / "s")
+    assert result.exit_code == 1 and "--target-length must be at least 2 tokens" in result.output
+    assert not (tmp_path / "s").exists()
     result = run("factors", "yarn", "--model", "pocket", "--scale", 4, "--original-context", "1k")
     assert result.exit_code == 0 and "window 1024 -> 4096" in result.output
 

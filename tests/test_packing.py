@@ -205,6 +205,16 @@ def test_a_packed_plan_with_holdout_keeps_evaluation_apart_and_rebuilds_fine_tun
     again = json.loads((out / "04-evaluate" / "perplexity.json").read_text())
     assert again["ppl"]["found"] == table["ppl"]["found"]
 
+    # a damaged trained.safetensors is one line saying how to continue, and nothing is rebuilt from it
+    shutil.rmtree(out / "02-finetune" / "model")
+    blob = (out / "02-finetune" / "trained.safetensors").read_bytes()
+    (out / "02-finetune" / "trained.safetensors").write_bytes(blob[: len(blob) // 2])
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "trained.safetensors" in error[0] and "run the fine-tuning again" in error[0]
+    assert not (out / "02-finetune" / "model").exists()
+
 
 def test_passkey_memory_grows_linearly_with_the_prompt():
     """Generation keeps a KV cache and no length x length mask: what lets a 1M-token prompt fit."""

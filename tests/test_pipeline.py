@@ -30,7 +30,7 @@ def plan_file(tiny_model_dir, tmp_path, monkeypatch):
     plan = {
         "name": "tiny",
         "model": str(model),
-        "data": {"search": str(docs), "finetune": str(docs), "evaluate": str(tmp_path / "missing-docs")},
+        "data": {"search": str(docs), "finetune": str(docs), "evaluate": str(docs)},
         "stages": [
             {"search": {"target": 256, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
             {"finetune": {"length": 256, "steps": 2, "global_batch": 2, "micro_batch": 1, "lr": 1e-3,
@@ -38,7 +38,8 @@ def plan_file(tiny_model_dir, tmp_path, monkeypatch):
             {"search": {"target": 512, "relative": True, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
             {"recover-short": {"lengths": [32, 64], "space": str(tmp_path / "tiny-space.yaml"), "samples": 1}},
             {"export": {"formats": ["hf", "csv"]}},
-            {"evaluate": {"lengths": [64, 256, 512], "methods": ["yarn"], "samples": 1, "passkey": True,
+            # more samples than documents: fails when the stage runs (inputs are checked up front)
+            {"evaluate": {"lengths": [64, 256, 512], "methods": ["yarn"], "samples": 50, "passkey": True,
                           "passkey_lengths": [320], "passkey_depths": [0.5], "passkey_trials": 1}},
             {"report": {}},
         ],
@@ -62,7 +63,7 @@ def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
     assert spent > 0
     (out / "06-evaluate" / "spent.json").write_text(json.dumps({"seconds": 1000.0}))
 
-    # fix the failing stage (documents neither searched nor fine-tuned on), then resume
+    # fix the failing stage (fewer samples, on documents neither searched nor fine-tuned on), then resume
     from conftest import stdlib_text
 
     evaluate_docs = tmp_path / "evaluate-docs"
@@ -70,6 +71,7 @@ def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
     for name in ("argparse.py", "doctest.py"):
         (evaluate_docs / name.replace(".py", ".txt")).write_text(stdlib_text(name))
     plan["data"]["evaluate"] = str(evaluate_docs)
+    plan["stages"][5]["evaluate"]["samples"] = 1
     path.write_text(yaml.safe_dump(plan))
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output

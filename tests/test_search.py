@@ -229,6 +229,12 @@ def test_killed_search_resumes_to_the_same_result(loaded, tmp_path):
     assert resumed.factors == straight.factors and resumed.values == straight.values
     assert history_without_timing(tmp_path / "resumed") == history_without_timing(tmp_path / "straight")
     assert resumed.state.full_evals == straight.state.full_evals
+    # the data-only checkpoint carries the baselines, the evaluator's seconds and the offspring's origins
+    assert resumed.state.baselines == straight.state.baselines and set(straight.state.baselines) == {"pi", "ntk", "yarn"}
+    assert resumed.state.evaluator_seconds > 0
+    saved = {name: json.loads((tmp_path / name / "checkpoint.json").read_text()) for name in ("straight", "resumed")}
+    assert saved["resumed"]["algorithm"]["origins"] == saved["straight"]["algorithm"]["origins"] != {}
+    assert saved["resumed"]["baselines"] == saved["straight"]["baselines"]
 
 
 def test_budgets_and_early_stopping(loaded, tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
+from ropesearch.validate import read_text, text_problem
 
 # Long texts that ship with every CPython (documentation and large modules): the corpus that
 # exists on any machine with no download. Files missing from a given Python are skipped.
@@ -44,7 +45,7 @@ def builtin_documents(files: tuple[str, ...] = BUILTIN_FILES) -> list[Document]:
 
 def _from_jsonl(path: Path, text_field: str) -> list[Document]:
     documents = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "data file").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -93,6 +94,11 @@ def load_documents(spec: str, text_field: str = "text", split: str = "test") -> 
     else:
         documents = _from_datasets(spec, split, text_field)
     documents = [d for d in documents if d.text.strip()]
+    for document in documents:
+        problem = text_problem(document.text)
+        if problem:
+            raise RopesearchError(f"data {spec}: document {document.name} is not text ({problem}): "
+                                  "give UTF-8 text documents")
     if not documents:
         raise RopesearchError(f"data {spec} holds no non-empty documents")
     return documents

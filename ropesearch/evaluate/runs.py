@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import sys
 from collections.abc import Sequence
@@ -74,11 +75,14 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
 def searched_documents(run_dir: str | Path) -> list[str]:
     """The documents a run used: a search run's windows (packed ones with all their parts), or
     for a plan's run directory every document its search and fine-tuning stages read."""
+    from ropesearch.validate import read_json
+
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").is_file():
         used = set()
         for done in sorted(run_dir.glob("*/done.json")):
-            outputs = json.loads(done.read_text()).get("outputs", {})
+            record = read_json(done, "stage record", "give another --heldout-of, or rerun that stage with run --resume")
+            outputs = record.get("outputs", {}) if isinstance(record, dict) else {}
             if outputs.get("search_dir"):
                 used.update(searched_documents(outputs["search_dir"]))
             used.update(outputs.get("documents", []))
@@ -86,12 +90,15 @@ def searched_documents(run_dir: str | Path) -> list[str]:
     config = run_dir / "config.json"
     if not config.is_file():
         raise RopesearchError(f"{run_dir} is not a search run or plan run directory (no config.json or plan.json)")
-    saved = json.loads(config.read_text())
-    used = {document_of(name) for name in saved.get("windows", [])} if "window_parts" not in saved else set()
+    saved = read_json(config, "search config", "give another --heldout-of, or restore the file")
+    windows = saved.get("windows") if isinstance(saved, dict) else None
+    if not isinstance(windows, list) or not all(isinstance(w, str) for w in windows):
+        raise RopesearchError(f"{config} names no searched windows (field windows): not a search run's config")
+    used = {document_of(name) for name in windows} if "window_parts" not in saved else set()
     for parts in saved.get("window_parts", []):
         used.update(part["document"] for part in parts)
     if not used and saved.get("window_parts"):
-        used = {document_of(name) for name in saved.get("windows", [])}
+        used = {document_of(name) for name in windows}
     return sorted(used)
 
 
@@ -282,11 +289,18 @@ def format_table(table: dict) -> str:
         cells = [str(length), f"{length / original:g}" if original else ""]
         for name in names:
             value = table["ppl"][name].get(str(length))
-            cells.append("-" if value is None else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
+            cells.append("-" if value is None else "failed" if not math.isfinite(value)
+                         else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def failed_cells(table: dict) -> list[str]:
+    """"name@length" of every non-finite perplexity in a table: failed, never a result."""
+    return [f"{name}@{length}" for name, row in table["ppl"].items() for length, value in row.items()
+            if value is not None and not math.isfinite(value)]
 
 
 def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[str], scale: float | None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.validate import read_text
 
 
 def write_factor_csv(values: Sequence[float], path: str | Path) -> Path:
@@ -20,7 +21,7 @@ def read_factor_csv(path: str | Path, expected: int | None = None) -> list[float
     path = Path(path)
     if not path.is_file():
         raise RopesearchError(f"CSV file {path} does not exist")
-    cells = [c.strip() for line in path.read_text().splitlines() for c in line.split(",")]
+    cells = [c.strip() for line in read_text(path, "CSV file").splitlines() for c in line.split(",")]
     cells = [c for c in cells if c]
     values = []
     for i, cell in enumerate(cells):

@@ -16,16 +16,29 @@ from ropesearch.export.portable import (add_legacy_rope_keys, model_card, place_
 from ropesearch.export.transformers_config import apply_to_config, partial_rotary_factor, rope_parameters
 from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
 from ropesearch.rope.factors import RopeFactors
+from ropesearch.validate import check_output
 
 FORMATS = ("hf", "vllm", "csv")
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+MARKER = ".ropesearch-export"  # written first into every export folder: --overwrite may replace only these
+
+
+def _prepare_out(out: Path, overwrite: bool, protect: dict | None = None) -> None:
+    """An empty output folder. --overwrite removes an existing one only if an export made it and
+    it holds no input of this export: never a model, a run directory or anything else."""
+    check_output(out, protect or {})
+    if out.exists() and not out.is_dir():
+        raise RopesearchError(f"--out {out} is a file, not a folder: choose another --out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RopesearchError(f"output folder {out} is not empty: choose another or pass --overwrite")
+        if not (out / MARKER).is_file():
+            raise RopesearchError(f"--overwrite replaces only folders that `ropesearch export` wrote, and {out} "
+                                  f"was not (no {MARKER} in it): remove it yourself, or choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by ropesearch export; --overwrite may replace this folder\n")
 
 
 def _local_folder(ref: ModelRef) -> Path | None:
@@ -45,7 +58,7 @@ def _local_folder(ref: ModelRef) -> Path | None:
 
 def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool = False, overwrite: bool = False,
               allow_start_tokens: bool = False, link: str = "hardlink", provenance: dict | None = None,
-              factor_file: str | None = None) -> Path:
+              factor_file: str | None = None, protect: dict | None = None) -> Path:
     """A model folder that `AutoModelForCausalLM.from_pretrained(out)` loads with these factors,
     in transformers 5.x and 4.x (see `portable`), self-contained, with a model card.
 
@@ -57,7 +70,7 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     apply_to_config(config, factors, allow_start_tokens)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, protect)
     source = _local_folder(ref)
     if source is None:
         save_model_folder(load_model(ref, dtype=None, device="cpu"), load_tokenizer(ref), config, out)
@@ -102,12 +115,12 @@ def vllm_overrides(factors: RopeFactors, partial_rotary_factor: float | None = N
 
 
 def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite: bool = False,
-                allow_start_tokens: bool = False) -> Path:
+                allow_start_tokens: bool = False, protect: dict | None = None) -> Path:
     out = Path(out)
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     overrides = vllm_overrides(factors, partial_rotary_factor(config), allow_start_tokens)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, protect)
     atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
     model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
     if Path(model_arg).exists():  # a local model: where it is from serve.sh's folder, never an absolute path
@@ -125,9 +138,9 @@ def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite:
     return out
 
 
-def export_csv(factors: RopeFactors, out: str | Path, overwrite: bool = False) -> Path:
+def export_csv(factors: RopeFactors, out: str | Path, overwrite: bool = False, protect: dict | None = None) -> Path:
     out = Path(out)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, protect)
     write_factor_csv(factors.long_factor, out / "long_factor.csv")
     write_factor_csv(factors.short_factor, out / "short_factor.csv")
     return out

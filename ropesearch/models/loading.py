@@ -136,6 +136,9 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     # transformers' per-tensor loading bars and warnings drown our own output
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    from ropesearch.validate import check_model_folder
+
+    check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as exc:

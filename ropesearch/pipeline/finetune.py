@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch
 from ropesearch.data import TokenizedDocument
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.loss import trainable_mean_nll
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.validate import check_safetensors
+from ropesearch.export.factor_file import current_umask, atomic_write_text
 from ropesearch.rope import RopeFactors, methods, patch_rope
 
 SCHEDULES = ("linear", "constant", "cosine")
@@ -60,6 +62,14 @@ class FinetuneConfig:
             raise RopesearchError("finetune needs steps >= 1, length >= 2 and global_batch >= micro_batch >= 1")
         if not 0 <= self.mixed_window < 1 or not 0 <= self.length_warmup <= 1:
             raise RopesearchError("finetune mixed_window must lie in [0, 1) and length_warmup in [0, 1]")
+        if not (self.lr > 0 and self.clip > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0
+                and self.save_every >= 1 and self.logits_chunk >= 1 and self.seed >= 0
+                and (self.min_length is None or self.min_length >= 2)):
+            raise RopesearchError("finetune needs lr > 0, clip > 0, weight_decay >= 0, warmup_steps >= 0, "
+                                  "save_every >= 1, logits_chunk >= 1, seed >= 0 and min_length >= 2")
+        if any(not fragment.strip() for fragment in self.trainable):
+            raise RopesearchError(f"finetune trainable must be parameter name fragments like q_proj, got "
+                                  f"{list(self.trainable)}")
 
 
 def lr_factor(config: FinetuneConfig, step: int) -> float:
@@ -180,8 +190,11 @@ class Finetuner:
         optimizer_state = get_optimizer_state_dict(self.trainee, optimizer, options=options)
         if self.rank != 0:
             return
-        staging = self.out / ".checkpoint.tmp"
-        staging.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint.", suffix=".tmp"))
+        staging.chmod(0o777 & ~current_umask())
         save_file({k: v.contiguous() for k, v in weights.items()}, staging / "model.safetensors")
         torch.save({"optimizer": optimizer_state, "generator": generator.get_state()}, staging / "trainer.pt")
         atomic_write_text(staging / "state.json", json.dumps({"step": step, "config": asdict(self.config),
@@ -200,13 +213,25 @@ class Finetuner:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-        state = json.loads(state_file.read_text())
+        from ropesearch.validate import read_json
+
+        fix = f"remove {self.checkpoint_dir} to fine-tune again from step 0"
+        state = read_json(state_file, "fine-tuning checkpoint", fix)
+        if not isinstance(state, dict) or not {"config", "step"} <= set(state):
+            raise RopesearchError(f"fine-tuning checkpoint {state_file} is damaged (no step or config); {fix}")
         if state["config"] != json.loads(json.dumps(asdict(self.config))):  # as JSON keeps it: lists, not tuples
             raise RopesearchError(f"{self.checkpoint_dir} was written with other fine-tuning settings; "
                                   "remove it or restore the settings")
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.trainee, load_file(self.checkpoint_dir / "model.safetensors"), options=options)
-        trainer = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=False)
+        try:
+            check_safetensors(self.checkpoint_dir / "model.safetensors", "fine-tuning checkpoint weights", fix)
+            weights = load_file(self.checkpoint_dir / "model.safetensors")
+            # weights_only: tensors and plain containers only, so a planted file cannot run code
+            trainer = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise RopesearchError(f"fine-tuning checkpoint {self.checkpoint_dir} is damaged or not data only "
+                                  f"({str(exc).splitlines()[0][:120]}); {fix}") from None
+        set_model_state_dict(self.trainee, weights, options=options)
         set_optimizer_state_dict(self.trainee, optimizer, trainer["optimizer"], options=options)
         generator.set_state(trainer["generator"])
         self.log(f"resuming fine-tuning at step {state['step']}")

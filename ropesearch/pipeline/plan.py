@@ -19,6 +19,7 @@ that no search or fine-tuning stage reads and the evaluate stage scores on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import yaml
 
 from ropesearch.errors import RopesearchError
 from ropesearch.pipeline.finetune import FinetuneConfig
+from ropesearch.validate import check_device, check_fields, read_text
 
 
 @dataclass(frozen=True)
@@ -128,19 +130,64 @@ def _settings_of(cls: type, values: Any, where: str, label: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise RopesearchError(f"{where}: unknown {label} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     from ropesearch.units import parse_token_list, parse_tokens
 
+    values = dict(values)
     for key in ("target", "length"):  # token counts may be written 32k, 1M
         if isinstance(values.get(key), str):
             values[key] = parse_tokens(values[key], f"{where}: {key}")
     for key in ("lengths", "passkey_lengths"):
-        if values.get(key) and any(isinstance(v, str) for v in values[key]):
+        if isinstance(values.get(key), list) and any(isinstance(v, str) for v in values[key]):
             values[key] = tuple(parse_token_list(values[key], f"{where}: {key}"))
+    values = check_fields(cls, values, f"{where}:")
     try:
-        return cls(**values)
+        settings = cls(**values)
     except TypeError as exc:
         raise RopesearchError(f"{where}: {exc}") from None
+    problem = _stage_problem(label, settings)
+    if problem:
+        raise RopesearchError(f"{where}: {problem}")
+    return settings
+
+
+def _stage_problem(kind: str, s) -> str | None:
+    """Ranges and names the types alone do not pin down (None: fine)."""
+    from ropesearch.export.model_folder import FORMATS
+    from ropesearch.rope.methods import METHODS
+    from ropesearch.search.objectives import OBJECTIVES
+    from ropesearch.search.space import load_space
+
+    checks = []
+    if kind in ("search", "recover-short"):
+        checks += [(s.time_minutes is None or s.time_minutes > 0, "time_minutes must be > 0"),
+                   (s.max_evals is None or s.max_evals >= 1, "max_evals must be >= 1"),
+                   (s.samples is None or s.samples >= 1, "samples must be >= 1"),
+                   (s.seed >= 0, "seed must be >= 0")]
+        load_space(s.space)  # a missing or invalid space fails here, before any stage runs
+    if kind == "search":
+        checks += [(s.target >= 2, f"target must be a length >= 2 tokens, got {s.target}"),
+                   (s.objective is None or s.objective in OBJECTIVES,
+                    f"objective must be one of {', '.join(OBJECTIVES)}, got {s.objective!r}"),
+                   (s.short_tolerance is None or s.short_tolerance >= 0,
+                    f"short_tolerance must be >= 0 (or null: no guard), got {s.short_tolerance}")]
+    if kind == "recover-short":
+        checks += [(all(n >= 2 for n in s.lengths), "lengths must be >= 2 tokens"), (s.high > 0, "high must be > 0")]
+    if kind == "export":
+        checks += [(bool(s.formats) and set(s.formats) <= set(FORMATS),
+                    f"formats must be a non-empty list of {', '.join(FORMATS)}, got {list(s.formats)}")]
+    if kind == "evaluate":
+        known = sorted(set(METHODS) - {"longrope"})
+        checks += [(all(n >= 2 for n in s.lengths + s.passkey_lengths), "lengths must be >= 2 tokens"),
+                   (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
+                   (s.samples >= 1 and s.passkey_trials >= 1, "samples and passkey_trials must be >= 1"),
+                   (all(0 <= d <= 1 for d in s.passkey_depths), "passkey_depths must lie in [0, 1]"),
+                   (s.seed >= 0, "seed must be >= 0"),
+                   (s.baseline_scale in ("target", "length"),
+                    f"baseline_scale must be target or length, got {s.baseline_scale!r}")]
+    if kind == "holdout":
+        checks += [(0 < s.fraction < 1, f"holdout.fraction must be a number strictly between 0 and 1, got {s.fraction}"),
+                   (s.seed >= 0, "holdout.seed must be >= 0")]
+    return next((message for ok, message in checks if not ok), None)
 
 
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
@@ -153,14 +200,25 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     for key in ("name", "model", "stages"):
         if key not in data:
             raise RopesearchError(f"{where}: missing key {key!r}")
+    for key in ("name", "model", "description", "device"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise RopesearchError(f"{where}: {key} must be a string, got {data[key]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", data["name"]):
+        raise RopesearchError(f"{where}: name {data['name']!r} must be letters, digits, '.', '_' or '-' "
+                              "(it names the run directory)")
+    check_device(data.get("device"), flag=f"{where}: device")
     raw_data = data.get("data", "builtin")
     if isinstance(raw_data, str):
         sources = {"search": raw_data, "finetune": raw_data, "evaluate": raw_data}
     elif isinstance(raw_data, dict) and set(raw_data) <= {"search", "finetune", "evaluate"}:
         default = raw_data.get("search", "builtin")
-        sources = {k: str(raw_data.get(k, default)) for k in ("search", "finetune", "evaluate")}
+        sources = {k: raw_data.get(k, default) for k in ("search", "finetune", "evaluate")}
     else:
         raise RopesearchError(f"{where}: data must be a data spec or a mapping of search/finetune/evaluate")
+    for role, spec in sources.items():
+        if not isinstance(spec, str) or not spec:
+            raise RopesearchError(f"{where}: data.{role} must be a data spec (a folder, a file, builtin or a dataset "
+                                  f"name), got {spec!r}")
     if not isinstance(data["stages"], list) or not data["stages"]:
         raise RopesearchError(f"{where}: stages must be a non-empty list")
     stages = []
@@ -179,9 +237,6 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     holdout = None
     if data.get("holdout") is not None:
         holdout = _settings_of(Holdout, data["holdout"], f"{where}: holdout", "holdout")
-        if isinstance(holdout.fraction, bool) or not isinstance(holdout.fraction, (int, float)) \
-                or not 0 < holdout.fraction < 1:
-            raise RopesearchError(f"{where}: holdout.fraction must be a number strictly between 0 and 1")
     return Plan(name=str(data["name"]), model=str(data["model"]), data=sources, stages=tuple(stages),
                 device=data.get("device"), description=str(data.get("description", "")), pack=pack, holdout=holdout)
 
@@ -209,7 +264,7 @@ def load_plan(path: str | Path) -> Plan:
             raise RopesearchError(f"plan file {path} does not exist (shipped plans, usable by name: {names})")
         path = shipped
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "plan"))
     except yaml.YAMLError as exc:
         raise RopesearchError(f"plan {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return plan_from_dict(data, where=f"plan {path}")

@@ -13,7 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_text, load_factors, save_factors
+from ropesearch.lock import LOCK_NAME, DirectoryLock
+from ropesearch.search.rundir import writable_folder
+from ropesearch.validate import read_json
+from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, load_factors, save_factors
 from ropesearch.pipeline.plan import Plan, Stage
 from ropesearch.rope import RopeFactors
 
@@ -110,11 +113,11 @@ class Pipeline:
         save_model_folder(model, tokenizer, config, folder / "model", state_dict=weights)
         save_factors(factors, folder / "model" / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
         if stage.settings.trainable:  # the trained tensors alone: base model + this file = the fine-tuned model
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             trained = {name: weights[name].contiguous() for name, parameter in model.named_parameters()
                        if parameter.requires_grad and name in weights}
-            save_file(trained, folder / "trained.safetensors")
+            atomic_write_bytes(folder / "trained.safetensors", save(trained))
         atomic_write_text(folder / "history.json", json.dumps(history, indent=1) + "\n")
         return {"model": str(folder / "model"), "factors": str(folder / "model" / "ropesearch_factors.json"),
                 "final_loss": history[-1]["loss"] if history else None,
@@ -130,20 +133,32 @@ class Pipeline:
         from ropesearch.export.model_folder import save_model_folder
         from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model
 
-        trained = folder / "trained.safetensors"
+        from ropesearch.validate import check_safetensors
+
+        trained, target = folder / "trained.safetensors", folder / "model"
+        again = "run the fine-tuning again (delete its done.json) or restore the folder"
+        if Path(outputs.get("model") or target).resolve() != target.resolve():  # rebuilt only where it was written
+            raise RopesearchError(f"{folder / 'done.json'} names model {outputs.get('model')!r}, not {target}: {again}")
+        outputs = outputs | {"model": str(target)}
         if not trained.is_file():
-            raise RopesearchError(f"{outputs['model']} is missing and {folder} has no trained.safetensors to rebuild "
-                                  "it from: run the fine-tuning again (delete its done.json) or restore the folder")
-        self.log(f"rebuilding {outputs['model']} from {self.model_spec} and {trained.name}")
+            raise RopesearchError(f"{target} is missing and {folder} has no trained.safetensors to rebuild "
+                                  f"it from: {again}")
+        check_safetensors(trained, "fine-tuned weights", again)
+        self.log(f"rebuilding {target} from {self.model_spec} and {trained.name}")
         ref = resolve_model(self.model_spec)
         model = load_model(ref, dtype=torch.float32, device="cpu")
         tensors = load_file(trained)
-        missing = sorted(set(tensors) - {name for name, _ in model.named_parameters()})
-        if missing:
-            raise RopesearchError(f"{trained} holds {missing[0]!r}, which {self.model_spec} does not have")
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        wrong = sorted(name for name, tensor in tensors.items() if shapes.get(name, tuple(tensor.shape)) != tuple(tensor.shape))
+        missing = sorted(set(tensors) - set(shapes))
+        if missing or wrong:
+            name = (missing or wrong)[0]
+            raise RopesearchError(f"{trained} holds {name!r}, which {self.model_spec} does not have"
+                                  + (" in that shape" if not missing else "") + f": {again}")
         model.load_state_dict(tensors, strict=False)
         config = load_config(ref)
-        factors = load_factors(outputs["factors"]) if Path(outputs["factors"]).is_file() else self.factors
+        saved = outputs.get("factors")
+        factors = load_factors(saved) if saved and Path(saved).is_file() else self.factors
         apply_to_config(config, factors, allow_start_tokens=True)
         save_model_folder(model, load_tokenizer(ref), config, outputs["model"])
         save_factors(factors, Path(outputs["model"]) / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
@@ -256,6 +271,10 @@ class Pipeline:
         """Completed stages (and the model) must be as they were; later stages may be fixed."""
         if before["model"] != now["model"]:
             raise RopesearchError(f"the plan's model changed since {self.out} was started: resume with the same one")
+        for key in ("pack", "holdout"):  # they decide what every completed stage read
+            if before.get(key) != now.get(key) and (self.out / self.plan.stages[0].name / "done.json").is_file():
+                raise RopesearchError(f"the plan's {key} changed since {self.out} was started: resume with the same "
+                                      f"{key}, or start a new --out")
         for index, stage in enumerate(self.plan.stages):
             if not (self.out / stage.name / "done.json").is_file():
                 break
@@ -263,17 +282,48 @@ class Pipeline:
                 raise RopesearchError(f"completed stage {stage.name} is not in the plan as it was: "
                                       "resume with its settings unchanged, or start a new --out")
 
+    def check_inputs(self) -> None:
+        """The model and local data exist and read as they should, before anything is written."""
+        from ropesearch.data import load_documents
+        from ropesearch.models import resolve_model
+        from ropesearch.validate import check_model_folder, check_output
+
+        ref = resolve_model(self.plan.model, fetch=False)
+        check_model_folder(ref.path)
+        inputs = {"the model": ref.path if Path(ref.path).exists() else None}
+        for role, spec in self.plan.data.items():
+            path = Path(spec).expanduser()
+            if spec != "builtin" and (path.exists() or spec.startswith((".", "/", "~")) or path.suffix):
+                load_documents(spec)  # missing, empty or binary documents fail here, not at their stage
+                inputs[f"the {role} data"] = spec
+        if self.plan.holdout is not None:  # the split must leave documents on both sides
+            for role in ("search", "finetune"):
+                self.documents(role)
+        check_output(self.out, inputs)
+
     def run(self, resume: bool = False) -> dict[str, dict]:
-        if self.out.exists() and any(self.out.iterdir()) and not resume:
+        used = self.out.exists() and any(p.name != LOCK_NAME for p in self.out.iterdir())
+        if used and not resume:
             raise RopesearchError(f"run directory {self.out} is not empty: pass --resume to continue it, or another --out")
+        if used and not (self.out / "plan.json").is_file():  # --resume of an empty folder just starts
+            raise RopesearchError(f"{self.out} is not a plan's run directory (no plan.json): choose another --out")
+        self.check_inputs()
+        writable_folder(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        with DirectoryLock(self.out):  # one writer per run directory, released by the OS if this process dies
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, dict]:
         from dataclasses import asdict
 
         described = {"name": self.plan.name, "model": self.plan.model, "data": self.plan.data,
                      "stages": [{s.kind: asdict(s.settings)} for s in self.plan.stages]}
+        if self.plan.pack or self.plan.holdout:  # what every stage reads (absent: off, as in older copies)
+            described |= {"pack": self.plan.pack, "holdout": self.plan.holdout and asdict(self.plan.holdout)}
         plan_copy = self.out / "plan.json"
         if resume and plan_copy.is_file():
-            self._check_unchanged(json.loads(plan_copy.read_text()), json.loads(json.dumps(described)))
+            saved = read_json(plan_copy, "the plan copy", f"restore it, or start a new --out instead of {self.out}")
+            self._check_unchanged(saved, json.loads(json.dumps(described)))
         atomic_write_text(plan_copy, json.dumps(described, indent=1) + "\n")
         total = len(self.plan.stages)
         handlers = {"search": self._search, "finetune": self._finetune, "recover-short": self._recover_short,
@@ -282,8 +332,11 @@ class Pipeline:
             folder = self.out / stage.name
             done = folder / "done.json"
             if done.is_file():
-                outputs = json.loads(done.read_text())["outputs"]
-                if stage.kind == "finetune" and not Path(outputs["model"]).is_dir():
+                outputs = read_json(done, f"stage {stage.name}'s record", f"remove it to run {stage.name} again")
+                if not isinstance(outputs, dict) or not isinstance(outputs.get("outputs"), dict):
+                    raise RopesearchError(f"{done} is damaged (no outputs): remove it to run {stage.name} again")
+                outputs = outputs["outputs"]
+                if stage.kind == "finetune" and not Path(outputs.get("model") or folder / "model").is_dir():
                     self._rebuild_finetuned(folder, outputs)
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
@@ -293,7 +346,8 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             # seconds of earlier, interrupted sessions of this stage count too
             spent_file = folder / "spent.json"
-            earlier = json.loads(spent_file.read_text())["seconds"] if spent_file.is_file() else 0.0
+            spent = read_json(spent_file, "time record", "remove it") if spent_file.is_file() else {}
+            earlier = float(spent.get("seconds", 0.0)) if isinstance(spent, dict) else 0.0
             started = time.perf_counter()
             try:
                 outputs = handlers[stage.kind](stage, folder)

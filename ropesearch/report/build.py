@@ -161,6 +161,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run_dir.is_dir():
         raise RopesearchError(f"run directory {run_dir} does not exist")
     out = Path(out) if out else run_dir / "report"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     folders = [run_dir] + sorted(p for p in run_dir.rglob("*") if p.is_dir() and not SKIP & set(p.relative_to(run_dir).parts))
     lines = [f"# ropesearch report: {run_dir.name}", ""]
@@ -173,6 +174,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             sections += 1
             lines += [f"## {relative}" if folder != run_dir else "## Run", ""] + body
     if not sections:
+        if created:
+            out.rmdir()  # nothing was plotted into it: leave no empty folder behind
         raise RopesearchError(f"{run_dir} holds nothing to report (no search, fine-tuning or perplexity results)")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

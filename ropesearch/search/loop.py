@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -21,12 +21,21 @@ from pymoo.core.duplicate import DefaultDuplicateElimination
 from pymoo.core.problem import Problem
 from pymoo.core.termination import NoTermination
 
+from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import prefix_windows
 from ropesearch.rope import RopeFactors, methods
+from ropesearch.search.checkpoint import algorithm_state, restore_algorithm
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.objectives import Objective
 from ropesearch.search.operators import FactorCrossover, FactorMutation, GridRepair, SeededSampling, SplitMating
 from ropesearch.search.rundir import RunDir
+
+
+def _failure(values, names) -> str | None:
+    """Why a score is unusable (NaN or infinite), or None."""
+    values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    bad = [f"{name} {value}" for name, value in zip(names, values) if not math.isfinite(value)]
+    return f"non-finite score: {', '.join(bad)}" if bad else None
 
 
 class _KeepTopK:
@@ -110,6 +119,8 @@ class Search:
 
     # ---- one generation -----------------------------------------------------------------
     def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
+        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        failed = _failure(values, names)
         origins = getattr(state.algorithm, "origins", {})
         return {
             "generation": state.generation,
@@ -119,9 +130,9 @@ class Search:
             "long_factor": [round(f, 6) for f in factors.long_factor],
             "start_tokens": factors.start_tokens,
             "attention_factor": factors.attention_factor,
-            "metrics": dict(zip(names, (float(v) for v in np.atleast_1d(values)))),
+            "metrics": dict(zip(names, (None if failed else float(v) for v in values))),
             "seconds": round(seconds, 4),
-        }
+        } | ({"failed": failed} if failed else {})
 
     def _generation(self, state: SearchState) -> None:
         encoding, objective = self.encoding, self.objective
@@ -145,7 +156,8 @@ class Search:
                 candidates = [encoding.decode(X[i]) for i in fresh]
                 values, seconds = objective.screen(candidates)
                 for i, factors, value, second in zip(fresh, candidates, values, seconds):
-                    state.screen_cache[keys[i]] = float(value)
+                    # a non-finite score is a failed candidate: ranked last, never promoted or best
+                    state.screen_cache[keys[i]] = float(value) if math.isfinite(value) else math.inf
                     records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second))
                     state.evaluator_seconds += second
                 state.screen_evals += len(fresh)
@@ -158,6 +170,7 @@ class Search:
             candidates = [encoding.decode(X[i]) for i in todo]
             values, seconds = objective.score(candidates)
             for i, factors, value, second in zip(todo, candidates, values, seconds):
+                value = np.where(np.isfinite(value), value, np.inf) if _failure(value, objective.names) else value
                 F[i] = value
                 state.cache[keys[i]] = value.tolist()
                 records.append(self._record(state, X[i], factors, "full", value, objective.names, second))
@@ -194,6 +207,10 @@ class Search:
                                "evaluator_seconds": round(state.evaluator_seconds, 3),
                                "best": dict(zip(self.objective.names, map(float, values)))})
         factors = self.encoding.decode(genome)
+        if not np.all(np.isfinite(values)):  # every candidate so far failed: no best to write
+            self._save_checkpoint(state)
+            self.log(f"gen {state.generation - 1:3d}: every candidate so far failed (non-finite scores)")
+            return
         self.run_dir.save_best(
             factors,
             provenance=self.provenance | {
@@ -206,7 +223,7 @@ class Search:
             monotone=self.encoding.space.factors.monotone,
         )
         self.run_dir.save_progress(state.progress)
-        self.run_dir.save_checkpoint(vars(state))
+        self._save_checkpoint(state)
         budget = self.encoding.space.budget
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
@@ -243,14 +260,26 @@ class Search:
             return f"no improvement for {budget.patience} generations"
         return None
 
+    def _save_checkpoint(self, state: SearchState) -> None:
+        """The state as data: JSON fields plus the population's arrays (never a pickle)."""
+        meta, arrays = algorithm_state(state.algorithm)
+        data = {k: v for k, v in vars(state).items() if k != "algorithm"}
+        self.run_dir.save_checkpoint(data | {"algorithm": meta}, arrays)
+
+    def _restore(self, saved: dict) -> SearchState:
+        algorithm = build_algorithm(self.encoding, self.objective.n_obj, self.seed)
+        restore_algorithm(algorithm, saved["algorithm"]["meta"], saved["algorithm"]["arrays"])
+        if "gpu_seconds" in saved:  # runs written before the field was named for CPU runs too
+            saved = {k: v for k, v in saved.items() if k != "gpu_seconds"} | {"evaluator_seconds": saved["gpu_seconds"]}
+        names = {f.name for f in fields(SearchState)} - {"algorithm"}
+        return SearchState(algorithm=algorithm, **{k: v for k, v in saved.items() if k in names})
+
     # ---- public -----------------------------------------------------------------------------
     def run(self, resume: bool = False, config: dict | None = None, stop_after: int | None = None) -> SearchResult:
         """Search until a budget ends. `stop_after` ends this session after that many generations."""
         saved = self.run_dir.start(config or {}, resume)
         if saved is not None:
-            if "gpu_seconds" in saved:  # runs written before the field was named for CPU runs too
-                saved["evaluator_seconds"] = saved.pop("gpu_seconds")
-            state = SearchState(**saved)
+            state = self._restore(saved)
             self.log(f"resuming {self.run_dir.path} after generation {state.generation - 1} "
                      f"({state.full_evals} evaluations)")
         else:
@@ -271,7 +300,10 @@ class Search:
             sessions += 1
         if reason is not None:
             state.stop_reason = reason
-            self.run_dir.save_checkpoint(vars(state))
+            self._save_checkpoint(state)
             self.log(f"stopped: {reason}")
         genome, values = self.best(state)
+        if not np.all(np.isfinite(values)):
+            raise RopesearchError(f"every candidate of {self.run_dir.path} failed (non-finite perplexity, reasons "
+                                  "in history.jsonl): no factors found; check the model and the data")
         return SearchResult(self.encoding.decode(genome), [float(v) for v in values], state)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ropesearch import __version__
 from ropesearch.data import build_windows, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
+from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
 from ropesearch.evaluate.runs import window_parts
-from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.fingerprint import data_fingerprint, files_fingerprint, weights_fingerprint, windows_fingerprint
+from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
@@ -18,6 +23,7 @@ from ropesearch.search.objectives import OBJECTIVES, Objective, screening_window
 from ropesearch.search.rundir import RunDir
 from ropesearch.search.short_guard import ShortGuard, guarded_space, measure_guard
 from ropesearch.search.space import SearchSpace, load_space, space_to_dict
+from ropesearch.validate import check_model_folder
 
 
 def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
@@ -28,6 +34,12 @@ def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, n
         documents = load_documents(data, text_field=text_field, split=split)
     return build_windows(tokenize_documents(documents, tokenizer), tokenizer, length, samples, seed, needle=needle,
                          pack=pack)
+
+
+def _check_target(target_length: int | None, base) -> None:
+    if target_length is not None and target_length <= base.original_context:
+        raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
+                              f"({base.original_context}): nothing to extend")
 
 
 def run_search(model: str, data: str, target_length: int, out: str | Path, space: str | SearchSpace = "fast",
@@ -45,6 +57,14 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     stages). With `short_lengths` too, it searches their short_factor at those lengths instead.
     `pack` joins documents into the windows; `documents` replaces reading `data` (a plan's split).
     """
+    for name, value, ok in (("max_evals", max_evals, max_evals is None or max_evals >= 1),
+                            ("time_minutes", time_minutes, time_minutes is None or 0 < time_minutes < math.inf),
+                            ("samples", samples, samples is None or samples >= 1),
+                            ("short_tolerance", short_tolerance,
+                             short_tolerance is None or 0 <= short_tolerance < math.inf)):
+        if not ok:
+            need = {"time_minutes": "> 0", "short_tolerance": ">= 0 (or None: no guard)"}.get(name, ">= 1")
+            raise RopesearchError(f"{name} must be {need}, got {value}")
     space = space if isinstance(space, SearchSpace) else load_space(space)
     regime = "short" if short_lengths else "long"
     objective = "short" if short_lengths else (objective or space.objective)
@@ -55,69 +75,83 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     samples = samples or space.samples
     ref = resolve_model(model)
     if loaded is None:
-        tokenizer = load_tokenizer(ref)
-        loaded_model = load_for_backend(ref, backend, device=device, dtype=dtype)  # vLLM: the config only
-    else:
-        loaded_model, tokenizer = loaded
-    base = rope_base(config_of(loaded_model))
-    if reference is not None:
-        from ropesearch.export.factor_file import check_fits
+        check_model_folder(ref.path)
+        _check_target(target_length if regime == "long" else None, rope_base(load_config(ref)))  # the config only
+    if documents is None:
+        documents = load_documents(data, text_field=text_field, split=split)  # bad data fails before any write
+    # the run directory is checked and locked before anything loads; a new run that fails before
+    # it starts leaves no folder behind
+    with RunDir(out).opened(resume) as run_dir:
+        if loaded is None:
+            tokenizer = load_tokenizer(ref)
+            loaded_model = load_for_backend(ref, backend, device=device, dtype=dtype)  # vLLM: the config only
+        else:
+            loaded_model, tokenizer = loaded
+        base = rope_base(config_of(loaded_model))
+        if reference is not None:
+            from ropesearch.export.factor_file import check_fits
 
-        check_fits(reference, base, source="the reference factors")
-    if regime == "short":
-        target_length = reference.target_context
-    if target_length <= base.original_context:
-        raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
-                              f"({base.original_context}): nothing to extend")
-    window_length = max(short_lengths) if regime == "short" else target_length
-    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split,
-                             pack=pack, documents=documents)
-    short = short_length or base.original_context
-    fidelity = space.fidelity
-    screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
-              if fidelity.screen_samples else None)
-    evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
-                               max_batch=max_batch, progress=False)
-    guard = None
-    if short_tolerance is not None and regime == "long" and reference is None and objective != "ppl+short":
-        guard = _short_guard(out, resume, evaluator, windows, base, target_length, short_tolerance, space)
-        space = guarded_space(space, guard.attention_cap)
-        log(guard.describe())
-    scorer = Objective(objective, evaluator, windows, target_length,
-                       short_length=short if objective == "ppl+short" else None, screen_windows=screen,
-                       short_lengths=tuple(short_lengths))
-    config = {
-        "model": model, "data": data, "target_length": target_length, "objective": objective,
-        "space": space_to_dict(space), "samples": samples, "seed": seed,
-        "short_length": short if objective == "ppl+short" else None,
-        "regime": regime, "short_lengths": list(short_lengths),
-        "short_guard": None if guard is None else guard.as_dict(),
-        "reference": None if reference is None else list(reference.long_factor),
-        "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
-                                                       "original_context": base.original_context},
-    }
-    if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
-        config |= {"pack": True, **window_parts(windows)}
-    encoding = Encoding(space, base, target_length, reference=reference, regime=regime,
-                        short_unscaled=guard is not None)
-    search = Search(encoding, scorer, RunDir(out), seed=seed, max_evals=max_evals,
-                    time_minutes=time_minutes, log=log,
-                    provenance={"model": model, "data": data, "windows": config["windows"],
-                                "ropesearch_version": __version__}
-                    | ({"short_guard": guard.as_dict()} if guard else {}))
-    return search.run(resume=resume, config=config, stop_after=stop_after)
+            check_fits(reference, base, source="the reference factors")
+        if regime == "short":
+            target_length = reference.target_context
+        _check_target(target_length, base)
+        window_length = max(short_lengths) if regime == "short" else target_length
+        windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field,
+                                 split, pack=pack, documents=documents)
+        short = short_length or base.original_context
+        fidelity = space.fidelity
+        screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
+                  if fidelity.screen_samples else None)
+        evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
+                                   max_batch=max_batch, progress=False)
+        guard = None
+        if short_tolerance is not None and regime == "long" and reference is None and objective != "ppl+short":
+            guard = _short_guard(out, resume, evaluator, windows, base, target_length, short_tolerance, space)
+            space = guarded_space(space, guard.attention_cap)
+            log(guard.describe())
+        scorer = Objective(objective, evaluator, windows, target_length,
+                           short_length=short if objective == "ppl+short" else None, screen_windows=screen,
+                           short_lengths=tuple(short_lengths))
+        config = {
+            "model": model, "data": data, "target_length": target_length, "objective": objective,
+            "space": space_to_dict(space), "samples": samples, "seed": seed,
+            "short_length": short if objective == "ppl+short" else None,
+            "regime": regime, "short_lengths": list(short_lengths),
+            "short_guard": None if guard is None else guard.as_dict(),
+            "reference": None if reference is None else list(reference.long_factor),
+            "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
+                                                           "original_context": base.original_context},
+        }
+        if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
+            config |= {"pack": True, **window_parts(windows)}
+        weights = (weights_fingerprint(loaded_model) if isinstance(loaded_model, torch.nn.Module)
+                   else files_fingerprint(ref.path))
+        config["inputs"] = {"model": weights, "tokenizer": tokenizer_fingerprint(tokenizer),
+                            "data": windows_fingerprint(windows), "space": data_fingerprint(config["space"]),
+                            "seed": seed}
+        encoding = Encoding(space, base, target_length, reference=reference, regime=regime,
+                            short_unscaled=guard is not None)
+        search = Search(encoding, scorer, run_dir, seed=seed, max_evals=max_evals, time_minutes=time_minutes, log=log,
+                        provenance={"model": model, "data": data, "windows": config["windows"],
+                                    "ropesearch_version": __version__}
+                        | ({"short_guard": guard.as_dict()} if guard else {}))
+        return search.run(resume=resume, config=config, stop_after=stop_after)
 
 
 def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,
                  space: SearchSpace) -> ShortGuard:
     """Measure the guard, or on resume take the one the run measured (so its config stays the same)."""
-    import json
+    from ropesearch.validate import read_json
 
     saved = Path(out) / "config.json"
     if resume and saved.is_file():
-        earlier = json.loads(saved.read_text()).get("short_guard")
-        if earlier and earlier.get("tolerance") == tolerance:
-            return ShortGuard(**earlier)
+        earlier = read_json(saved, "search config", "start a new run with another --out").get("short_guard")
+        if isinstance(earlier, dict) and earlier.get("tolerance") == tolerance:
+            try:
+                return ShortGuard(**earlier)
+            except TypeError:
+                raise RopesearchError(f"{saved} is damaged (field short_guard); start a new run with another "
+                                      "--out") from None
     from ropesearch.rope.methods import longrope_mscale
 
     highest = space.attention_factor[1] if space.attention_factor else longrope_mscale(

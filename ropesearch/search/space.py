@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ropesearch.errors import RopesearchError
+from ropesearch.validate import check_fields, read_text
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -84,23 +85,7 @@ def _build(cls, data: Any, where: str):
         return cls()
     if not isinstance(data, dict):
         raise RopesearchError(f"{where} must be a mapping")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
-    values = {}
-    for key, value in data.items():
-        default = getattr(cls(), key) if key not in ("name",) else None
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise RopesearchError(f"{where}.{key} must be true or false, got {value!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RopesearchError(f"{where}.{key} must be a number, got {value!r}")
-            if isinstance(default, int) and key not in ("high", "low") and value != int(value):
-                raise RopesearchError(f"{where}.{key} must be a whole number, got {value!r}")
-        values[key] = value
-    return cls(**values)
+    return cls(**check_fields(cls, data, where))
 
 
 def _check(space: SearchSpace, where: str) -> None:
@@ -125,6 +110,16 @@ def _check(space: SearchSpace, where: str) -> None:
         problems.append("budget.mutations + budget.crossovers must be >= 1")
     if b.generations < 0:
         problems.append("budget.generations must be >= 0")
+    if b.max_evals is not None and b.max_evals < 1:
+        problems.append(f"budget.max_evals must be >= 1 (or null), got {b.max_evals}")
+    if b.time_minutes is not None and b.time_minutes <= 0:
+        problems.append(f"budget.time_minutes must be > 0 (or null), got {b.time_minutes}")
+    if b.patience is not None and b.patience < 1:
+        problems.append(f"budget.patience must be >= 1 (or null), got {b.patience}")
+    if b.min_improvement < 0:
+        problems.append("budget.min_improvement must be >= 0")
+    if o.mutation_sigma <= 0:
+        problems.append("operators.mutation_sigma must be > 0")
     if fid.screen_samples is not None and (fid.screen_samples < 1 or not 0 < fid.promote <= 1
                                            or not 0 < fid.screen_length_fraction <= 1):
         problems.append("fidelity needs screen_samples >= 1, promote in (0, 1], screen_length_fraction in (0, 1]")
@@ -159,6 +154,9 @@ def space_from_dict(data: Any, where: str = "search space") -> SearchSpace:
     if "name" not in data:
         raise RopesearchError(f"{where}: missing key 'name'")
     nested = {"factors": FactorGenes, "operators": Operators, "budget": Budget, "fidelity": Fidelity}
+    if data.get("attention_factor") is not None and isinstance(data["attention_factor"], list):
+        data["attention_factor"] = tuple(data["attention_factor"])
+    data = check_fields(SearchSpace, data, f"{where}:", skip=tuple(nested) + ("attention_factor",))
     for key, cls in nested.items():
         data[key] = _build(cls, data.get(key), f"{where}: {key}")
     for key in ("start_tokens", "seeds"):
@@ -187,7 +185,7 @@ def load_space(spec: str | Path) -> SearchSpace:
             names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
             raise RopesearchError(f"search space {spec} is neither a file nor a shipped space ({names})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "search space"))
     except yaml.YAMLError as exc:
         raise RopesearchError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return space_from_dict(data, where=f"search space {path}")

@@ -1,0 +1,65 @@
+"""One writer per run directory: an exclusive lock on a file inside it.
+
+`fcntl.flock` on `.lock`: held while the command works on the folder, released by the OS
+the moment the process ends, however it ends (kill -9 included), so a stale lock never
+needs cleaning up. Nested use in one process (a plan's search stage inside the plan's
+own run directory) counts up instead of blocking itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+
+LOCK_NAME = ".lock"
+_held: dict[str, list] = {}  # real path of the folder -> [fd, count]
+
+
+class DirectoryLock:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.held = False
+
+    def acquire(self) -> DirectoryLock:
+        if self.held:
+            return self
+        key = os.path.realpath(self.folder)
+        if key in _held:
+            _held[key][1] += 1
+        else:
+            path = self.folder / LOCK_NAME
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RopesearchError(f"{self.folder} is in use by another ropesearch process (pid {owner}): "
+                                      "wait for it to finish, or use another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _held[key] = [fd, 1]
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        key = os.path.realpath(self.folder)
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            os.close(entry[0])  # closing the last descriptor drops the flock
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

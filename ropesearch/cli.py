@@ -151,6 +151,31 @@ BACKEND_OPTION = click.option(
     "at every length).")
 
 
+def _worker_options(function):
+    """--workers / --ray-address / --gpus-per-worker / --task-timeout: score on Ray workers (pip install 'ropesearch[ray]')."""
+    options = [
+        click.option("--workers", type=int,
+                     help="Score on N Ray workers, each holding the model (default with --ray-address: every GPU "
+                     "/ --gpus-per-worker; without these flags: this process, no Ray)."),
+        click.option("--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start "
+                     "a local Ray instance)."),
+        click.option("--gpus-per-worker", type=int,
+                     help="GPUs per worker, for a model that does not fit one (default 1; 0: CPU workers)."),
+        click.option("--task-timeout", type=float,
+                     help="Seconds before a worker's task counts as hung (default: 10x the slowest task, >= 600)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _workers(options: dict):
+    """Pop the worker flags from a command's options: WorkerOptions, or None without them."""
+    from ropesearch.evaluate.workers import worker_options
+
+    return worker_options(*(options.pop(k) for k in ("workers", "ray_address", "gpus_per_worker", "task_timeout")))
+
+
 def _eval_options(function):
     """Options shared by `eval` and `baselines`."""
     options = [
@@ -174,18 +199,20 @@ def _eval_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return _worker_options(function)
 
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
                backend, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
+    workers = _workers(table_args)
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend)
-    table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
+                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
+                config_only=workers is not None)
+    table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
     if json_out:
         save_json(table | {"command": " ".join(sys.argv)}, json_out)
@@ -245,8 +272,9 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--device", help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@_worker_options
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field):
+               max_batch, device, backend, text_field, **worker_flags):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -257,7 +285,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
 
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
-                        max_batch=max_batch, text_field=text_field, backend=backend,
+                        max_batch=max_batch, text_field=text_field, backend=backend, workers=_workers(worker_flags),
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")

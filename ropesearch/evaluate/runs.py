@@ -15,7 +15,7 @@ from ropesearch.data import Window, document_of, load_documents, needle_windows,
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
-from ropesearch.models import config_of, dtype_of, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, dtype_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
 
@@ -48,10 +48,11 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
           dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
-          backend: str = "torch") -> EvalSetup:
+          backend: str = "torch", config_only: bool = False) -> EvalSetup:
     """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
 
-    `exclude` names documents to leave out. For the vLLM backend only the model's config is loaded.
+    `exclude` names documents to leave out. For the vLLM backend, or with `config_only` (Ray
+    workers load the model themselves), only the model's config is loaded.
     """
     if loaded is None:
         ref = resolve_model(model)
@@ -68,7 +69,7 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
     else:
         windows = sample_windows(documents, max_length, samples, seed, offset)
     if loaded is None:
-        loaded = load_for_backend(ref, backend, dtype=dtype, device=device)
+        loaded = load_config(ref) if config_only else load_for_backend(ref, backend, dtype=dtype, device=device)
     options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
                "excluded_documents": sorted(exclude)}
     return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
@@ -114,17 +115,19 @@ def _key(factors: RopeFactors) -> tuple:
 
 def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str] = (),
                    factor_files: Sequence[str] = (), scale: float | None = None, fixed_scale: bool = False,
-                   **evaluator_options) -> dict:
+                   workers=None, **evaluator_options) -> dict:
     """Perplexity by length for baseline methods and factor files, in as few passes as possible.
 
     A method runs at scale length/original at each length unless `scale` fixes it. Identical
     factor sets (a fixed-scale method at every length, every method at or below the original
     window) are scored once, and sets with the same lengths share batched passes.
     fixed_scale without a scale: every length uses the factors made for the longest one.
+    `workers` (WorkerOptions): score on a pool of Ray workers (see ropesearch.evaluate.workers).
     """
     if fixed_scale and scale is None:
         scale = max(1.0, max(lengths) / run.base.original_context)
-    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), **evaluator_options)
+    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), workers=workers,
+                               **evaluator_options)
     files = {Path(f).name: load_factors(f) for f in factor_files}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")
@@ -144,9 +147,16 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     for key, (_, key_lengths) in unique.items():
         by_lengths.setdefault(tuple(sorted(key_lengths)), []).append(key)
     scores = {}
-    for key_lengths, keys in by_lengths.items():
-        windows = prefix_windows(run.windows, max(key_lengths))
-        scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
+    try:
+        for key_lengths, keys in by_lengths.items():
+            windows = prefix_windows(run.windows, max(key_lengths))
+            scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
+    finally:
+        if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
+            evaluator.close()
+    for name, key in owner.items():
+        if scores[key].failed:
+            raise RopesearchError(f"{name[0]} could not be scored at {name[1]} tokens: {scores[key].failed}")
     names = list(methods) + list(files)
     return {
         "model": run.model_spec,

@@ -93,7 +93,7 @@ class Search:
 
     def __init__(self, encoding: Encoding, objective: Objective, run_dir: RunDir, seed: int = 0,
                  max_evals: int | None = None, time_minutes: float | None = None, log=print,
-                 provenance: dict | None = None, short_tolerance: float = 0.02):
+                 provenance: dict | None = None, short_tolerance: float = 0.02, status=None):
         self.encoding = encoding
         self.objective = objective
         self.run_dir = run_dir
@@ -104,6 +104,7 @@ class Search:
         self.log = log
         self.provenance = provenance or {}
         self.short_tolerance = short_tolerance
+        self.status = status  # () -> str for the progress line (a worker pool: workers alive, candidates/s)
 
     # ---- one generation -----------------------------------------------------------------
     def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
@@ -138,10 +139,10 @@ class Search:
             fresh = [i for i in todo if keys[i] not in state.screen_cache]
             if fresh:
                 candidates = [encoding.decode(X[i]) for i in fresh]
-                values, seconds = objective.screen(candidates)
-                for i, factors, value, second in zip(fresh, candidates, values, seconds):
+                values, seconds, notes = objective.screen(candidates)
+                for i, factors, value, second, note in zip(fresh, candidates, values, seconds, notes):
                     state.screen_cache[keys[i]] = float(value)
-                    records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second))
+                    records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second) | note)
                     state.gpu_seconds += second
                 state.screen_evals += len(fresh)
             ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
@@ -150,11 +151,11 @@ class Search:
             todo = todo[: max(0, self.max_evals - state.full_evals)]
         if todo:
             candidates = [encoding.decode(X[i]) for i in todo]
-            values, seconds = objective.score(candidates)
-            for i, factors, value, second in zip(todo, candidates, values, seconds):
+            values, seconds, notes = objective.score(candidates)
+            for i, factors, value, second, note in zip(todo, candidates, values, seconds, notes):
                 F[i] = value
                 state.cache[keys[i]] = value.tolist()
-                records.append(self._record(state, X[i], factors, "full", value, objective.names, second))
+                records.append(self._record(state, X[i], factors, "full", value, objective.names, second) | note)
                 state.gpu_seconds += second
             state.full_evals += len(todo)
         pop.set("F", F)
@@ -203,7 +204,8 @@ class Search:
         budget = self.encoding.space.budget
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
-                 + f"  best {self.objective.names[0]} {state.best:.4f}  {state.elapsed / 60:.1f} min")
+                 + f"  best {self.objective.names[0]} {state.best:.4f}  {state.elapsed / 60:.1f} min"
+                 + (f"  {self.status()}" if self.status else ""))
 
     def _stop_reason(self, state: SearchState) -> str | None:
         budget = self.encoding.space.budget

@@ -9,7 +9,7 @@ from ropesearch import __version__
 from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
-from ropesearch.models import config_of, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
@@ -32,7 +32,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
-               backend: str = "torch") -> SearchResult:
+               backend: str = "torch", workers=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
@@ -48,9 +48,14 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         space = replace(space, algorithm="nsga2")  # two objectives need a multi-objective survival
     samples = samples or space.samples
     ref = resolve_model(model)
+    if workers is None and space.workers:
+        from ropesearch.evaluate.workers import WorkerOptions
+
+        workers = WorkerOptions(count=space.workers)
     if loaded is None:
         tokenizer = load_tokenizer(ref)
-        loaded_model = load_for_backend(ref, backend, device=device)  # vLLM: the config only
+        # vLLM, or workers that load the model themselves: the config only
+        loaded_model = load_config(ref) if workers else load_for_backend(ref, backend, device=device)
     else:
         loaded_model, tokenizer = loaded
     base = rope_base(config_of(loaded_model))
@@ -70,13 +75,14 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
               if fidelity.screen_samples else None)
     evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
-                               max_batch=max_batch, progress=False)
+                               max_batch=max_batch, progress=False, workers=workers)
     scorer = Objective(objective, evaluator, windows, target_length,
                        short_length=short if objective == "ppl+short" else None, screen_windows=screen,
                        short_lengths=tuple(short_lengths))
     config = {
         "model": model, "data": data, "target_length": target_length, "objective": objective,
-        "space": space_to_dict(space), "samples": samples, "seed": seed,
+        "space": {k: v for k, v in space_to_dict(space).items() if k != "workers"},  # any count gives the same
+        "samples": samples, "seed": seed,
         "short_length": short if objective == "ppl+short" else None,
         "regime": regime, "short_lengths": list(short_lengths),
         "reference": None if reference is None else list(reference.long_factor),
@@ -86,5 +92,10 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
                     time_minutes=time_minutes, log=log,
                     provenance={"model": model, "data": data, "windows": config["windows"],
-                                "ropesearch_version": __version__})
-    return search.run(resume=resume, config=config, stop_after=stop_after)
+                                "ropesearch_version": __version__},
+                    status=evaluator.status if workers else None)
+    try:
+        return search.run(resume=resume, config=config, stop_after=stop_after)
+    finally:
+        if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
+            evaluator.close()

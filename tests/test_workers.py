@@ -212,7 +212,7 @@ def test_a_killed_driver_resumes_to_the_same_result(cluster, pool, straight, tmp
     space = tmp_path / "space.yaml"
     from ropesearch.search.space import space_to_dict
 
-    space.write_text(json.dumps(space_to_dict(replace(tiny_space(), name="tiny"))))
+    space.write_text(json.dumps(space_to_dict(tiny_space())))  # the same space, as a file
     out = tmp_path / "run"
     command = [sys.executable, "-m", "ropesearch.cli", "search", "--model", "pocket", "--target-length", str(TARGET),
                "--space", str(space), "--samples", "2", "--out", str(out), "--workers", "2", "--ray-address", cluster]

@@ -35,6 +35,9 @@ class SearchStage:
     max_evals: int | None = None
     samples: int | None = None
     seed: int = 0
+    workers: int | None = None  # score on Ray workers (as search --workers; ray_address, gpus_per_worker too)
+    ray_address: str | None = None
+    gpus_per_worker: int | None = None
 
 
 @dataclass(frozen=True)

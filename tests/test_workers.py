@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -242,3 +243,25 @@ def test_worker_options_are_checked_and_plain_runs_never_import_ray(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_objective_turns_a_failed_candidate_into_inf_with_its_reason(pocket):
+    """What the search loop gets from a pool that marked a candidate failed: inf, and the reason for the history."""
+    from ropesearch.evaluate import Score
+    from ropesearch.search.objectives import Objective
+
+    model, tokenizer = pocket
+    base = rope_base(model.config)
+    windows = search_windows(tokenizer, "builtin", TARGET, 1, 0, False)
+    evaluator = TorchEvaluator(model, progress=False)
+
+    class MarksTheSecondFailed:  # the pool's answer for a candidate that failed at one row per pass
+        def score(self, candidates, windows, lengths=None):
+            scores = evaluator.score(candidates, windows, lengths)
+            scores[1] = Score(candidates[1], failed="OutOfMemoryError: at 512 tokens (also at 1 row per pass)")
+            return scores
+
+    objective = Objective("ppl", MarksTheSecondFailed(), windows, TARGET)
+    values, seconds, notes = objective.score([methods.yarn(base, 2), methods.ntk(base, 2), methods.pi(base, 2)])
+    assert np.isfinite(values[0, 0]) and values[1, 0] == np.inf and np.isfinite(values[2, 0])
+    assert notes[1] == {"failed": "OutOfMemoryError: at 512 tokens (also at 1 row per pass)"} and notes[0] == {}

@@ -171,7 +171,11 @@ class WorkerPool:
             self._start(slot)
         self.tasks_done = self.tasks_lost = self.candidates_done = 0
         self._slowest = 0.0
-        self._wait_until_ready()
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.close()
+            raise
         self._rate_mark = (time.perf_counter(), 0)
 
     # ---- cluster and workers -------------------------------------------------------------
@@ -190,7 +194,7 @@ class WorkerPool:
             else:
                 # a local instance: logical CPUs enough for the workers asked for (they share the cores)
                 cpus = max(os.cpu_count() or 1, (self.options.count or 1) * self.options.threads)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
             self._owns_ray = True
         return float(ray.cluster_resources().get("GPU", 0))
 

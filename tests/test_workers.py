@@ -232,6 +232,11 @@ def test_a_killed_driver_resumes_to_the_same_result(cluster, pool, straight, tmp
     assert history(out) == expected
 
 
+def test_more_workers_than_the_cluster_holds_is_an_error_not_a_wait(cluster):
+    with pytest.raises(RopesearchError, match="100 workers need 100 CPUs but the Ray cluster has 8"):
+        WorkerPool("pocket", WorkerOptions(count=100, address=cluster))
+
+
 def test_worker_options_are_checked_and_plain_runs_never_import_ray(tmp_path):
     with pytest.raises(RopesearchError, match="--workers must be a whole number >= 1"):
         WorkerOptions(count=0)

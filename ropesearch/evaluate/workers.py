@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -150,9 +151,21 @@ class WorkerPool:
         self.model_spec = model_spec
         self.options = options
         self.progress = progress
-        self.log = log or (lambda message: None)
+        self.log = log or (lambda message: print(message, file=sys.stderr))
         self._owns_ray = False
+        self.slots: list[_Slot] = []
+        self.tasks_done = self.tasks_lost = self.candidates_done = 0
+        self._slowest = 0.0
         gpus = self._connect()
+        try:
+            self._start_workers(gpus, backend, max_length, evaluator_options)
+        except BaseException:
+            self.close()  # workers started so far, and a Ray instance we started
+            raise
+        self._rate_mark = (time.perf_counter(), 0)
+
+    def _start_workers(self, gpus: float, backend: str, max_length: int | None, evaluator_options: dict | None):
+        ray, options, model_spec = self.ray, self.options, self.model_spec
         self.gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1 if gpus else 0)
         count = options.count
         if count is None:
@@ -162,6 +175,11 @@ class WorkerPool:
         if self.gpus_per_worker > gpus:
             raise RopesearchError(f"--gpus-per-worker {self.gpus_per_worker} but the Ray cluster has {gpus:g} GPU(s)")
         resources = {"num_gpus": self.gpus_per_worker, "num_cpus": 1 if self.gpus_per_worker else options.threads}
+        cluster = ray.cluster_resources()
+        for kind, name in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+            if count * resources[kind] > cluster.get(name, 0):  # the workers would wait for room forever
+                raise RopesearchError(f"{count} workers need {count * resources[kind]:g} {name}s but the Ray cluster "
+                                      f"has {cluster.get(name, 0):g}: lower --workers")
         self._actor_class = ray.remote(ScoringWorker).options(scheduling_strategy="SPREAD", max_restarts=0,
                                                               **resources)
         self._actor_args = (model_spec, backend, self.gpus_per_worker, options.threads, max_length,
@@ -169,14 +187,8 @@ class WorkerPool:
         self.slots = [_Slot(number) for number in range(count)]
         for slot in self.slots:
             self._start(slot)
-        self.tasks_done = self.tasks_lost = self.candidates_done = 0
-        self._slowest = 0.0
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.close()
-            raise
-        self._rate_mark = (time.perf_counter(), 0)
+        self.log(f"starting {count} workers (each loads {model_spec})")
+        self._wait_until_ready()
 
     # ---- cluster and workers -------------------------------------------------------------
     def _connect(self) -> float:

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints-cpu.txt
 
-.PHONY: install demo test clean install-vllm test-vllm
+.PHONY: install demo test clean install-vllm test-vllm install-tf4 test-tf4
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 
 demo: install
 	@# --resume: a second `make demo` continues an interrupted run, or shows the finished one
-	$(BIN)/ropesearch run search_spaces/plans/pocket-quickstart.yaml --out runs/quickstart --resume
+	$(BIN)/ropesearch run pocket-quickstart --out runs/quickstart --resume
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -45,3 +45,18 @@ install-vllm: $(VLLM_BIN)/.installed
 
 test-vllm: install-vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q tests_vllm
+
+# The transformers 4.x lane: an exported folder loads with the same logits in the oldest supported 4.x
+# (constraints-tf4.txt), in its own environment; the export itself runs in .venv (transformers 5.x).
+TF4_VENV ?= .venv-tf4
+TF4_BIN := $(TF4_VENV)/bin
+
+$(TF4_BIN)/.installed: constraints-tf4.txt
+	$(PYTHON) -m venv $(TF4_VENV)
+	$(TF4_BIN)/pip install --quiet --disable-pip-version-check -c constraints-tf4.txt torch transformers accelerate numpy pytest
+	touch $@
+
+install-tf4: $(TF4_BIN)/.installed
+
+test-tf4: install install-tf4
+	ROPESEARCH_PYTHON=$(BIN)/python $(TF4_BIN)/python -m pytest -q -p no:cacheprovider tests_tf4

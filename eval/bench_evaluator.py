@@ -48,9 +48,10 @@ def peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def forward_flops(config, tokens: int) -> float:
-    """Matmul FLOPs of one forward pass over `tokens` (projections, MLP, LM head, causal attention)."""
-    hidden, layers = config.hidden_size, config.num_hidden_layers
+def forward_flops(config, tokens: int, layers: int | None = None) -> float:
+    """Matmul FLOPs of one forward pass over `tokens` (projections, MLP, LM head, causal attention),
+    through the first `layers` decoder layers (default: all)."""
+    hidden, layers = config.hidden_size, layers or config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     per_layer = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2 + 3 * hidden * config.intermediate_size
@@ -223,7 +224,7 @@ def main():
                          args.repeats)
     run = EvalSetup(args.model, args.data, model, tokenizer, base, windows, {"documents": "longest"})
     started = time.perf_counter()
-    report["c"] = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], progress=False)
+    report["c"] = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True, progress=False)
     report["c_seconds"] = time.perf_counter() - started
     report["c_table"] = format_table(report["c"])
     print(report["c_table"], flush=True)

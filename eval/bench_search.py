@@ -55,9 +55,9 @@ def search(args):
     names = args.search_docs.split(",")
     result = run_search(args.model, subset_folder(args.data, names), args.target, out, space=args.space,
                         samples=len(names), time_minutes=args.minutes, resume=(out / "config.json").exists(),
-                        seed=args.seed)
+                        seed=args.seed, short_tolerance=None)  # unguarded, as results/search-smollm2-* were made
     print(json.dumps({"space": args.space, "best": result.values, "evals": result.state.full_evals,
-                      "gpu_seconds": result.state.gpu_seconds}))
+                      "gpu_seconds": result.state.evaluator_seconds}))
 
 
 def compare(args):
@@ -81,7 +81,7 @@ def compare(args):
     progress = {}
     for name, path in runs.items():
         points = json.loads((path / "progress.json").read_text())
-        progress[name] = [{"gpu_seconds": p["gpu_seconds"], "elapsed": p["elapsed"], "full_evals": p["full_evals"],
+        progress[name] = [{"gpu_seconds": p.get("evaluator_seconds", p.get("gpu_seconds")), "elapsed": p["elapsed"], "full_evals": p["full_evals"],
                            "best": list(p["best"].values())[0]} for p in points]
     race = time_to_reach(progress, args.reference)
     report = {"command": " ".join(["python"] + sys.argv), "target": args.target, "heldout": table,

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import SEARCH_DOCS, heldout_books  # noqa: E402  (the same books as its compare)
 
 from ropesearch.data import load_documents, sample_windows, tokenize_documents  # noqa: E402
-from ropesearch.data.samples import Window  # noqa: E402
+from ropesearch.data.samples import Window, native_windows  # noqa: E402
 from ropesearch.evaluate import make_evaluator  # noqa: E402
 from ropesearch.evaluate.loss import trainable_mean_nll  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
@@ -100,12 +100,6 @@ def fit_loss(model, windows: list[Window], device, logits_chunk: int = 4096) -> 
             (loss * (window.length - 1) / total_tokens).backward()
         total += loss.item() * (window.length - 1) / total_tokens
     return total
-
-
-def native_windows(windows: list[Window], length: int) -> list[Window]:
-    """The same tokens cut into back-to-back windows of `length` (the unscaled model's own window)."""
-    return [Window(f"{w.name}+{start}", w.ids[start : start + length].copy())
-            for w in windows for start in range(0, w.length - length + 1, length)]
 
 
 def sliding_windows(windows: list[Window], length: int, stride: int) -> list[Window]:

@@ -30,7 +30,7 @@ def main():
     context = training["arguments"]["context"]
     lengths = [context, 4 * context, 8 * context, 16 * context]
     run = setup(str(folder), "builtin", max(lengths), samples=args.samples)
-    table = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"])
+    table = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True)
     table["command"] = " ".join(["python"] + sys.argv)
     save_json(table, args.json)
     ppl = table["ppl"]

@@ -27,12 +27,20 @@ def factors_from_csv(base: RopeBase, scale: float, long_csv: str | Path, short_c
 
 
 def export(factor_file: str | Path, model: str, out: str | Path, fmt: str = "hf", copy: bool = False,
-           overwrite: bool = False, allow_start_tokens: bool = False) -> Path:
-    """`ropesearch export`: a factor file as a model folder (hf), vLLM overrides or CSV."""
+           overwrite: bool = False, allow_start_tokens: bool = False, symlink: bool = False) -> Path:
+    """`ropesearch export`: a factor file as a model folder (hf), vLLM overrides or CSV.
+
+    hf folders are self-contained (weights hard-linked or copied) unless symlink=True.
+    """
+    import json
+
     ref = resolve_model(model)
     factors = load_factors(factor_file)
     if fmt == "hf":
-        return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens)
+        provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
+        return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
+                         link="symlink" if symlink else "hardlink", provenance=provenance,
+                         factor_file=Path(factor_file).name)
     if fmt == "vllm":
         return export_vllm(factors, ref, out, overwrite=overwrite, allow_start_tokens=allow_start_tokens)
     if fmt == "csv":

@@ -23,6 +23,31 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+TOKENS = None  # the token-count parameter type (2048, 2k, 1M), built on first use below
+
+
+def _tokens():
+    global TOKENS
+    if TOKENS is None:
+        from ropesearch.units import token_count_type
+
+        TOKENS = token_count_type()
+    return TOKENS
+
+
+def _torch_dtype(name: str | None):
+    """--dtype as a torch dtype (None: the default, bfloat16 on a GPU and float32 on the CPU)."""
+    if name in (None, "auto"):
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+DTYPE_OPTION = click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                            show_default=True, help="Weights and compute dtype (auto: bfloat16 on a GPU, float32 on "
+                            "the CPU).")
+
 MODEL_HELP = "Model: pocket (shipped), smollm2-135m (fetched), a transformers folder or hub id, or a .gguf file."
 
 
@@ -62,7 +87,7 @@ def _model_base(model: str, original_context: int | None):
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
 @click.option("--scale", "-s", type=float, required=True, help="Extension ratio: target window / original window.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
-@click.option("--original-context", type=int, help="Override the model's trained window.")
+@click.option("--original-context", type=_tokens(), help="Override the model's trained window (e.g. 4k).")
 @click.option("--beta-fast", type=float, help="YaRN: rotations above which dims are kept (default 32).")
 @click.option("--beta-slow", type=float, help="YaRN: rotations below which dims are interpolated (default 1).")
 @click.option("--mscale", type=float, help="YaRN: mscale (with --mscale-all-dim).")
@@ -133,17 +158,32 @@ def show_cmd(factor_file, as_json):
 @click.option("--format", "fmt", type=click.Choice(["hf", "vllm", "csv"]), default="hf", show_default=True,
               help="hf: a model folder transformers and vLLM load; vllm: overrides for an existing model; "
               "csv: LongRoPE-style factor lists.")
-@click.option("--copy", is_flag=True, help="hf: copy weights instead of symlinking them.")
+@click.option("--copy", is_flag=True, help="hf: copy weights (default: hard links where possible, else copies).")
+@click.option("--symlink", is_flag=True, help="hf: symlink weights and tokenizer to the source model instead "
+              "(the folder then breaks when the source moves).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--ignore-start-tokens", is_flag=True, help="Export although configs cannot express start tokens.")
-def export_cmd(factor_file, model, out, fmt, copy, overwrite, ignore_start_tokens):
+def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_start_tokens):
     """Export FACTOR_FILE for a model as a transformers folder, vLLM overrides or CSV."""
     from ropesearch.api import export
 
+    if copy and symlink:
+        raise RopesearchError("--copy and --symlink exclude each other: choose one")
     path = export(factor_file, model, out, fmt=fmt, copy=copy, overwrite=overwrite,
-                  allow_start_tokens=ignore_start_tokens)
+                  allow_start_tokens=ignore_start_tokens, symlink=symlink)
     click.echo(f"wrote {path}")
+    from ropesearch.export import load_factors
+    from ropesearch.export.portable import original_window_caveat
 
+    provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
+    caveat = original_window_caveat(load_factors(factor_file), provenance)
+    if caveat:
+        click.echo(f"warning: {caveat}", err=True)
+
+
+PACK_OPTION = click.option(
+    "--pack", is_flag=True, help="Join documents (EOS between them, seeded order, each from its start) into "
+    "windows of the longest length: windows longer than any document, e.g. 1M tokens.")
 
 BACKEND_OPTION = click.option(
     "--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True,
@@ -169,11 +209,13 @@ def _worker_options(function):
     return function
 
 
-def _workers(options: dict):
-    """Pop the worker flags from a command's options: WorkerOptions, or None without them."""
+def _workers(options: dict, dtype=None):
+    """Pop the worker flags from a command's options: WorkerOptions (workers load the model in `dtype`),
+    or None without them."""
     from ropesearch.evaluate.workers import worker_options
 
-    return worker_options(*(options.pop(k) for k in ("workers", "ray_address", "gpus_per_worker", "task_timeout")))
+    return worker_options(*(options.pop(k) for k in ("workers", "ray_address", "gpus_per_worker", "task_timeout")),
+                          dtype=dtype)
 
 
 def _eval_options(function):
@@ -191,10 +233,13 @@ def _eval_options(function):
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
         click.option("--split", default="test", show_default=True, help="datasets split."),
         click.option("--heldout-of", type=click.Path(file_okay=False),
-                     help="Leave out the documents this search run directory searched on."),
+                     help="Leave out the documents this search run (or plan run) searched or fine-tuned on, "
+                     "packed windows included."),
+        PACK_OPTION,
         click.option("--max-batch", type=int, help="Most windows per forward pass (default: what fits)."),
         click.option("--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
         BACKEND_OPTION,
+        DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
     ]
     for option in reversed(options):
@@ -202,18 +247,22 @@ def _eval_options(function):
     return _worker_options(function)
 
 
-def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, max_batch, device,
-               backend, json_out, needle=False, **table_args):
+def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
+               backend, dtype, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import baseline_table, format_table, parse_lengths, save_json, searched_documents, setup
 
-    workers = _workers(table_args)
+    workers = _workers(table_args, _torch_dtype(dtype))
     lengths = parse_lengths(lengths)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
-                config_only=workers is not None)
+                dtype=_torch_dtype(dtype), pack=pack, config_only=workers is not None)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
+    from ropesearch.evaluate.runs import original_window_warnings
+
+    for warning in original_window_warnings(table):
+        click.echo(warning, err=True)
     if json_out:
         save_json(table | {"command": " ".join(sys.argv)}, json_out)
         click.echo(f"wrote {json_out}")
@@ -221,8 +270,9 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 
 @cli.command("eval")
 @_eval_options
-@click.option("--method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
-              help="Score a baseline method (with --scale).")
+@click.option("--method", type=click.Choice(["as-is", "none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
+              help="Score a baseline method (with --scale), or as-is: the model with the RoPE its own config sets "
+              "(e.g. an exported folder as shipped).")
 @click.option("--scale", type=float, help="Scale for --method (default: longest length / original window).")
 @click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
 @click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
@@ -245,18 +295,31 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 @_eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
-@click.option("--scale", type=float, help="Fixed scale for every length (default: length / original window).")
-@click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files to compare (repeat).")
-def baselines_cmd(methods, scale, factor_files, **options):
-    """Perplexity by length of the baseline methods (and factor files) in one run, as a table."""
+@click.option("--scale", type=float, help="Scale of the methods at every length (default: longest length / "
+              "original window).")
+@click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
+              "length instead (a different model per row; columns labelled 'per-length').")
+@click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+              help="Factor files to compare (repeat; LABEL=PATH names the column).")
+@click.option("--native", is_flag=True,
+              help="Add the unscaled model reading the same text in back-to-back windows of its own length.")
+def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **options):
+    """Perplexity by length of the baseline methods (and factor files) in one run, as a table.
+
+    Every column is one model at one scale, shown in its header.
+    """
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    _run_table(methods=names, factor_files=list(factor_files), scale=scale, **options)
+    if scale and per_length_scale:
+        raise RopesearchError("--scale and --per-length-scale exclude each other: choose one")
+    _run_table(methods=names, factor_files=list(factor_files), scale=scale, per_length=per_length_scale,
+               native=native, **options)
 
 
 @cli.command("search")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
-@click.option("--target-length", "-t", type=int, required=True, help="Window to extend the model to, in tokens.")
+@click.option("--target-length", "-t", type=_tokens(), required=True,
+              help="Window to extend the model to, in tokens (e.g. 2048, 32k, 1M).")
 @click.option("--space", "-s", default="fast", show_default=True,
               help="Search space: fast, longrope, longrope2, or a YAML file.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -272,9 +335,16 @@ def baselines_cmd(methods, scale, factor_files, **options):
 @click.option("--device", help="cuda, cpu (default: cuda if present).")
 @BACKEND_OPTION
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@click.option("--short-tolerance", type=float, default=0.01, show_default=True,
+              help="Keep the original window within this relative perplexity of the unscaled model "
+              "(short_factor = 1, attention factor capped to what allows it).")
+@DTYPE_OPTION
+@click.option("--no-short-guard", is_flag=True, help="Search without that guard (short_factor = long_factor, "
+              "attention factor free; the original window may get worse).")
+@PACK_OPTION
 @_worker_options
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field, **worker_flags):
+               max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard, pack, **worker_flags):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.pkl
@@ -285,7 +355,9 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
 
     result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
-                        max_batch=max_batch, text_field=text_field, backend=backend, workers=_workers(worker_flags),
+                        max_batch=max_batch, text_field=text_field, backend=backend, pack=pack,
+                        short_tolerance=None if no_short_guard else short_tolerance, dtype=_torch_dtype(dtype),
+                        workers=_workers(worker_flags, _torch_dtype(dtype)),
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
@@ -298,8 +370,10 @@ def _compare_options(function):
         click.option("--methods", default="none", show_default=True,
                      help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
         click.option("--scale", type=float, help="Scale for the methods (default: longest length / original window)."),
-        click.option("--factors", "factor_files", multiple=True, type=click.Path(), help="Factor files (repeat)."),
+        click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+                     help="Factor files (repeat; LABEL=PATH names one)."),
         click.option("--device", help="cuda, cpu (default: cuda if present)."),
+        DTYPE_OPTION,
         click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
     ]
     for option in reversed(options):
@@ -314,7 +388,11 @@ def _compare_options(function):
 @click.option("--trials", type=int, default=5, show_default=True, help="Random keys per length and depth.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per method into this folder.")
-def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, depths, trials, seed, plots):
+@click.option("--data", "-d", help="Hide the key in these documents' text (as for eval) instead of the usual "
+              "filler sentences; one document long enough, or several joined with --pack.")
+@PACK_OPTION
+def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, depths, trials, seed, plots,
+                data, pack):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.evaluate.passkey import passkey_accuracy
@@ -325,11 +403,22 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
         raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
+    if pack and not data:
+        raise RopesearchError("--pack joins the documents of --data: give --data too")
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    tokenizer = load_tokenizer(ref)
+    haystack, extra = None, {}
+    if data:
+        from ropesearch.data import build_windows, load_documents, tokenize_documents
+
+        documents = tokenize_documents(load_documents(data), tokenizer)
+        (window,) = build_windows(documents, tokenizer, max(lengths), 1, seed, pack=pack)
+        haystack, extra = window.ids, {"data": data, "haystack": window.record()}
+    loaded = load_model(ref, device=device, dtype=_torch_dtype(dtype))
     results = {}
     for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
-        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed)
+        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed,
+                                         haystack=haystack)
         row = "  ".join(f"{n}:{np.mean([results[name]['accuracy'][f'{n}@{d:g}'] for d in depth_values]):.0%}"
                         for n in lengths)
         click.echo(f"{name:>24}  {row}")
@@ -339,7 +428,76 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
             Path(plots).mkdir(parents=True, exist_ok=True)
             plot_passkey(results[name], Path(plots) / f"passkey-{name.replace('/', '_')}.png", f"Passkey: {name}")
     if json_out:
-        save_json({"passkey": results, "model": model, "command": " ".join(sys.argv)}, json_out)
+        save_json({"passkey": results, "model": model, **extra, "command": " ".join(sys.argv)}, json_out)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command("ruler")
+@_compare_options
+@click.option("--lengths", "-l", required=True, help="Sequence lengths in tokens (prompt + answer), e.g. 8k,16k,32k.")
+@click.option("--tasks", default="all", show_default=True,
+              help="Comma-separated RULER tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+              "niah_multiquery, vt, cwe, fwe; or all.")
+@click.option("--samples", "-k", type=int, default=20, show_default=True, help="Samples per task and length.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Every sample's seed derives from it.")
+@click.option("--data", "-d", default="builtin", show_default=True, help="Documents for the essay haystack (as for eval).")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
+@click.option("--max-batch", type=int, help="Samples per generate call (default: 512k tokens' worth on a GPU, 1 on CPU).")
+@click.option("--max-new-tokens", type=int,
+              help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
+@click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
+def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data, text_field,
+              max_batch, max_new_tokens, resume, plots):
+    """RULER-style long-context suite: NIAH, variable tracking, common/frequent words; greedy, RULER's scoring.
+
+    Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
+    is the length minus the task's answer budget). Tables per task and the average per length.
+    """
+    from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
+    from ropesearch.evaluate.ruler_eval import check_resumable, check_settings, format_ruler, ruler_results
+    from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
+    from ropesearch.models import load_model, load_tokenizer, resolve_model
+
+    lengths, task_names = parse_lengths(lengths), parse_tasks(tasks)
+    if samples < 1:
+        raise RopesearchError(f"--samples must be at least 1, got {samples}")
+    if resume and not json_out:
+        raise RopesearchError("--resume needs --json (the results to continue)")
+    settings = {"model": model, "data": data, "seed": seed}
+    saved = json.loads(Path(json_out).read_text()) if resume and Path(json_out).is_file() else {}
+    check_settings(settings, saved)
+    ref = resolve_model(model)
+    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
+    suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
+    document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
+                "environment": environment(loaded)}
+
+    def save(name):
+        def write(result):
+            document["ruler"][name] = result
+            if json_out:
+                save_json(document, json_out)
+        return write
+
+    sets = comparison_sets(loaded, methods, factor_files, scale, max(lengths))
+    for name in sets:
+        if name in document["ruler"]:
+            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
+    for length in lengths:  # every factor set at one length, then the next: the samples are made once
+        for name, factors in sets.items():
+            document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
+                                                    max_batch, document["ruler"].get(name), on_cell=save(name),
+                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens)
+            click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
+    click.echo(format_ruler(document["ruler"]))
+    if plots:
+        from ropesearch.report.plots import plot_ruler
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        for name, result in document["ruler"].items():
+            plot_ruler(result, Path(plots) / f"ruler-{name.replace('/', '_')}.png", f"RULER: {name}")
+    if json_out:
         click.echo(f"wrote {json_out}")
 
 
@@ -347,28 +505,34 @@ def passkey_cmd(model, methods, scale, factor_files, device, json_out, lengths, 
 @_compare_options
 @click.option("--tasks", required=True,
               help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, ropesearch_ppl.")
-@click.option("--data", "-d", help="Documents for ropesearch_ppl (as for eval).")
-@click.option("--lengths", "-l", help="Prompt lengths of ropesearch_passkey (default: the original window).")
-@click.option("--limit", type=int, help="At most this many documents per task.")
-@click.option("--doc-tokens", type=int, help="ropesearch_ppl: score only each document's first N tokens.")
+@click.option("--data", "-d", default="builtin", show_default=True, help="Documents for ropesearch_ppl (as for eval).")
+@click.option("--lengths", "-l", help="ropesearch_passkey prompt lengths (default: the original window) and "
+              "ropesearch_ppl document lengths (default: the extended window).")
+@click.option("--limit", type=int, help="About this many documents per task; offline tasks keep at least one per "
+              "length and depth.")
+@click.option("--doc-tokens", type=_tokens(), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
-def lm_eval_cmd(model, methods, scale, factor_files, device, json_out, tasks, data, lengths, limit, doc_tokens,
-                workdir):
+@click.option("--verbose", "-v", is_flag=True, help="Show lm-eval's own logging.")
+def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, tasks, data, lengths, limit, doc_tokens,
+                workdir, verbose):
     """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
     from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
     from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
     ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device), load_tokenizer(ref)
+    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
     prompt_lengths = parse_lengths(lengths) if lengths else ()
     results = {}
-    for name, factors in comparison_sets(loaded, methods, factor_files, scale,
-                                         max(prompt_lengths) if prompt_lengths else None).items():
+    sets = comparison_sets(loaded, methods, factor_files, scale, max(prompt_lengths) if prompt_lengths else None)
+    from tqdm import tqdm
+
+    for name, factors in tqdm(sets.items(), desc="lm-eval", unit="model", total=len(sets), disable=len(sets) < 2):
         results[name] = run_lm_eval(loaded, tokenizer, factors, task_names, Path(workdir) / name.replace("/", "_"),
-                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens)
+                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens,
+                                    verbose=verbose)
         for task, metrics in results[name]["results"].items():
             shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
                               if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len")

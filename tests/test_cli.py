@@ -49,12 +49,16 @@ def test_factors_then_every_export_format(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["rope_parameters"]["long_factor"] == rope["long_factor"] and config["max_position_embeddings"] == 256
-    assert (tmp_path / "hf" / "model.safetensors").is_symlink()
+    assert not any(p.is_symlink() for p in (tmp_path / "hf").iterdir())  # self-contained by default
+    assert config["rope_scaling"]["long_factor"] == rope["long_factor"] and config["rope_theta"] == rope["rope_theta"]
+    assert run("export", factor_file, "--model", model_dir, "--out", tmp_path / "linked", "--symlink").exit_code == 0
+    assert (tmp_path / "linked" / "model.safetensors").is_symlink()
 
     assert run("export", factor_file, "--model", model_dir, "--out", tmp_path / "v", "--format", "vllm").exit_code == 0
     overrides = json.loads((tmp_path / "v" / "vllm_overrides.json").read_text())
     assert overrides["hf_overrides"]["rope_parameters"]["long_mscale"] == rope["attention_factor"]
-    assert "--hf-overrides" in (tmp_path / "v" / "serve.sh").read_text()
+    serve = (tmp_path / "v" / "serve.sh").read_text()
+    assert "--hf-overrides" in serve and str(tmp_path) not in serve and str(model_dir) not in serve
 
     assert run("export", factor_file, "--model", model_dir, "--out", tmp_path / "c", "--format", "csv").exit_code == 0
     long_csv = tmp_path / "c" / "long_factor.csv"

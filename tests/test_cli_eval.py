@@ -20,12 +20,20 @@ def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
                  "--methods", "none,pi,yarn", "--json", out)
     assert result.exit_code == 0, result.output
     header = result.output.splitlines()[0].split()
-    assert header == ["length", "scale", "none", "pi", "yarn"]
+    assert header == ["length", "x_window", "none@x1", "pi@x4", "yarn@x4"]
     table = json.loads(out.read_text())
     assert table["lengths"] == [64, 256] and len(table["windows"]) == 2
-    # at the original window every method is the plain model
-    assert table["ppl"]["pi"]["64"] == table["ppl"]["none"]["64"] == table["ppl"]["yarn"]["64"]
+    assert table["scales"] == {"none": 1.0, "pi": 4.0, "yarn": 4.0}
+    # one model per column: PI x4 is not the plain model at the original window either
+    assert table["ppl"]["pi"]["64"] != table["ppl"]["none"]["64"]
     assert table["ppl"]["pi"]["256"] != table["ppl"]["none"]["256"]
+    # per-length rescaling only on request, and labelled so: then PI at 64 tokens is the plain model
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "64,256", "--samples", 2,
+                 "--methods", "none,pi", "--per-length-scale", "--json", tmp_path / "per.json")
+    per = json.loads((tmp_path / "per.json").read_text())
+    assert result.output.splitlines()[0].split()[2:] == ["none@x1", "pi@per-length"]
+    assert per["ppl"]["pi@per-length"]["64"] == per["ppl"]["none"]["64"]
+    assert per["ppl"]["pi@per-length"]["256"] == table["ppl"]["pi"]["256"]
     assert table["environment"]["device"].startswith("cpu") and "command" in table
 
     # a factor file through eval gives the same number as the baseline column
@@ -36,6 +44,19 @@ def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     value = json.loads((tmp_path / "e.json").read_text())["ppl"]["yarn4.json"]["256"]
     assert math.isclose(value, table["ppl"]["yarn"]["256"], rel_tol=1e-6)
+    # two files of the same name keep two columns, named by their folders; LABEL=PATH names one;
+    # a file worse than the unscaled model at the original window is warned about
+    for run_dir in ("runA", "runB"):
+        (tmp_path / run_dir).mkdir()
+        (tmp_path / run_dir / "best.json").write_text(factors.read_text())
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "128", "--samples", 2, "--methods", "none",
+                 "--factors", tmp_path / "runA" / "best.json", "--factors", tmp_path / "runB" / "best.json",
+                 "--factors", f"mine={factors}", "--json", tmp_path / "files.json")
+    assert result.exit_code == 0, result.output
+    files = json.loads((tmp_path / "files.json").read_text())
+    assert list(files["ppl"]) == ["none", "runA", "runB", "mine"]
+    assert "warning: mine is" in result.output and "worse than the unscaled model" in result.output
+    assert files["original_window"]["mine"]["ratio"] > 1.01
     # the method form: one factor set (scale 4 = 256/64) at both lengths
     result = run("eval", "--model", model, "--data", docs, "--lengths", "128,256", "--samples", 2, "--method", "yarn")
     assert result.exit_code == 0 and result.output.splitlines()[-1].split()[-1] == f"{value:.2f}"

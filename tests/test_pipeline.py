@@ -62,7 +62,14 @@ def test_plan_runs_fails_cleanly_and_resumes(plan_file, tmp_path):
     assert spent > 0
     (out / "06-evaluate" / "spent.json").write_text(json.dumps({"seconds": 1000.0}))
 
-    plan["data"]["evaluate"] = str(docs)  # fix the failing stage, then resume
+    # fix the failing stage (documents neither searched nor fine-tuned on), then resume
+    from conftest import stdlib_text
+
+    evaluate_docs = tmp_path / "evaluate-docs"
+    evaluate_docs.mkdir()
+    for name in ("argparse.py", "doctest.py"):
+        (evaluate_docs / name.replace(".py", ".txt")).write_text(stdlib_text(name))
+    plan["data"]["evaluate"] = str(evaluate_docs)
     path.write_text(yaml.safe_dump(plan))
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output

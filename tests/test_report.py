@@ -43,7 +43,7 @@ def run_dir(tiny_model_dir, tmp_path_factory):
 
 def test_every_plot_is_a_real_picture(run_dir):
     report = (run_dir / "report" / "report.md").read_text()
-    expected = ["factors.png", "progress.png", "ppl-heldout.png", "passkey-passkey-best.json.png",
+    expected = ["factors.png", "progress.png", "ppl-heldout.png", "ppl-relative-heldout.png", "passkey-passkey-best.json.png",
                 "passkey-passkey-none.png", "passkey-passkey-yarn.png"]
     for name in expected:
         path = run_dir / "report" / name
@@ -67,3 +67,25 @@ def test_report_text_has_every_section(run_dir):
 def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 1 and "holds nothing to report" in result.output
+
+
+def test_perplexity_plots_speak_tokens_and_label_the_windows(tmp_path):
+    from ropesearch.report.plots import _token_axis, token_label
+
+    assert [token_label(n) for n in (256, 1000, 1024, 32768, 1 << 20, 3 << 19)] == ["256", "1000", "1k", "32k", "1M", "1536k"]
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    lengths = [256, 1024, 2048]
+    axis.plot(lengths, [1, 2, 3])
+    _token_axis(axis, lengths, {"original_context": 256, "scales": {"none": 1.0, "yarn": 8.0}})
+    figure.canvas.draw()
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["256", "1k", "2k"]
+    assert [t.get_text() for t in axis.texts] == ["original window (256)", "target window (2k)"]
+    plt.close(figure)
+    from ropesearch.report.plots import plot_relative
+
+    table = {"lengths": lengths, "original_context": 256, "scales": {"yarn": 8.0, "found": 8.0},
+             "ppl": {"yarn": {"256": 30.0, "1024": 24.0, "2048": 21.0}, "found": {"256": 24.0, "1024": 23.0, "2048": 21.5}}}
+    assert plot_relative(table, tmp_path / "relative.png").is_file()
+    assert plot_relative({**table, "ppl": {"found": table["ppl"]["found"]}}, tmp_path / "none.png") is None

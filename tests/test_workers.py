@@ -119,9 +119,21 @@ def history(path, keep_worker=False):
 
 @pytest.fixture(scope="module")
 def straight(pocket, tmp_path_factory):
-    """The single-process search every distributed run must equal."""
+    """The single-process search every distributed run must equal: its result, its history, and how many
+    candidates it scored (more than the history holds: the short guard's grid and the baselines come first)."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    return search(out, loaded=pocket), history(out)
+    score, scored = TorchEvaluator.score, []
+
+    def counting(self, candidates, *args, **kwargs):  # the real scoring, counted
+        scored.append(len(candidates))
+        return score(self, candidates, *args, **kwargs)
+
+    TorchEvaluator.score = counting
+    try:
+        result = search(out, loaded=pocket)
+    finally:
+        TorchEvaluator.score = score
+    return result, history(out), sum(scored)
 
 
 def test_workers_score_like_one_process_in_candidate_order_on_both_nodes(pool, pocket):
@@ -153,7 +165,7 @@ def test_a_candidate_that_fails_is_retried_smaller_then_marked_failed_never_drop
 
 
 def test_search_result_does_not_depend_on_the_number_of_workers(cluster, pool, straight, tmp_path):
-    result, expected = straight
+    result, expected, scored = straight
     distributed = search(tmp_path / "two", workers=pool)
     assert distributed.factors == result.factors and distributed.values == result.values
     assert history(tmp_path / "two") == expected
@@ -180,25 +192,27 @@ def _kill_when(pool, tasks_done: int, sig=signal.SIGKILL, slot: int = 0) -> thre
 
 
 def test_a_killed_and_a_hung_worker_cost_only_their_task_and_the_search_ends_the_same(pool, straight, tmp_path):
-    result, expected = straight
+    result, expected, scored = straight
     before_done, before_lost = pool.tasks_done, pool.tasks_lost
-    killer = _kill_when(pool, before_done + 3, signal.SIGKILL, slot=0)
-    hanger = _kill_when(pool, before_done + 12, signal.SIGSTOP, slot=1)  # hung: stopped, never answers
+    first = before_done + scored - len(expected)  # tasks done when generation 0 starts
+    killer = _kill_when(pool, first + 3, signal.SIGKILL, slot=0)
+    hanger = _kill_when(pool, first + 12, signal.SIGSTOP, slot=1)  # hung: stopped, never answers
     distributed = search(tmp_path / "faults", workers=pool)
     killer.join(1), hanger.join(1)
     assert distributed.factors == result.factors and distributed.values == result.values
     assert history(tmp_path / "faults") == expected
     # each lost worker cost exactly its one task in flight; every candidate was scored once more at most
     assert pool.tasks_lost - before_lost == 2
-    assert pool.tasks_done - before_done == len(expected)
+    assert pool.tasks_done - before_done == scored
     assert all(s.restarts == 1 and s.state != "dead" for s in pool.slots), "both were replaced"
 
 
 def test_all_workers_gone_stops_with_a_clear_error_and_the_run_resumes(cluster, pool, straight, tmp_path):
-    result, expected = straight
+    result, expected, scored = straight
     options = WorkerOptions(count=2, address=cluster, max_restarts=0)
     with WorkerPool("pocket", options, progress=False) as doomed:
-        killers = [_kill_when(doomed, 10, slot=0), _kill_when(doomed, 10, slot=1)]  # in generation 1
+        in_generation_1 = scored - len(expected) + 10  # after the guard, the baselines and generation 0
+        killers = [_kill_when(doomed, in_generation_1, slot=0), _kill_when(doomed, in_generation_1, slot=1)]
         with pytest.raises(RopesearchError, match="all 2 workers are gone.*--resume"):
             search(tmp_path / "run", workers=doomed)
         [k.join(1) for k in killers]
@@ -209,7 +223,7 @@ def test_all_workers_gone_stops_with_a_clear_error_and_the_run_resumes(cluster, 
 
 def test_a_killed_driver_resumes_to_the_same_result(cluster, pool, straight, tmp_path):
     """`ropesearch search --workers 2 --ray-address ...` killed (SIGKILL) after its first generation."""
-    result, expected = straight
+    result, expected, scored = straight
     space = tmp_path / "space.yaml"
     from ropesearch.search.space import space_to_dict
 
@@ -270,3 +284,52 @@ def test_the_objective_turns_a_failed_candidate_into_inf_with_its_reason(pocket)
     values, seconds, notes = objective.score([methods.yarn(base, 2), methods.ntk(base, 2), methods.pi(base, 2)])
     assert np.isfinite(values[0, 0]) and values[1, 0] == np.inf and np.isfinite(values[2, 0])
     assert notes[1] == {"failed": "OutOfMemoryError: at 512 tokens (also at 1 row per pass)"} and notes[0] == {}
+
+
+def test_a_worker_builds_its_evaluator_as_asked_sequence_chunk_and_dtype(pocket):
+    """The pool hands evaluator options (the chunking of long windows) and --dtype to every worker."""
+    import torch
+
+    from ropesearch.evaluate.workers import ScoringWorker
+
+    model, tokenizer = pocket
+    base = rope_base(model.config)
+    windows = search_windows(tokenizer, "builtin", TARGET, 1, 0, False)
+    candidates = [methods.yarn(base, 2), methods.ntk(base, 2)]
+    threads = torch.get_num_threads()
+    try:  # in this process: a CPU worker sets torch's threads
+        worker = ScoringWorker("pocket", "torch", 0, 1, TARGET, {"sequence_chunk": 100}, dtype=torch.bfloat16)
+        outcome, scores = worker.score(candidates, windows, [256, TARGET], None)
+    finally:
+        torch.set_num_threads(threads)
+    assert outcome == "ok" and worker.evaluator.sequence_chunk == 100  # (chunked scores equal whole ones here)
+    in_bf16 = load_model(resolve_model("pocket"), device="cpu", dtype=torch.bfloat16)
+    chunked = TorchEvaluator(in_bf16, progress=False, sequence_chunk=100).score(candidates, windows, [256, TARGET])
+    assert [s.nll_sum for s in scores] == [s.nll_sum for s in chunked]
+    whole = TorchEvaluator(model, progress=False).score(candidates, windows, [256, TARGET])  # float32
+    assert [s.nll_sum for s in scores] != [s.nll_sum for s in whole]
+
+
+def test_the_short_guard_counts_a_failed_candidate_as_outside_its_tolerance(pocket):
+    """A pool may mark grid candidates failed: they cap the attention factor like a bad score would."""
+    from ropesearch.evaluate import Score
+    from ropesearch.search.short_guard import measure_guard
+
+    model, tokenizer = pocket
+    base = rope_base(model.config)
+    windows = search_windows(tokenizer, "builtin", TARGET, 1, 0, False)
+    evaluator = TorchEvaluator(model, progress=False)
+
+    class FailsAbove:  # every candidate with an attention factor above `limit` failed on the workers
+        def __init__(self, limit):
+            self.limit = limit
+
+        def score(self, candidates, windows, lengths=None):
+            return [Score(c, failed="OutOfMemoryError") if c.attention_factor > self.limit
+                    else evaluator.score([c], windows, lengths)[0] for c in candidates]
+
+    free = measure_guard(evaluator, windows, base, TARGET, 0.5, 1.5)
+    capped = measure_guard(FailsAbove(1.1), windows, base, TARGET, 0.5, 1.5)
+    assert free.attention_cap > 1.1 >= capped.attention_cap
+    with pytest.raises(RopesearchError, match="unscaled model could not be scored"):
+        measure_guard(FailsAbove(0.5), windows, base, TARGET, 0.5, 1.5)

@@ -17,10 +17,38 @@ class Window:
     name: str
     ids: np.ndarray
     scored: np.ndarray | None = None
+    # packed windows: (document, its first token used, tokens used, position in the window) of each part
+    parts: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def length(self) -> int:
         return len(self.ids)
+
+    @property
+    def documents(self) -> tuple[str, ...]:
+        """Every document whose text is in the window."""
+        return tuple(part[0] for part in self.parts) if self.parts else (document_of(self.name),)
+
+    def prefix(self, length: int) -> "Window":
+        """The first `length` tokens (a packed window keeps the parts that reach into them)."""
+        if length >= self.length:
+            return self
+        parts = tuple((doc, offset, min(tokens, length - at), at) for doc, offset, tokens, at in self.parts if at < length)
+        return Window(self.name, self.ids[:length], self.scored, parts)
+
+    def record(self) -> dict:
+        """What a result file says about the window: its name and, when packed, its parts."""
+        if not self.parts:
+            return {"name": self.name}
+        return {"name": self.name, "parts": [{"document": d, "offset": o, "tokens": t, "at": a}
+                                             for d, o, t, a in self.parts]}
+
+
+def native_windows(windows: list[Window], length: int) -> list[Window]:
+    """The same tokens cut into back-to-back windows of `length` (e.g. the unscaled model's own
+    window), in order: window by window, start by start."""
+    return [Window(f"{w.name}+{start}", w.ids[start : start + length].copy())
+            for w in windows for start in range(0, w.length - length + 1, length)]
 
 
 def document_of(window_name: str) -> str:
@@ -34,7 +62,8 @@ def long_enough(documents: list[TokenizedDocument], length: int, count: int) -> 
         longest = max((len(d.ids) for d in documents), default=0)
         raise RopesearchError(
             f"only {len(eligible)} of {len(documents)} documents have at least {length} tokens (the longest has "
-            f"{longest}) but {count} samples were asked for: lower --samples or the length, or add longer documents"
+            f"{longest}) but {count} samples were asked for: lower --samples or the length, add longer documents, "
+            "or join documents into windows with --pack"
         )
     return eligible
 

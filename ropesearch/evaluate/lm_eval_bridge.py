@@ -1,7 +1,8 @@
 """lm-evaluation-harness on a patched in-memory model: any task by name, plus ropesearch's offline tasks.
 
 The offline tasks live in eval/tasks/ as YAML templates: `ropesearch_passkey` (passkey retrieval
-over data generated here) and `ropesearch_ppl` (rolling perplexity over the user's documents).
+over data generated here), `ropesearch_ppl` (rolling perplexity over the user's documents) and
+`ropesearch_ruler` (the RULER-style suite, ropesearch.evaluate.ruler_tasks).
 Their data is written to a working folder and the templates are filled with its path, so no
 hub access is needed.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.ruler_tasks import LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, write_ruler_tasks
 from ropesearch.rope import RopeFactors, patch_rope
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
@@ -26,48 +28,102 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _round_robin(cells: list[list[dict]]) -> list[dict]:
+    """Rows of several cells interleaved (one of each cell, then the next of each...), so that any
+    prefix lm-eval's --limit keeps holds every cell it can."""
+    rows = []
+    for index in range(max((len(c) for c in cells), default=0)):
+        rows += [cell[index] for cell in cells if index < len(cell)]
+    return rows
+
+
 def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: str | None, lengths: Sequence[int],
                           depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 2, documents: int = 4,
-                          seed: int = 0, doc_tokens: int | None = None) -> Path:
-    """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path."""
-    from ropesearch.data import load_documents
+                          seed: int = 0, doc_tokens: int | None = None, limit: int | None = None,
+                          ppl_lengths: Sequence[int] = (), ruler_samples: int = 20,
+                          ruler_max_new_tokens: int | None = None) -> Path:
+    """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path.
+
+    ropesearch_ppl scores each document cut to each of `ppl_lengths` (default `lengths`) tokens, or to
+    `doc_tokens`, never
+    a whole long file. With `limit`, each task holds about that many rows but at least one per
+    length (and depth), interleaved so that lm-eval's own limit keeps every length.
+    """
+    from ropesearch.data import load_documents, tokenize_documents
     from ropesearch.evaluate.passkey import passkey_prompt
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    if any(is_ruler_task(t) for t in tasks):
+        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=ruler_samples, seed=seed,
+                          max_new_tokens=ruler_max_new_tokens)
     for task in tasks:
         if task not in OFFLINE_TASKS:
             continue
         if task == "ropesearch_passkey":
-            rows = []
-            for length in lengths:
-                for depth in depths:
-                    for _ in range(trials):
-                        key = str(int(rng.integers(10_000, 100_000)))
-                        prompt = passkey_prompt(tokenizer, length, depth, key)
-                        rows.append({"prompt": tokenizer.decode(prompt.ids), "answer": key, "length": length,
-                                     "depth": depth})
+            cells = [(length, depth) for length in lengths for depth in depths]
+            per_cell = trials if limit is None else max(1, -(-limit // len(cells)))
+            grid = []
+            for length, depth in cells:
+                cell = []
+                for _ in range(per_cell):
+                    key = str(int(rng.integers(10_000, 100_000)))
+                    prompt = passkey_prompt(tokenizer, length, depth, key)
+                    cell.append({"prompt": tokenizer.decode(prompt.ids), "answer": key, "length": length,
+                                 "depth": depth})
+                grid.append(cell)
+            rows = _round_robin(grid)
         else:
             if data is None:
                 raise RopesearchError("task ropesearch_ppl needs --data (the documents to score)")
-            rows = []
-            for document in load_documents(data)[:documents]:
-                text = document.text
-                if doc_tokens:  # the first doc_tokens tokens of each document
-                    from ropesearch.data.tokens import tokenize
-
-                    text = tokenizer.decode(tokenize(tokenizer, text)[:doc_tokens])
-                rows.append({"text": text, "name": document.name})
+            cuts = (doc_tokens,) if doc_tokens else tuple(ppl_lengths or lengths)
+            per_cut = documents if limit is None else max(1, -(-limit // len(cuts)))
+            tokenized = [(d.name, d.ids) for d in tokenize_documents(load_documents(data), tokenizer)]
+            grid = []
+            for cut in cuts:
+                long_enough = [(name, ids) for name, ids in tokenized if len(ids) >= cut][:per_cut]
+                if not long_enough:
+                    raise RopesearchError(f"task ropesearch_ppl: no document of {data} has {cut} tokens; "
+                                          "choose shorter --lengths or other --data")
+                grid.append([{"text": tokenizer.decode(ids[:cut]), "name": name, "tokens": cut}
+                             for name, ids in long_enough])
+            rows = _round_robin(grid)
         data_file = _write_jsonl(workdir / f"{task}.jsonl", rows)
         template = (TASKS_DIR / f"{task}.yaml").read_text()
         (workdir / f"{task}.yaml").write_text(template.replace("__DATA_FILE__", str(data_file)))
     return workdir
 
 
+def quiet_lm_eval(verbose: bool = False) -> None:
+    """lm-eval (and datasets) log at INFO to stderr; only errors unless verbose."""
+    import logging
+
+    level = logging.INFO if verbose else logging.ERROR
+    try:
+        from lm_eval.utils import setup_logging
+
+        setup_logging(verbosity=logging.getLevelName(level))
+    except ImportError:  # older lm-eval: its logger is still called lm_eval
+        pass
+    logging.getLogger("lm_eval").setLevel(level)
+    try:
+        import datasets
+
+        datasets.utils.logging.set_verbosity(level)
+        if not verbose:
+            datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[str], workdir: str | Path,
-                data: str | None = None, lengths: Sequence[int] = (), max_length: int | None = None,
-                limit: int | None = None, batch_size: int = 1, **task_options) -> dict:
-    """Evaluate `tasks` with lm-eval on the model as patched with `factors`; returns lm-eval's results."""
+                data: str | None = "builtin", lengths: Sequence[int] = (), max_length: int | None = None,
+                limit: int | None = None, batch_size: int = 1, verbose: bool = False, **task_options) -> dict:
+    """Evaluate `tasks` with lm-eval on the model as patched with `factors`; returns lm-eval's results.
+
+    Offline tasks apply `limit` themselves (every length and depth kept); registered tasks get
+    lm-eval's own limit.
+    """
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -76,20 +132,68 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
         raise RopesearchError("lm-eval is not installed: pip install 'ropesearch[lm-eval]'") from None
     original = factors.base.original_context if factors is not None else None
     max_length = max_length or (factors.target_context if factors is not None else None)
+    # passkey prompts default to the original window; perplexity documents to the extended one
+    ppl_lengths = tuple(lengths) or ((max_length,) if max_length else ())
     lengths = tuple(lengths) or ((original,) if original else (2048,))
-    include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, **task_options)
-    manager = TaskManager(include_path=str(include))
+    include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, limit=limit,
+                                    ppl_lengths=ppl_lengths, **task_options)
+    quiet_lm_eval(verbose)
+    metadata = None
+    if any(is_ruler_task(t) or t in LM_EVAL_RULER for t in tasks):
+        max_length = max(max_length or 0, max(lengths))  # RULER's lengths include the answer: no truncation
+        if any(t in LM_EVAL_RULER for t in tasks):
+            metadata = lm_eval_metadata(tokenizer, Path(workdir), lengths)
+            max_length += 64  # lm-eval's own prompts can run a few tokens past the length: keep them whole
+    manager = TaskManager(include_path=str(include), metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise RopesearchError(f"lm-eval does not know task {unknown[0]!r} (offline tasks: {', '.join(OFFLINE_TASKS)})")
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+    lm = pinned_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
+                           device=device)
     patch = patch_rope(model, factors) if factors is not None else None
+    lm.rope_patch = patch
     try:
-        results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                          log_samples=False, bootstrap_iters=0)
+        registered = [t for t in tasks if t not in OFFLINE_TASKS]
+        try:
+            results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
+                                              limit=limit if registered else None, log_samples=False,
+                                              bootstrap_iters=0)
+        except Exception as exc:
+            if any(t in LM_EVAL_RULER for t in tasks):  # its data comes from the network and NLTK at build time
+                raise RopesearchError(f"lm-eval's own RULER tasks could not be built ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}); they need "
+                                      "`pip install 'lm_eval[ruler]'` and the network; offline, use "
+                                      "--tasks ropesearch_ruler") from None
+            raise
     finally:
         if patch is not None:
             patch.restore()
     return {"results": results["results"], "versions": results.get("versions", {}),
-            "n-samples": results.get("n-samples", {}), "max_length": max_length}
+            "n-samples": results.get("n-samples", {}), "max_length": max_length,
+            "generation_context_tokens": sorted(set(lm.context_tokens))}
+
+
+def pinned_hflm(hflm_class):
+    """HFLM whose generations pin the RoPE factors to prompt + new tokens (RopePatch.pin), as
+    `ropesearch passkey` and `ruler` do, so a prompt at or below the original window that runs past
+    it keeps one factor set; it records the prompt lengths it generated from."""
+
+    class PinnedHFLM(hflm_class):
+        rope_patch = None
+
+        @property
+        def context_tokens(self) -> list[int]:
+            return self.__dict__.setdefault("_context_tokens", [])
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            self.context_tokens.append(int(context.shape[1]))
+            if self.rope_patch is not None:
+                self.rope_patch.pin(max_length)
+            try:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            finally:
+                if self.rope_patch is not None:
+                    self.rope_patch.pin(None)
+
+    return PinnedHFLM

@@ -32,14 +32,23 @@ class PasskeyPrompt:
     depth: float
 
 
-def passkey_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPrompt:
-    """A prompt of exactly `length` tokens with the key at `depth` (0 = start, 1 = end) of the filler."""
+def passkey_prompt(tokenizer, length: int, depth: float, key: str, haystack: np.ndarray | None = None) -> PasskeyPrompt:
+    """A prompt of exactly `length` tokens with the key at `depth` (0 = start, 1 = end) of the filler.
+
+    `haystack`: token ids of real text to hide the key in instead of the repeated filler
+    sentences (its first tokens are used).
+    """
     intro, filler = tokenize(tokenizer, INTRO), tokenize(tokenizer, FILLER)
     needle, question = tokenize(tokenizer, NEEDLE.format(key=key)), tokenize(tokenizer, QUESTION)
     room = length - len(intro) - len(needle) - len(question)
     if room < len(filler):
         raise RopesearchError(f"passkey length {length} is too short for the prompt (needs > {length - room + len(filler)})")
-    haystack = np.tile(filler, room // len(filler) + 1)[:room]
+    if haystack is None:
+        haystack = np.tile(filler, room // len(filler) + 1)[:room]
+    elif len(haystack) < room:
+        raise RopesearchError(f"the passkey haystack holds {len(haystack)} tokens, {room} are needed at length {length}")
+    else:
+        haystack = haystack[:room]
     at = int(round(depth * room))
     ids = np.concatenate([intro, haystack[:at], needle, haystack[at:], question]).astype(np.int64)
     return PasskeyPrompt(ids, key, depth)
@@ -52,8 +61,14 @@ def _answer(tokenizer, generated: torch.Tensor) -> str:
 
 
 def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Sequence[int], depths: Sequence[float],
-                     trials: int = 5, seed: int = 0, max_new_tokens: int = 8, progress: bool = True) -> dict:
-    """Accuracy per (length, depth) over `trials` random keys; `factors` None runs the model unpatched."""
+                     trials: int = 5, seed: int = 0, max_new_tokens: int = 8, progress: bool = True,
+                     haystack: np.ndarray | None = None) -> dict:
+    """Accuracy per (length, depth) over `trials` random keys; `factors` None runs the model unpatched.
+
+    The prompt is filled in one forward pass (a KV cache of the whole length: about 23 GB at
+    1M tokens for SmolLM2-135M), then the answer is generated greedily with the factors
+    pinned for prompt plus answer. `haystack`: real text instead of the filler sentences.
+    """
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     results = {"lengths": list(lengths), "depths": list(depths), "trials": trials, "accuracy": {}, "answers": {}}
@@ -67,7 +82,7 @@ def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Seq
             hits, answers = 0, []
             for _ in range(trials):
                 key = str(int(rng.integers(10_000, 100_000)))
-                prompt = passkey_prompt(tokenizer, length, depth, key)
+                prompt = passkey_prompt(tokenizer, length, depth, key, haystack)
                 ids = torch.from_numpy(prompt.ids)[None].to(device)
                 with torch.no_grad():
                     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

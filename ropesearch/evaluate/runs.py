@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ropesearch import __version__
-from ropesearch.data import Window, document_of, load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.data import Window, build_windows, document_of, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
@@ -33,58 +35,76 @@ class EvalSetup:
 
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
-    if not isinstance(text, str):
-        return sorted({int(x) for x in text})
-    try:
-        lengths = sorted({int(x.strip().lower().replace("k", "")) * (1024 if "k" in x.lower() else 1)
-                          for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise RopesearchError(f"--lengths must be comma-separated token counts like 16384,32k, got {text!r}") from None
-    if not lengths or lengths[0] < 2:
-        raise RopesearchError(f"--lengths must be token counts >= 2, got {text!r}")
-    return lengths
+    """Comma-separated token counts such as 16384,32k,1M (see ropesearch.units)."""
+    from ropesearch.units import parse_token_list
+
+    return parse_token_list(text)
 
 
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
           dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
-          backend: str = "torch", config_only: bool = False) -> EvalSetup:
+          backend: str = "torch", pack: bool = False, documents=None, config_only: bool = False) -> EvalSetup:
     """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
 
-    `exclude` names documents to leave out. For the vLLM backend, or with `config_only` (Ray
-    workers load the model themselves), only the model's config is loaded.
+    `exclude` names documents to leave out; `pack` joins documents into windows of the longest
+    length; `documents` (already loaded Document objects) replaces reading `data`. For the vLLM
+    backend, or with `config_only` (Ray workers load the model themselves), only the model's
+    config is loaded.
     """
     if loaded is None:
         ref = resolve_model(model)
         tokenizer = load_tokenizer(ref)
     else:
         loaded, tokenizer = loaded
-    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
+    if documents is None:
+        documents = load_documents(data, text_field=text_field, split=split)
+    documents = tokenize_documents(documents, tokenizer)
     if exclude:
         documents = [d for d in documents if d.name not in set(exclude)]
         if not documents:
             raise RopesearchError(f"every document of {data} was excluded: nothing is held out")
-    if needle:
-        windows = needle_windows(documents, tokenizer, max_length, samples, seed)
-    else:
-        windows = sample_windows(documents, max_length, samples, seed, offset)
+    windows = build_windows(documents, tokenizer, max_length, samples, seed, needle=needle, offset=offset, pack=pack)
     if loaded is None:
         loaded = load_config(ref) if config_only else load_for_backend(ref, backend, dtype=dtype, device=device)
-    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset,
+    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset, "pack": pack,
                "excluded_documents": sorted(exclude)}
     return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
 
 
 def searched_documents(run_dir: str | Path) -> list[str]:
-    """The documents a search run scored its candidates on (from its config.json)."""
-    config = Path(run_dir) / "config.json"
+    """The documents a run used: a search run's windows (packed ones with all their parts), or
+    for a plan's run directory every document its search and fine-tuning stages read."""
+    run_dir = Path(run_dir)
+    if (run_dir / "plan.json").is_file():
+        used = set()
+        for done in sorted(run_dir.glob("*/done.json")):
+            outputs = json.loads(done.read_text()).get("outputs", {})
+            if outputs.get("search_dir"):
+                used.update(searched_documents(outputs["search_dir"]))
+            used.update(outputs.get("documents", []))
+        return sorted(used)
+    config = run_dir / "config.json"
     if not config.is_file():
-        raise RopesearchError(f"{run_dir} is not a search run directory (no config.json)")
-    return sorted({document_of(name) for name in json.loads(config.read_text()).get("windows", [])})
+        raise RopesearchError(f"{run_dir} is not a search run or plan run directory (no config.json or plan.json)")
+    saved = json.loads(config.read_text())
+    used = {document_of(name) for name in saved.get("windows", [])} if "window_parts" not in saved else set()
+    for parts in saved.get("window_parts", []):
+        used.update(part["document"] for part in parts)
+    if not used and saved.get("window_parts"):
+        used = {document_of(name) for name in saved.get("windows", [])}
+    return sorted(used)
+
+
+def window_parts(windows: Sequence[Window]) -> dict:
+    """{"window_parts": ...} for packed windows (every document, offset and token count), else {}."""
+    if not any(w.parts for w in windows):
+        return {}
+    return {"window_parts": [w.record().get("parts", []) for w in windows]}
 
 
 def prefix_windows(windows: list[Window], length: int) -> list[Window]:
-    return [w if w.length == length else Window(w.name, w.ids[:length], w.scored) for w in windows]
+    return [w.prefix(length) for w in windows]
 
 
 def environment(model) -> dict:
@@ -113,32 +133,86 @@ def _key(factors: RopeFactors) -> tuple:
             factors.dynamic_factor)
 
 
+def _scored(scores: list, what: str) -> list:
+    """The scores, or one line saying why a worker could not score one (see Score.failed)."""
+    for score in scores:
+        if score.failed:
+            raise RopesearchError(f"{score.factors.method} could not be scored at {what}: {score.failed}")
+    return scores
+
+
+def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str, float]:
+    """Perplexity of the unscaled model reading the first L tokens of the same windows in
+    back-to-back windows of its own trained length, for each length L: the floor an extension
+    is measured against (same text, no extrapolation)."""
+    from ropesearch.data.samples import native_windows
+
+    original = run.base.original_context
+    chunks = native_windows(run.windows, original)
+    (score,) = _scored(evaluator.score([make_factors("none", run.base, 1.0)], chunks, [original]),
+                       f"the unscaled model in {original}-token windows")
+    per_window = run.windows[0].length // original
+    nll = np.asarray(score.window_nll[original]).reshape(len(run.windows), per_window)
+    return {str(n): float(np.exp(nll[:, : n // original].mean())) for n in lengths if n >= original}
+
+
+def factor_labels(factor_files: Sequence[str]) -> dict[str, str]:
+    """Unique column labels for factor files: `LABEL=PATH` names one; otherwise the file name, or the
+    run folder's name where file names collide (runA/best.json, runB/best.json -> runA, runB)."""
+    named, plain = {}, []
+    for spec in factor_files:
+        spec = str(spec)
+        label, sep, path = spec.partition("=")
+        if sep and label and not Path(spec).exists():
+            if label in named:
+                raise RopesearchError(f"--factors label {label!r} is given twice: choose another name")
+            named[label] = path
+        else:
+            plain.append(spec)
+    names = [Path(p).name for p in plain]
+    labels = {}
+    for path, name in zip(plain, names):
+        label = name if names.count(name) == 1 else (Path(path).resolve().parent.name or name)
+        base, n = label, 2
+        while label in labels or label in named:
+            label, n = f"{base}-{n}", n + 1
+        labels[label] = path
+    return labels | named
+
+
 def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str] = (),
                    factor_files: Sequence[str] = (), scale: float | None = None, fixed_scale: bool = False,
-                   workers=None, **evaluator_options) -> dict:
+                   per_length: bool = False, native: bool = False, workers=None, **evaluator_options) -> dict:
     """Perplexity by length for baseline methods and factor files, in as few passes as possible.
 
-    A method runs at scale length/original at each length unless `scale` fixes it. Identical
-    factor sets (a fixed-scale method at every length, every method at or below the original
-    window) are scored once, and sets with the same lengths share batched passes.
-    fixed_scale without a scale: every length uses the factors made for the longest one.
+    Every column is one deployable model at one scale: a method at `scale` (default: the longest
+    length / original window) at every length, a factor file at its own. per_length=True instead
+    rescales each method to length / original window at each length (labelled "METHOD@per-length").
+    Identical factor sets are scored once, and sets with the same lengths share batched passes.
+    With factor files, their perplexity at the original window is compared with the unscaled
+    model's (`original_window`; see original_window_warnings). `native` adds the unscaled model
+    reading the same text in windows of its own length (`native_column`).
     `workers` (WorkerOptions): score on a pool of Ray workers (see ropesearch.evaluate.workers).
     """
-    if fixed_scale and scale is None:
-        scale = max(1.0, max(lengths) / run.base.original_context)
-    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), workers=workers,
-                               **evaluator_options)
-    files = {Path(f).name: load_factors(f) for f in factor_files}
+    del fixed_scale  # every column has a fixed scale now unless per_length asks otherwise
+    longest_scale = max(1.0, max(lengths) / run.base.original_context)
+    scale = scale or longest_scale
+    files = {label: load_factors(path) for label, path in factor_labels(factor_files).items()}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")
+    label_of = {m: f"{m}@per-length" if per_length and m not in ("none", "as-is") else m for m in methods}
     unique: dict[tuple, tuple[RopeFactors, set[int]]] = {}
     owner: dict[tuple[str, int], tuple] = {}
     for name in list(methods) + list(files):
         for length in lengths:
             if name in files:
                 factors = files[name]
+            elif name == "as-is":  # the model as its own config sets up RoPE
+                from ropesearch.export.transformers_config import factors_as_configured
+
+                factors = factors_as_configured(config_of(run.model), run.base)
             else:
-                length_scale = scale or max(1.0, length / run.base.original_context)
+                length_scale = max(1.0, length / run.base.original_context) if per_length else scale
                 factors = make_factors(name, run.base, 1.0 if name == "none" else length_scale)
             key = _key(factors)
             unique.setdefault(key, (factors, set()))[1].add(length)
@@ -146,36 +220,83 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     by_lengths: dict[tuple[int, ...], list[tuple]] = {}
     for key, (_, key_lengths) in unique.items():
         by_lengths.setdefault(tuple(sorted(key_lengths)), []).append(key)
-    scores = {}
+    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), workers=workers,
+                               **evaluator_options)
     try:
+        scores = {}
         for key_lengths, keys in by_lengths.items():
             windows = prefix_windows(run.windows, max(key_lengths))
             scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
+        for name, key in owner.items():
+            if scores[key].failed:
+                raise RopesearchError(f"{name[0]} could not be scored at {name[1]} tokens: {scores[key].failed}")
+        names = list(methods) + list(files)
+        labels = {n: label_of.get(n, n) for n in names}
+        scales = {labels[m]: 1.0 if m == "none" else ("per-length" if per_length else scale) for m in methods}
+        if "as-is" in methods:
+            scales["as-is"] = unique[owner["as-is", lengths[0]]][0].scale
+        scales |= {name: factors.scale for name, factors in files.items()}
+        ppl = {labels[n]: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names}
+        if native and run.windows[0].length >= run.base.original_context:
+            native_label = f"none ({run.base.original_context} windows)"
+            ppl[native_label] = native_column(evaluator, run, lengths)
+            scales[native_label] = 1.0
+        table = {
+            "model": run.model_spec,
+            "data": run.data_spec,
+            "windows": [w.name for w in run.windows],
+            **window_parts(run.windows),
+            "options": run.options | {"scale": "length / original window" if per_length else scale},
+            "original_context": run.base.original_context,
+            "lengths": list(lengths),
+            "scales": scales,
+            "ppl": ppl,
+            "seconds": {labels[n]: sum(scores[k].seconds for k in {owner[n, length] for length in lengths}) for n in names},
+            "environment": environment(run.model),
+        }
+        if files:
+            table["original_window"] = _original_window(run, evaluator, files)
+        return table
     finally:
         if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
             evaluator.close()
-    for name, key in owner.items():
-        if scores[key].failed:
-            raise RopesearchError(f"{name[0]} could not be scored at {name[1]} tokens: {scores[key].failed}")
-    names = list(methods) + list(files)
-    return {
-        "model": run.model_spec,
-        "data": run.data_spec,
-        "windows": [w.name for w in run.windows],
-        "options": run.options | {"scale": scale or "length / original window"},
-        "original_context": run.base.original_context,
-        "lengths": list(lengths),
-        "ppl": {n: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names},
-        "seconds": {n: sum(scores[k].seconds for k in {owner[n, length] for length in lengths}) for n in names},
-        "environment": environment(run.model),
-    }
+
+
+def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors]) -> dict:
+    """Each factor file at the original window (its short factors there) against the unscaled model."""
+    original = run.base.original_context
+    if run.windows[0].length < original:
+        return {}
+    sets = [make_factors("none", run.base, 1.0)] + list(files.values())
+    scores = _scored(evaluator.score(sets, prefix_windows(run.windows, original), [original]),
+                     f"the original window ({original} tokens)")
+    unscaled = scores[0].ppl[original]
+    return {name: {"length": original, "ppl": s.ppl[original], "unscaled": unscaled, "ratio": s.ppl[original] / unscaled}
+            for name, s in zip(files, scores[1:])}
+
+
+def original_window_warnings(table: dict, tolerance: float = 0.01) -> list[str]:
+    """One line per factor file that is worse than the unscaled model at the original window."""
+    lines = []
+    for name, row in (table.get("original_window") or {}).items():
+        if row["ratio"] > 1 + tolerance:
+            lines.append(f"warning: {name} is {row['ratio'] - 1:.1%} worse than the unscaled model at the original "
+                         f"window ({row['ppl']:.2f} vs {row['unscaled']:.2f} at {row['length']} tokens): search with "
+                         "the short guard (the default) or add a recover-short stage")
+    return lines
+
+
+def _header(name: str, scale) -> str:
+    return name if scale is None or isinstance(scale, str) else f"{name}@x{scale:g}"
 
 
 def format_table(table: dict) -> str:
-    """Rows = lengths, columns = methods; perplexity with 2 decimals (4 significant digits above 1000)."""
+    """Rows = lengths, columns = models, each with its scale in the header; perplexity with 2 decimals
+    (4 significant digits above 1000)."""
     names = list(table["ppl"])
     original = table.get("original_context")
-    header = ["length", "scale"] + names
+    scales = table.get("scales", {})
+    header = ["length", "x_window"] + [_header(n, scales.get(n)) for n in names]
     rows = []
     for length in table["lengths"]:
         cells = [str(length), f"{length / original:g}" if original else ""]
@@ -197,8 +318,8 @@ def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[
     sets: dict[str, RopeFactors | None] = {}
     for name in names:
         sets[name] = None if name == "none" else make_factors(name, base, scale)
-    for path in factor_files:
-        sets[Path(path).name] = load_factors(path, expect=base)
+    for label, path in factor_labels(factor_files).items():
+        sets[label] = load_factors(path, expect=base)
     if not sets:
         raise RopesearchError("nothing to compare: give --methods and/or --factors")
     return sets

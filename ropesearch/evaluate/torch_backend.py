@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ropesearch.data.samples import Window
 from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.chunking import SequenceChunking, auto_chunk_tokens
 from ropesearch.evaluate.loss import scored_nll, token_nll
 from ropesearch.evaluate.results import Score
 from ropesearch.rope.factors import RopeFactors
@@ -63,15 +64,22 @@ class TorchEvaluator:
 
     max_batch: most rows per pass (default: as many as fit; on CPU, `cpu_tokens` tokens).
     logits_tokens: positions of logits alive at once across the batch (memory bound of the loss).
+    sequence_chunk: tokens per chunk for the decoder layers (all but attention, see `chunking`), used
+    when a pass holds more tokens than that; default: chunks whose MLP intermediates take 1 GiB
+    (12288 tokens for a Llama-3-8B shape in bf16); 0 turns it off.
     """
 
     def __init__(self, model, max_batch: int | None = None, logits_tokens: int | None = None,
-                 cpu_tokens: int = 16384, memory_fraction: float = 0.85, progress: bool = True):
+                 cpu_tokens: int = 16384, memory_fraction: float = 0.85, progress: bool = True,
+                 sequence_chunk: int | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.on_gpu = self.device.type == "cuda"
         self.max_batch = max_batch
         self.logits_tokens = logits_tokens or (8192 if self.on_gpu else 4096)
+        self.sequence_chunk = auto_chunk_tokens(model) if sequence_chunk is None else sequence_chunk
+        if self.sequence_chunk < 0:
+            raise RopesearchError(f"sequence_chunk must be >= 0 tokens (0: off), got {sequence_chunk}")
         self.cpu_tokens = cpu_tokens
         self.memory_fraction = memory_fraction
         self.progress = progress
@@ -95,7 +103,10 @@ class TorchEvaluator:
     # ---- one pass ---------------------------------------------------------------------
     def _forward_nll(self, ids: torch.Tensor, windows: list[Window]) -> torch.Tensor:
         """Per-token NLL [B, T-1], or for needle windows a [B, T-1] tensor with only scored entries set."""
-        with torch.no_grad(), fastest_attention():
+        chunked = 0 < self.sequence_chunk < ids.numel()
+        with torch.no_grad(), fastest_attention(), (
+            SequenceChunking(self.model, self.sequence_chunk) if chunked else contextlib.nullcontext()
+        ):
             hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
             if windows[0].scored is None:
                 return token_nll(hidden, self.lm_head, ids, max(1, self.logits_tokens // ids.shape[0]))

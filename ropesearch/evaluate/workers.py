@@ -38,6 +38,7 @@ class WorkerOptions:
         slowest task so far, at least 10 minutes; the first task waits as long as it takes).
     candidates_per_task: candidates per task; small tasks balance load and bound what a lost worker costs.
     max_restarts: replacements per worker slot before the slot is given up.
+    dtype: the torch dtype each worker loads the model in (None: bfloat16 on a GPU, float32 on the CPU).
     """
 
     count: int | None = None
@@ -48,6 +49,7 @@ class WorkerOptions:
     candidates_per_task: int = 1
     max_restarts: int = 3
     start_timeout: float = 1800.0  # seconds a worker may take to start (load the model)
+    dtype: object = None
 
     def __post_init__(self):
         checks = [("--workers", self.count, 1), ("--gpus-per-worker", self.gpus_per_worker, 0),
@@ -61,19 +63,20 @@ class WorkerOptions:
 
 
 def worker_options(workers: int | None = None, ray_address: str | None = None, gpus_per_worker: int | None = None,
-                   task_timeout: float | None = None) -> WorkerOptions | None:
-    """WorkerOptions from the CLI flags or plan keys, or None when none is given (one process, no Ray)."""
+                   task_timeout: float | None = None, dtype=None) -> WorkerOptions | None:
+    """WorkerOptions from the CLI flags or plan keys, or None when none is given (one process, no Ray).
+    `dtype` (--dtype) alone starts no workers."""
     if workers is None and ray_address is None and gpus_per_worker is None and task_timeout is None:
         return None
     return WorkerOptions(count=workers, address=ray_address, gpus_per_worker=gpus_per_worker,
-                         task_timeout=task_timeout)
+                         task_timeout=task_timeout, dtype=dtype)
 
 
 class ScoringWorker:
     """One model replica. Runs inside a Ray actor; `score` never raises for a scoring failure."""
 
     def __init__(self, model_spec: str, backend: str, gpus: int, threads: int, max_length: int | None,
-                 evaluator_options: dict):
+                 evaluator_options: dict, dtype=None):
         import torch
 
         from ropesearch.evaluate import make_evaluator
@@ -82,8 +85,8 @@ class ScoringWorker:
         if not gpus:
             torch.set_num_threads(threads)
         device = "cpu" if not gpus else ("cuda" if gpus == 1 else "auto")  # auto: spread over the K GPUs
-        self.evaluator = make_evaluator(load_for_backend(resolve_model(model_spec), backend, device=device),
-                                        backend=backend, model_spec=model_spec, max_length=max_length,
+        loaded = load_for_backend(resolve_model(model_spec), backend, device=device, dtype=dtype)
+        self.evaluator = make_evaluator(loaded, backend=backend, model_spec=model_spec, max_length=max_length,
                                         progress=False, **evaluator_options)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -183,7 +186,7 @@ class WorkerPool:
         self._actor_class = ray.remote(ScoringWorker).options(scheduling_strategy="SPREAD", max_restarts=0,
                                                               **resources)
         self._actor_args = (model_spec, backend, self.gpus_per_worker, options.threads, max_length,
-                            dict(evaluator_options or {}))
+                            dict(evaluator_options or {}), options.dtype)
         self.slots = [_Slot(number) for number in range(count)]
         for slot in self.slots:
             self._start(slot)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export.csv_factors import write_factor_csv
-from ropesearch.export.factor_file import atomic_write_text, check_fits
+from ropesearch.export.factor_file import atomic_write_text, check_fits, save_factors
+from ropesearch.export.portable import (add_legacy_rope_keys, model_card, place_file, portable_tokenizer_config,
+                                        serve_script)
 from ropesearch.export.transformers_config import apply_to_config, partial_rotary_factor, rope_parameters
 from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
 from ropesearch.rope.factors import RopeFactors
@@ -42,11 +44,14 @@ def _local_folder(ref: ModelRef) -> Path | None:
 
 
 def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool = False, overwrite: bool = False,
-              allow_start_tokens: bool = False) -> Path:
-    """A model folder that `AutoModelForCausalLM.from_pretrained(out)` loads with these factors.
+              allow_start_tokens: bool = False, link: str = "hardlink", provenance: dict | None = None,
+              factor_file: str | None = None) -> Path:
+    """A model folder that `AutoModelForCausalLM.from_pretrained(out)` loads with these factors,
+    in transformers 5.x and 4.x (see `portable`), self-contained, with a model card.
 
-    Weights and tokenizer of a model folder are symlinked (or copied with copy=True);
-    a GGUF model is de-quantised and saved as safetensors with its tokenizer.
+    Weights and tokenizer of a model folder are hard-linked (copied where that fails, or with
+    copy=True / link="copy"; link="symlink" ties the folder to the source); a GGUF model is
+    de-quantised and saved as safetensors with its tokenizer.
     """
     out = Path(out)
     config = load_config(ref)
@@ -60,12 +65,17 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
         for item in sorted(source.iterdir()):
             if item.name == "config.json" or item.name.startswith("."):
                 continue
-            target = out / item.name
-            if copy:
-                (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
-            else:
-                os.symlink(item.resolve(), target)
+            if item.name == "README.md":
+                continue  # the source's card describes another model; ours replaces it
+            place_file(item, out / item.name, "copy" if copy else link)
         config.save_pretrained(out)
+    add_legacy_rope_keys(out)
+    portable_tokenizer_config(out)
+    provenance = dict(provenance or {})
+    save_factors(factors, out / "ropesearch_factors.json", provenance=provenance)
+    atomic_write_text(out / "README.md", model_card(factors, ref.spec, provenance, factor_file))
+    atomic_write_text(out / "serve.sh", serve_script(factors.target_context))
+    (out / "serve.sh").chmod(0o755)
     return out
 
 
@@ -100,11 +110,15 @@ def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite:
     _prepare_out(out, overwrite)
     atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
     model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
+    if Path(model_arg).exists():  # a local model: where it is from serve.sh's folder, never an absolute path
+        model_arg = "$here/" + os.path.relpath(Path(model_arg).resolve(), out.resolve())
     hf_overrides = shlex.quote(json.dumps(overrides["hf_overrides"]))
     atomic_write_text(
         out / "serve.sh",
         "#!/bin/sh\n# vLLM uses long_factor at every length once max_model_len exceeds the original window.\n"
-        f"exec vllm serve {shlex.quote(model_arg)} --max-model-len {factors.target_context} "
+        "# Set MODEL to serve a model from elsewhere (default: where it was when this was exported).\n"
+        'here="$(cd "$(dirname "$0")" && pwd)"\n'
+        f'exec vllm serve "${{MODEL:-{model_arg}}}" --max-model-len {factors.target_context} '
         f"--hf-overrides {hf_overrides} \"$@\"\n",
     )
     (out / "serve.sh").chmod(0o755)

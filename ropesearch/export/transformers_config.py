@@ -65,3 +65,28 @@ def factors_from_rope_parameters(params: dict, base: RopeBase, target_context: i
         attention_factor=params.get("attention_factor") or params.get("long_mscale") or 1.0,
         method="longrope",
     )
+
+
+# transformers rope_type -> (our method, the parameters it takes from rope_parameters)
+_AS_IS = {"linear": ("pi", ()), "dynamic": ("dynamic-ntk", ()),
+          "yarn": ("yarn", ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate")),
+          "llama3": ("llama3", ("low_freq_factor", "high_freq_factor"))}
+
+
+def factors_as_configured(config, base: RopeBase) -> RopeFactors:
+    """The RoPE a config itself carries (`--method as-is`): what transformers applies when it loads
+    the folder, e.g. an exported longrope folder, a YaRN or Llama-3 model, or plain RoPE."""
+    from ropesearch.rope import make_factors
+
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return make_factors("none", base, 1.0)
+    if rope_type == "longrope":
+        return factors_from_rope_parameters(params, base, int(config.max_position_embeddings))
+    if rope_type not in _AS_IS:
+        raise RopesearchError(f"--method as-is: rope_type {rope_type!r} of this model has no ropesearch form "
+                              f"(known: default, longrope, {', '.join(_AS_IS)})")
+    method, keys = _AS_IS[rope_type]
+    extra = {k: params[k] for k in keys if params.get(k) is not None}
+    return make_factors(method, base, float(params.get("factor", 1.0)), **extra)

@@ -48,6 +48,10 @@ class FinetuneConfig:
     save_every: int = 50
     seed: int = 0
     logits_chunk: int = 4096
+    # parameters to train, by name fragment (e.g. [q_proj, k_proj, norm]); empty: all. Position
+    # information enters attention through q and k, so these few carry most of the adaptation,
+    # and the trained part is small enough to ship apart from the base weights.
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -151,6 +155,16 @@ class Finetuner:
         self.original = factors.base.original_context
         self.plain = methods.none(factors.base)
         self.trainee = LossModule(model, config.logits_chunk)
+        if config.trainable:
+            chosen = 0
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(any(fragment in name for fragment in config.trainable))
+                chosen += parameter.requires_grad
+            if not chosen:
+                raise RopesearchError(f"finetune trainable {list(config.trainable)} matches no parameter of the model")
+
+    def trained_parameters(self) -> list:
+        return [p for p in self.trainee.parameters() if p.requires_grad]
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -187,7 +201,7 @@ class Finetuner:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
         state = json.loads(state_file.read_text())
-        if state["config"] != asdict(self.config):
+        if state["config"] != json.loads(json.dumps(asdict(self.config))):  # as JSON keeps it: lists, not tuples
             raise RopesearchError(f"{self.checkpoint_dir} was written with other fine-tuning settings; "
                                   "remove it or restore the settings")
         options = StateDictOptions(full_state_dict=True)
@@ -213,7 +227,7 @@ class Finetuner:
         patch = patch_rope(model, self.factors)
         if self.world > 1:
             _shard(self.trainee)
-        optimizer = torch.optim.AdamW(self.trainee.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+        optimizer = torch.optim.AdamW(self.trained_parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.95))
         generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         step, history = self._load_checkpoint(optimizer, generator)
@@ -234,7 +248,7 @@ class Finetuner:
                         loss = self.trainee(ids)
                     (loss / self.accumulation).backward()
                     total += loss.item() / self.accumulation
-                norm = torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), config.clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), config.clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -11,6 +11,10 @@
       - export: {formats: [hf, vllm, csv]}
       - evaluate: {lengths: [8192, 16384, 32768, 65536, 131072], methods: [ntk, yarn], passkey: true}
       - report: {}
+
+Optional: `pack: true` joins documents into windows (for targets longer than any document);
+`holdout: {fraction: 0.4, seed: 0}` sets aside a seeded share of the documents (by characters)
+that no search or fine-tuning stage reads and the evaluate stage scores on.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SearchStage:
     max_evals: int | None = None
     samples: int | None = None
     seed: int = 0
+    short_tolerance: float | None = 0.01  # the short guard (see search/short_guard.py); null: off
     workers: int | None = None  # score on Ray workers (as search --workers; ray_address, gpus_per_worker too)
     ray_address: str | None = None
     gpus_per_worker: int | None = None
@@ -67,6 +72,9 @@ class EvaluateStage:
     passkey_lengths: tuple[int, ...] = ()  # default: the evaluation lengths
     passkey_depths: tuple[float, ...] = (0.1, 0.5, 0.9)
     passkey_trials: int = 3
+    native: bool = False  # also the unscaled model reading the same text in windows of its own length
+    unscaled: bool = True  # the unscaled model at every length (false: only its native-window column)
+    baseline_scale: str = "target"  # baselines at the final target's scale at every length, or "length"
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,12 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    fraction: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     model: str
@@ -100,18 +114,32 @@ class Plan:
     device: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    pack: bool = False  # windows joined from several documents (search, recovery, evaluation)
+    holdout: Holdout | None = None
 
 
 def _settings(kind: str, values: Any, where: str):
-    cls = STAGE_TYPES[kind]
+    return _settings_of(STAGE_TYPES[kind], values, where, kind)
+
+
+def _settings_of(cls: type, values: Any, where: str, label: str):
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise RopesearchError(f"{where}: settings of a {kind} stage must be a mapping")
+        raise RopesearchError(f"{where}: settings of a {label} stage must be a mapping" if label in STAGE_TYPES
+                              else f"{where} must be a mapping")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RopesearchError(f"{where}: unknown {kind} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise RopesearchError(f"{where}: unknown {label} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    from ropesearch.units import parse_token_list, parse_tokens
+
+    for key in ("target", "length"):  # token counts may be written 32k, 1M
+        if isinstance(values.get(key), str):
+            values[key] = parse_tokens(values[key], f"{where}: {key}")
+    for key in ("lengths", "passkey_lengths"):
+        if values.get(key) and any(isinstance(v, str) for v in values[key]):
+            values[key] = tuple(parse_token_list(values[key], f"{where}: {key}"))
     try:
         return cls(**values)
     except TypeError as exc:
@@ -121,7 +149,7 @@ def _settings(kind: str, values: Any, where: str):
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     if not isinstance(data, dict):
         raise RopesearchError(f"{where} must be a YAML mapping")
-    allowed = {"name", "model", "data", "stages", "device", "description"}
+    allowed = {"name", "model", "data", "stages", "device", "description", "pack", "holdout"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise RopesearchError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -148,8 +176,17 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         settings = _settings(kind, values, f"{where}: stage {number} ({kind})")
         stages.append(Stage(kind, f"{number:02d}-{kind}", settings))
     _check_order(stages, where)
+    pack = data.get("pack", False)
+    if not isinstance(pack, bool):
+        raise RopesearchError(f"{where}: pack must be true or false, got {pack!r}")
+    holdout = None
+    if data.get("holdout") is not None:
+        holdout = _settings_of(Holdout, data["holdout"], f"{where}: holdout", "holdout")
+        if isinstance(holdout.fraction, bool) or not isinstance(holdout.fraction, (int, float)) \
+                or not 0 < holdout.fraction < 1:
+            raise RopesearchError(f"{where}: holdout.fraction must be a number strictly between 0 and 1")
     return Plan(name=str(data["name"]), model=str(data["model"]), data=sources, stages=tuple(stages),
-                device=data.get("device"), description=str(data.get("description", "")))
+                device=data.get("device"), description=str(data.get("description", "")), pack=pack, holdout=holdout)
 
 
 def _check_order(stages: list[Stage], where: str) -> None:
@@ -164,9 +201,16 @@ def _check_order(stages: list[Stage], where: str) -> None:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """A plan by file path, or by the name of a shipped plan (pocket-quickstart, ...) from any directory."""
+    from ropesearch.search.space import SPACES_DIR
+
     path = Path(path)
     if not path.is_file():
-        raise RopesearchError(f"plan file {path} does not exist")
+        shipped = SPACES_DIR / "plans" / f"{path.name.removesuffix('.yaml')}.yaml"
+        if path.parent != Path(".") and path.parts[:2] != ("search_spaces", "plans") or not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in (SPACES_DIR / "plans").glob("*.yaml")))
+            raise RopesearchError(f"plan file {path} does not exist (shipped plans, usable by name: {names})")
+        path = shipped
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -30,6 +30,7 @@ class Pipeline:
         self._loaded: tuple | None = None  # (spec, model, tokenizer)
         self.outputs: dict[str, dict] = {}
         self.search_dirs: list[Path] = []  # run folders of the search stages so far
+        self.finetuned_documents: list[str] = []  # documents the fine-tuning stages read
 
     # ---- shared helpers -------------------------------------------------------------------
     @property
@@ -47,6 +48,22 @@ class Pipeline:
             self._loaded = (spec, load_model(ref, device=self.plan.device), load_tokenizer(ref))
         return self._loaded[1], self._loaded[2]
 
+    def documents(self, role: str):
+        """The documents a stage reads: with a holdout, search and fine-tuning get the part that is
+        not held out, evaluation the held-out part (of the same data; other data is used whole)."""
+        from ropesearch.data import load_documents, split_holdout
+
+        spec = self.plan.data[role]
+        documents = load_documents(spec)
+        holdout = self.plan.holdout
+        if holdout is None:
+            return documents
+        used, held_out = split_holdout(documents, holdout.fraction, holdout.seed)
+        if role != "evaluate":
+            return used
+        trained_on = {self.plan.data["search"], self.plan.data["finetune"]}
+        return held_out if spec in trained_on else documents
+
     # ---- stages ------------------------------------------------------------------------
     def _search(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.evaluate.workers import worker_options
@@ -60,14 +77,22 @@ class Pipeline:
                             seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
                             max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
                             # workers load the model themselves: this process keeps no copy
-                            loaded=None if workers else self.loaded(), reference=reference, workers=workers)
+                            loaded=None if workers else self.loaded(), reference=reference,
+                            short_tolerance=settings.short_tolerance, pack=self.plan.pack,
+                            documents=self.documents("search"), workers=workers)
+        from ropesearch.search.rundir import RunDir
+        from ropesearch.search.screening import screen_rank_correlation
+
+        rank = screen_rank_correlation(RunDir(folder / "search").history())
+        if rank["pairs"]:
+            self.log(f"screen vs full score over {rank['pairs']} candidates: Spearman {rank['spearman']}")
         return {"factors": str(folder / "search" / "best.json"), "values": result.values,
-                "search_dir": str(folder / "search")}
+                "search_dir": str(folder / "search"), "screen_rank": rank}
 
     def _finetune(self, stage: Stage, folder: Path) -> dict:
         import torch
 
-        from ropesearch.data import load_documents, tokenize_documents
+        from ropesearch.data import tokenize_documents
         from ropesearch.export import apply_to_config
         from ropesearch.export.model_folder import save_model_folder
         from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model
@@ -79,7 +104,7 @@ class Pipeline:
         # float32 master weights; the forward runs under bf16 autocast on a GPU
         model = load_model(ref, dtype=torch.float32, device=self.plan.device)
         tokenizer = load_tokenizer(ref)
-        documents = tokenize_documents(load_documents(self.plan.data["finetune"]), tokenizer)
+        documents = tokenize_documents(self.documents("finetune"), tokenizer)
         trainer = Finetuner(model, factors, documents, stage.settings, folder, eos_id=tokenizer.eos_token_id,
                             log=self.log)
         history = trainer.run()
@@ -88,9 +113,44 @@ class Pipeline:
         apply_to_config(config, factors, allow_start_tokens=True)
         save_model_folder(model, tokenizer, config, folder / "model", state_dict=weights)
         save_factors(factors, folder / "model" / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
+        if stage.settings.trainable:  # the trained tensors alone: base model + this file = the fine-tuned model
+            from safetensors.torch import save_file
+
+            trained = {name: weights[name].contiguous() for name, parameter in model.named_parameters()
+                       if parameter.requires_grad and name in weights}
+            save_file(trained, folder / "trained.safetensors")
         atomic_write_text(folder / "history.json", json.dumps(history, indent=1) + "\n")
         return {"model": str(folder / "model"), "factors": str(folder / "model" / "ropesearch_factors.json"),
-                "final_loss": history[-1]["loss"] if history else None}
+                "final_loss": history[-1]["loss"] if history else None,
+                "documents": sorted(d.name for d in documents)}
+
+    def _rebuild_finetuned(self, folder: Path, outputs: dict) -> None:
+        """A completed fine-tuning stage whose model folder is gone (a run directory copied to a
+        fresh machine without weights): rebuild it from the base model and trained.safetensors."""
+        import torch
+        from safetensors.torch import load_file
+
+        from ropesearch.export import apply_to_config
+        from ropesearch.export.model_folder import save_model_folder
+        from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model
+
+        trained = folder / "trained.safetensors"
+        if not trained.is_file():
+            raise RopesearchError(f"{outputs['model']} is missing and {folder} has no trained.safetensors to rebuild "
+                                  "it from: run the fine-tuning again (delete its done.json) or restore the folder")
+        self.log(f"rebuilding {outputs['model']} from {self.model_spec} and {trained.name}")
+        ref = resolve_model(self.model_spec)
+        model = load_model(ref, dtype=torch.float32, device="cpu")
+        tensors = load_file(trained)
+        missing = sorted(set(tensors) - {name for name, _ in model.named_parameters()})
+        if missing:
+            raise RopesearchError(f"{trained} holds {missing[0]!r}, which {self.model_spec} does not have")
+        model.load_state_dict(tensors, strict=False)
+        config = load_config(ref)
+        factors = load_factors(outputs["factors"]) if Path(outputs["factors"]).is_file() else self.factors
+        apply_to_config(config, factors, allow_start_tokens=True)
+        save_model_folder(model, load_tokenizer(ref), config, outputs["model"])
+        save_factors(factors, Path(outputs["model"]) / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
 
     def _recover_short(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.search.session import run_search
@@ -108,7 +168,8 @@ class Pipeline:
                             space=space, samples=settings.samples, seed=settings.seed,
                             resume=(folder / "search" / "config.json").is_file(), max_evals=settings.max_evals,
                             time_minutes=settings.time_minutes, log=self.log, loaded=self.loaded(),
-                            reference=factors, short_lengths=lengths)
+                            reference=factors, short_lengths=lengths, pack=self.plan.pack,
+                            documents=self.documents("search"))
         return {"factors": str(folder / "search" / "best.json"), "values": result.values,
                 "search_dir": str(folder / "search")}
 
@@ -123,7 +184,8 @@ class Pipeline:
 
     def _evaluate(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.evaluate.passkey import passkey_accuracy
-        from ropesearch.evaluate.runs import baseline_table, format_table, save_json, searched_documents, setup
+        from ropesearch.evaluate.runs import (baseline_table, format_table, original_window_warnings, save_json,
+                                              searched_documents, setup)
         from ropesearch.rope import make_factors
 
         settings = stage.settings
@@ -133,17 +195,28 @@ class Pipeline:
                                                     if original * 2**k <= factors.target_context})
         data = self.plan.data["evaluate"]
         exclude = ()
-        if settings.heldout and data == self.plan.data["search"]:
-            exclude = sorted({name for run in self.search_dirs for name in searched_documents(run)})
+        if settings.heldout and self.plan.holdout is None:
+            # without a holdout split: leave out what the searches scored and fine-tuning read
+            if data == self.plan.data["search"]:
+                exclude = {name for run in self.search_dirs for name in searched_documents(run)}
+            if data == self.plan.data["finetune"]:
+                exclude = set(exclude) | set(self.finetuned_documents)
+            exclude = sorted(exclude)
         tables, passkey = {}, {}
-        scale = factors.target_context / original  # passkey baselines: the final scale at every length
+        scale = factors.target_context / original  # baselines: the found factors' scale at every length
         # the baselines on the model the plan started from; the found factors on the current model
-        for label, spec, methods, files in (("baselines", self.plan.model, ("none",) + tuple(settings.methods), ()),
+        unscaled = ("none",) if settings.unscaled else ()
+        for label, spec, methods, files in (("baselines", self.plan.model, unscaled + tuple(settings.methods), ()),
                                             ("found", self.model_spec, (), (str(self.factors_file),))):
             model, tokenizer = self.loaded(spec)
             run = setup(spec, data, max(lengths), samples=settings.samples, seed=settings.seed,
-                        loaded=(model, tokenizer), exclude=exclude)
-            tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files)
+                        loaded=(model, tokenizer), exclude=exclude, pack=self.plan.pack,
+                        documents=self.documents("evaluate"))
+            baselines = label == "baselines"
+            tables[label] = baseline_table(run, lengths, methods=methods, factor_files=files,
+                                           scale=scale if settings.baseline_scale == "target" else None,
+                                           per_length=settings.baseline_scale == "length",
+                                           native=settings.native and baselines)
             if settings.passkey:
                 sets = {m: None if m == "none" else make_factors(m, factors.base, scale) for m in methods}
                 sets = sets if label == "baselines" else {"found": factors}
@@ -156,9 +229,16 @@ class Pipeline:
                        "baseline_scale": scale}, folder / "passkey.json")
         merged = dict(tables["baselines"])
         merged["ppl"] = {**tables["baselines"]["ppl"], "found": next(iter(tables["found"]["ppl"].values()))}
+        merged["seconds"] = {**tables["baselines"]["seconds"], "found": next(iter(tables["found"]["seconds"].values()))}
+        merged["scales"] = {**tables["baselines"]["scales"], "found": factors.scale}
+        merged["original_window"] = {"found": next(iter(tables["found"].get("original_window", {}).values()), None)}
+        if merged["original_window"]["found"] is None:
+            del merged["original_window"]
         merged["found_model"] = self.model_spec
         path = save_json(merged, folder / "perplexity.json")
         self.log(format_table(merged))
+        for warning in original_window_warnings(merged):
+            self.log(warning)
         return {"table": str(path)}
 
     def _report(self, stage: Stage, folder: Path) -> dict:
@@ -170,6 +250,7 @@ class Pipeline:
     def _apply(self, outputs: dict) -> None:
         if outputs.get("search_dir"):
             self.search_dirs.append(Path(outputs["search_dir"]))
+        self.finetuned_documents.extend(outputs.get("documents", []))
         if outputs.get("model"):
             self.model_spec = outputs["model"]
         if outputs.get("factors"):
@@ -209,6 +290,8 @@ class Pipeline:
             done = folder / "done.json"
             if done.is_file():
                 outputs = json.loads(done.read_text())["outputs"]
+                if stage.kind == "finetune" and not Path(outputs["model"]).is_dir():
+                    self._rebuild_finetuned(folder, outputs)
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
                 self.log(f"[{number}/{total}] {stage.name}: done earlier, skipped")

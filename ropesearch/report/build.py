@@ -13,7 +13,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress
+from ropesearch.report.plots import (plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress,
+                                     plot_relative, plot_ruler)
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
@@ -54,9 +55,28 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])))
         last = progress[-1]
         lines += [f"{len(progress)} generations, {last['full_evals']} full evaluations (+{last['screen_evals']} "
-                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last['gpu_seconds'] / 60:.1f} min in the evaluator.",
+                  f"screened), {last['elapsed'] / 60:.1f} min wall, {last.get('evaluator_seconds', last.get('gpu_seconds', 0)) / 60:.1f} min in the evaluator.",
                   "", f"![search progress]({tag}progress.png)", ""]
+    lines += _screen_lines(folder)
     return lines
+
+
+def _screen_lines(folder: Path) -> list[str]:
+    """How well the screen ranked the candidates that were also scored in full."""
+    from ropesearch.search.screening import screen_rank_correlation
+
+    history = folder / "history.jsonl"
+    if not history.is_file():
+        return []
+    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rank = screen_rank_correlation(records)
+    if not rank["pairs"]:
+        return []
+    if rank["spearman"] is None:
+        return [f"Screening: {rank['pairs']} candidates were scored both screened and in full (too few to rank).", ""]
+    return [f"Screening: over the {rank['pairs']} candidates scored both screened and in full, the screen's ranking "
+            f"agrees with the full score's with Spearman {rank['spearman']:.2f} (Kendall {rank['kendall']:.2f}); "
+            "promotion keeps only the screen's best, so this is the agreement among promising candidates.", ""]
 
 
 def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:
@@ -93,12 +113,31 @@ def _lm_eval_lines(path: Path, results: dict) -> list[str]:
     return lines + [""]
 
 
+def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
+    from ropesearch.evaluate.ruler_eval import format_ruler
+
+    results = document["ruler"]
+    environment = document.get("environment", {})
+    lines = [f"RULER ({path.name}): model `{document.get('model')}`, essays from `{document.get('data')}`, seed "
+             f"{document.get('seed')}, {next(iter(results.values()))['samples']} samples per task and length; scores "
+             f"in % (RULER's string_match_all); {environment.get('device', '?')}, {environment.get('date', '?')}.",
+             "", "```", format_ruler(results), "```", ""]
+    for name, result in results.items():
+        image = f"{tag}ruler-{path.stem}-{name.replace('/', '_')}.png"
+        plot_ruler(result, out / image, f"RULER: {name}")
+        lines += [f"![RULER {name}]({image})", ""]
+    return lines
+
+
 def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
     lines = []
     for path in sorted(folder.glob("*.json")):
         table = _json(path)
         if isinstance(table, dict) and isinstance(table.get("passkey"), dict) and table["passkey"]:
             lines += _passkey_lines(path, table["passkey"], out, tag)
+            continue
+        if isinstance(table, dict) and isinstance(table.get("ruler"), dict) and table["ruler"]:
+            lines += _ruler_lines(path, table, out, tag)
             continue
         if isinstance(table, dict) and isinstance(table.get("lm_eval"), dict) and table["lm_eval"]:
             lines += _lm_eval_lines(path, table["lm_eval"])
@@ -111,6 +150,8 @@ def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
                   f"{', '.join(table.get('windows', []))}; {environment.get('device', '?')}, "
                   f"{environment.get('date', '?')}.", "", "```", format_table(table), "```", "",
                   f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""]
+        if plot_relative(table, out / f"{tag}ppl-relative-{path.stem}.png"):
+            lines += [f"![perplexity relative to YaRN]({tag}ppl-relative-{path.stem}.png)", ""]
     return lines
 
 

@@ -53,7 +53,7 @@ def plot_progress(progress: list[dict], path: Path, objective: str) -> Path:
     best = [next(iter(p["best"].values())) for p in progress]
     axes[0].plot([p["full_evals"] for p in progress], best, marker=".")
     axes[0].set_xlabel("full evaluations")
-    axes[1].plot([p["gpu_seconds"] for p in progress], best, marker=".", color="C1")
+    axes[1].plot([p.get("evaluator_seconds", p.get("gpu_seconds")) for p in progress], best, marker=".", color="C1")
     axes[1].set_xlabel("evaluator seconds (all workers)")
     axes[2].plot([p["elapsed"] for p in progress], best, marker=".", color="C2")
     axes[2].set_xlabel("wall seconds")
@@ -64,20 +64,80 @@ def plot_progress(progress: list[dict], path: Path, objective: str) -> Path:
     return _save(figure, path)
 
 
+def token_label(count: float) -> str:
+    """Token counts as people write them: 256, 1k, 32k, 1M."""
+    count = int(round(count))
+    for unit, size in (("M", 1 << 20), ("k", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
+
+
+def _token_axis(axis, lengths, table: dict) -> None:
+    """Lengths as ticks in tokens, and the original (and target) windows as labelled lines."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_locator(FixedLocator(list(lengths)))
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xticks(list(lengths), [token_label(n) for n in lengths])
+    axis.set_xlabel("tokens")
+    windows = {"original window": table.get("original_context")}
+    scales = [v for v in (table.get("scales") or {}).values() if isinstance(v, (int, float)) and v > 1]
+    if windows["original window"] and scales:
+        windows["target window"] = windows["original window"] * max(scales)
+    for (label, position), color in zip(windows.items(), ("grey", "C3")):
+        if position and min(lengths) <= position <= max(lengths):
+            axis.axvline(position, color=color, linewidth=0.8, linestyle=":")
+            axis.annotate(f"{label} ({token_label(position)})", (position, 0.98), xycoords=("data", "axes fraction"),
+                          rotation=90, ha="right", va="top", fontsize=7, color=color)
+
+
+def _plain_log_y(axis) -> None:
+    """A log y axis labelled 20, 30, 1.5 rather than 2x10^1 (after set_yscale, which resets formatters)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain)
+
+
 def plot_perplexity(table: dict, path: Path) -> Path:
-    """Perplexity against length, one line per method or factor file (log-log)."""
+    """Perplexity against length, one line per model (its scale in the legend), log-log."""
     figure, axis = plt.subplots(**STYLE)
     lengths = table["lengths"]
+    scales = table.get("scales") or {}
     for name, values in table["ppl"].items():
-        axis.plot(lengths, [values[str(n)] for n in lengths], marker="o", label=name)
-    original = table.get("original_context")
-    if original:
-        axis.axvline(original, color="grey", linewidth=0.8, linestyle=":")
-    axis.set_xscale("log", base=2)
+        scale = scales.get(name)
+        label = name if scale is None or isinstance(scale, str) else f"{name} (x{scale:g})"
+        axis.plot(lengths, [values[str(n)] for n in lengths], marker="o", label=label)
+    _token_axis(axis, lengths, table)
     axis.set_yscale("log")
-    axis.set_xlabel("tokens")
+    _plain_log_y(axis)
     axis.set_ylabel("perplexity")
     axis.set_title("Perplexity by length")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, which="both")
+    return _save(figure, path)
+
+
+def plot_relative(table: dict, path: Path, reference: str = "yarn") -> Path | None:
+    """Each model's perplexity divided by the reference's (YaRN) at every length; None without one."""
+    ppl = table["ppl"]
+    if reference not in ppl:
+        return None
+    figure, axis = plt.subplots(**STYLE)
+    lengths = table["lengths"]
+    for name, values in ppl.items():
+        if name == reference:
+            continue
+        axis.plot(lengths, [values[str(n)] / ppl[reference][str(n)] for n in lengths], marker="o", label=name)
+    axis.axhline(1.0, color="black", linewidth=1, label=f"{reference} (= 1)")
+    _token_axis(axis, lengths, table)
+    axis.set_yscale("log")
+    _plain_log_y(axis)
+    axis.set_ylabel(f"perplexity / {reference}'s")
+    axis.set_title(f"Perplexity relative to {reference} (below 1: better)")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, which="both")
     return _save(figure, path)
@@ -112,4 +172,23 @@ def plot_passkey(results: dict, path: Path, title: str = "Passkey retrieval") ->
     axis.set_ylabel("tokens")
     axis.set_title(title)
     figure.colorbar(image, ax=axis, fraction=0.04)
+    return _save(figure, path)
+
+
+def plot_ruler(result: dict, path: Path, title: str = "RULER") -> Path:
+    """Score heatmap: lengths (rows) x tasks (columns), with the average per length as the last column."""
+    lengths = sorted(int(n) for n in result["average"])
+    tasks = list(result["tasks"])
+    grid = np.array([[result["scores"][t][str(n)] for t in tasks] + [result["average"][str(n)]] for n in lengths])
+    figure, axis = plt.subplots(figsize=(0.75 * len(tasks) + 3.2, 0.5 * len(lengths) + 2.4), dpi=STYLE["dpi"])
+    image = axis.imshow(grid * 100, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+    axis.set_xticks(range(len(tasks) + 1), [t.replace("niah_", "") for t in tasks] + ["average"], rotation=45,
+                    ha="right", fontsize=8)
+    axis.set_yticks(range(len(lengths)), [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths])
+    axis.axvline(len(tasks) - 0.5, color="black", linewidth=1)
+    for (row, column), value in np.ndenumerate(grid):
+        axis.text(column, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7)
+    axis.set_ylabel("tokens")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.03)
     return _save(figure, path)

@@ -40,6 +40,7 @@ class Encoding:
     target_context: int
     reference: RopeFactors | None = None
     regime: str = "long"  # "long": search long_factor; "short": search short_factor of the reference
+    short_unscaled: bool = False  # long regime: short_factor all 1 (the original RoPE at or below the window)
 
     def __post_init__(self):
         if self.regime not in ("long", "short"):
@@ -150,6 +151,8 @@ class Encoding:
             if reference is not None:
                 own = own * np.asarray(reference.long_factor)
             long_factor = short_factor = tuple(float(x) for x in own)
+            if self.short_unscaled:
+                short_factor = (1.0,) * len(long_factor)
         return RopeFactors(
             base=self.base,
             long_factor=long_factor,

@@ -50,14 +50,16 @@ def build_algorithm(encoding: Encoding, n_obj: int, seed: int):
     repair = GridRepair(encoding)
     mutation = FactorMutation(encoding)
     crossover = FactorCrossover(encoding)
-    mating = SplitMating(encoding, mutation, crossover, repair=repair,
+    origins: dict[str, str] = {}  # genome key -> seed name / mutation / crossover, for history rows
+    mating = SplitMating(encoding, mutation, crossover, origins=origins, repair=repair,
                          eliminate_duplicates=DefaultDuplicateElimination(), n_max_iterations=20)
     cls = _GA if space.algorithm == "ga" else _NSGA2
-    algorithm = cls(pop_size=space.budget.top_k, sampling=SeededSampling(encoding, mutation), mating=mating,
+    algorithm = cls(pop_size=space.budget.top_k, sampling=SeededSampling(encoding, mutation, origins), mating=mating,
                     n_offsprings=space.offspring, repair=repair, eliminate_duplicates=DefaultDuplicateElimination())
     low, high = encoding.bounds
     algorithm.setup(Problem(n_var=encoding.n_var, n_obj=n_obj, xl=low, xu=high), termination=NoTermination(),
                     seed=seed)
+    algorithm.origins = origins
     return algorithm
 
 
@@ -70,7 +72,7 @@ class SearchState:
     full_evals: int = 0
     screen_evals: int = 0
     elapsed: float = 0.0  # wall seconds over all sessions of this run
-    gpu_seconds: float = 0.0  # evaluator seconds, full and screening
+    evaluator_seconds: float = 0.0  # seconds in the evaluator (GPU or CPU), full and screening
     cache: dict = field(default_factory=dict)  # genome key -> objective values (full scores)
     screen_cache: dict = field(default_factory=dict)
     progress: list = field(default_factory=list)  # one entry per generation
@@ -79,6 +81,7 @@ class SearchState:
     short_reference: float | None = None  # unscaled perplexity at the original window (ppl+short)
     stop_reason: str | None = None
     history_lines: int = 0
+    baselines: dict = field(default_factory=dict)  # PI / NTK / YaRN at the target: what the search has to beat
 
 
 @dataclass
@@ -108,9 +111,11 @@ class Search:
 
     # ---- one generation -----------------------------------------------------------------
     def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
+        origins = getattr(state.algorithm, "origins", {})
         return {
             "generation": state.generation,
             "fidelity": fidelity,
+            "origin": origins.get(self.encoding.key(genome), "survivor"),
             "genome": [round(float(g), 6) for g in genome],
             "long_factor": [round(f, 6) for f in factors.long_factor],
             "start_tokens": factors.start_tokens,
@@ -143,10 +148,11 @@ class Search:
                 for i, factors, value, second, note in zip(fresh, candidates, values, seconds, notes):
                     state.screen_cache[keys[i]] = float(value)
                     records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second) | note)
-                    state.gpu_seconds += second
+                    state.evaluator_seconds += second
                 state.screen_evals += len(fresh)
             ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
-            todo = sorted(ranked[: max(1, math.ceil(fidelity.promote * len(ranked)))])
+            promoted = max(1, math.ceil(fidelity.promote * len(ranked)))
+            todo = sorted(ranked[: min(promoted, fidelity.promote_max or promoted)])
         if self.max_evals is not None:
             todo = todo[: max(0, self.max_evals - state.full_evals)]
         if todo:
@@ -156,7 +162,7 @@ class Search:
                 F[i] = value
                 state.cache[keys[i]] = value.tolist()
                 records.append(self._record(state, X[i], factors, "full", value, objective.names, second) | note)
-                state.gpu_seconds += second
+                state.evaluator_seconds += second
             state.full_evals += len(todo)
         pop.set("F", F)
         state.algorithm.tell(infills=pop)
@@ -186,7 +192,7 @@ class Search:
         state.elapsed += time.perf_counter() - started
         state.progress.append({"generation": state.generation - 1, "full_evals": state.full_evals,
                                "screen_evals": state.screen_evals, "elapsed": round(state.elapsed, 3),
-                               "gpu_seconds": round(state.gpu_seconds, 3),
+                               "evaluator_seconds": round(state.evaluator_seconds, 3),
                                "best": dict(zip(self.objective.names, map(float, values)))})
         factors = self.encoding.decode(genome)
         self.run_dir.save_best(
@@ -196,6 +202,7 @@ class Search:
                 "scores": dict(zip(self.objective.names, map(float, values))),
                 "generation": state.generation - 1,
                 "full_evaluations": state.full_evals,
+                **({"baselines": state.baselines} if state.baselines else {}),
             },
             monotone=self.encoding.space.factors.monotone,
         )
@@ -204,8 +211,27 @@ class Search:
         budget = self.encoding.space.budget
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
-                 + f"  best {self.objective.names[0]} {state.best:.4f}  {state.elapsed / 60:.1f} min"
+                 + f"  best {self.objective.names[0]} {state.best:.4f}{self._versus_yarn(state)}"
+                 + f"  {state.elapsed / 60:.1f} min"
                  + (f"  {self.status()}" if self.status else ""))
+
+    @staticmethod
+    def _versus_yarn(state: SearchState) -> str:
+        yarn = state.baselines.get("yarn")
+        return f" ({state.best / yarn:.3f}x YaRN)" if yarn and math.isfinite(yarn) else ""  # inf: YaRN failed on the workers
+
+    def _score_baselines(self, state: SearchState) -> None:
+        """PI, NTK and YaRN at the target, scored and printed before generation 0 (what to beat)."""
+        encoding = self.encoding
+        if encoding.regime != "long" or encoding.reference is not None:
+            return
+        sets = {name: methods.make_factors(name, encoding.base, encoding.scale) for name in ("pi", "ntk", "yarn")}
+        values, seconds, _ = self.objective.score(list(sets.values()))
+        state.evaluator_seconds += sum(seconds)
+        state.baselines = {name: float(value[0]) for name, value in zip(sets, values)}
+        self.log(f"baselines at {encoding.target_context} tokens ({self.objective.names[0]}): "
+                 + ", ".join(f"{name.upper() if name != 'yarn' else 'YaRN'} {value:.4f}"
+                             for name, value in state.baselines.items()) + "; generation 0 starts")
 
     def _stop_reason(self, state: SearchState) -> str | None:
         budget = self.encoding.space.budget
@@ -224,6 +250,8 @@ class Search:
         """Search until a budget ends. `stop_after` ends this session after that many generations."""
         saved = self.run_dir.start(config or {}, resume)
         if saved is not None:
+            if "gpu_seconds" in saved:  # runs written before the field was named for CPU runs too
+                saved["evaluator_seconds"] = saved.pop("gpu_seconds")
             state = SearchState(**saved)
             self.log(f"resuming {self.run_dir.path} after generation {state.generation - 1} "
                      f"({state.full_evals} evaluations)")
@@ -234,6 +262,7 @@ class Search:
                 reference = self.objective.evaluator.score(
                     [methods.none(base)], prefix_windows(self.objective.windows, self.objective.short_length))
                 state.short_reference = reference[0].ppl[self.objective.short_length]
+            self._score_baselines(state)
         sessions = 0
         while (reason := self._stop_reason(state)) is None:
             if stop_after is not None and sessions >= stop_after:

@@ -107,24 +107,30 @@ class FactorCrossover(Crossover):
 class SeededSampling(Sampling):
     """The initial population: the seed methods' true vectors, then mutants of them up to its size."""
 
-    def __init__(self, encoding: Encoding, mutation: FactorMutation):
+    def __init__(self, encoding: Encoding, mutation: FactorMutation, origins: dict | None = None):
         super().__init__()
         self.encoding = encoding
         self.mutation = mutation
+        self.origins = {} if origins is None else origins  # genome key -> where it came from
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
-        seeds = list(self.encoding.seed_genomes().values())
+        named = self.encoding.seed_genomes()
+        names, seeds = list(named), list(named.values())
         size = self.encoding.space.budget.population
         population = [seeds[i] for i in range(min(len(seeds), size))]
+        self.origins.clear()
+        for name, genome in zip(names, population):
+            self.origins.setdefault(self.encoding.key(genome), f"seed:{name}")
         seen = {self.encoding.key(g) for g in population}
         attempts = 0
         while len(population) < size and attempts < 50 * size:  # bounded: tiny spaces may hold few genomes
             attempts += 1
-            parent = seeds[rng_index(random_state, len(seeds))]
-            child = self.mutation._do(problem, parent[None], random_state=random_state)[0]
+            index = rng_index(random_state, len(seeds))
+            child = self.mutation._do(problem, seeds[index][None], random_state=random_state)[0]
             if self.encoding.key(child) not in seen:
                 seen.add(self.encoding.key(child))
                 population.append(child)
+                self.origins[self.encoding.key(child)] = f"mutant of seed:{names[index]}"
         return np.asarray(population)
 
 
@@ -135,11 +141,13 @@ def rng_index(rng, n: int) -> int:
 class SplitMating(InfillCriterion):
     """LongRoPE's offspring: `mutations` mutants and `crossovers` crossover children of random parents."""
 
-    def __init__(self, encoding: Encoding, mutation: FactorMutation, crossover: FactorCrossover, **kwargs):
+    def __init__(self, encoding: Encoding, mutation: FactorMutation, crossover: FactorCrossover,
+                 origins: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.encoding = encoding
         self.mutation = mutation
         self.crossover = crossover
+        self.origins = {} if origins is None else origins  # genome key -> "mutation" / "crossover"
 
     def _do(self, problem, pop, n_offsprings, random_state=None, **kwargs):
         budget = self.encoding.space.budget
@@ -155,4 +163,8 @@ class SplitMating(InfillCriterion):
             pairs = np.array([random_state.choice(len(X), 2, replace=False) for _ in range(n_cross)])
             children.append(self.crossover._do(problem, np.stack([X[pairs[:, 0]], X[pairs[:, 1]]]),
                                                random_state=random_state)[0])
+        self.origins.clear()
+        kinds = ["mutation"] * n_mutants + ["crossover"] * (n_cross if len(X) >= 2 else 0)
+        for kind, child in zip(kinds, np.concatenate(children) if children else []):
+            self.origins.setdefault(self.encoding.key(child), kind)
         return Population.new(X=np.concatenate(children)) if children else Population.create()

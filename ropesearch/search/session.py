@@ -6,24 +6,28 @@ from dataclasses import replace
 from pathlib import Path
 
 from ropesearch import __version__
-from ropesearch.data import load_documents, needle_windows, sample_windows, tokenize_documents
+from ropesearch.data import build_windows, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
+from ropesearch.evaluate.runs import window_parts
 from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.loop import Search, SearchResult
 from ropesearch.search.objectives import OBJECTIVES, Objective, screening_windows
 from ropesearch.search.rundir import RunDir
+from ropesearch.search.short_guard import ShortGuard, guarded_space, measure_guard
 from ropesearch.search.space import SearchSpace, load_space, space_to_dict
 
 
 def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
-                   split: str = "test"):
-    documents = tokenize_documents(load_documents(data, text_field=text_field, split=split), tokenizer)
-    if needle:
-        return needle_windows(documents, tokenizer, length, samples, seed)
-    return sample_windows(documents, length, samples, seed)
+                   split: str = "test", pack: bool = False, documents=None):
+    """The search's windows; `documents` (loaded Document objects, e.g. a plan's non-held-out
+    part) replaces reading `data`."""
+    if documents is None:
+        documents = load_documents(data, text_field=text_field, split=split)
+    return build_windows(tokenize_documents(documents, tokenizer), tokenizer, length, samples, seed, needle=needle,
+                         pack=pack)
 
 
 def run_search(model: str, data: str, target_length: int, out: str | Path, space: str | SearchSpace = "fast",
@@ -32,12 +36,14 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                device: str | None = None, max_batch: int | None = None, text_field: str = "text",
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
-               backend: str = "torch", workers=None) -> SearchResult:
+               backend: str = "torch", short_tolerance: float | None = 0.01, dtype=None, pack: bool = False,
+               documents=None, workers=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
     `reference`: factors the model was fine-tuned with; the search multiplies them (progressive
     stages). With `short_lengths` too, it searches their short_factor at those lengths instead.
+    `pack` joins documents into the windows; `documents` replaces reading `data` (a plan's split).
     """
     space = space if isinstance(space, SearchSpace) else load_space(space)
     regime = "short" if short_lengths else "long"
@@ -51,11 +57,11 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
     if workers is None and space.workers:
         from ropesearch.evaluate.workers import WorkerOptions
 
-        workers = WorkerOptions(count=space.workers)
+        workers = WorkerOptions(count=space.workers, dtype=dtype)
     if loaded is None:
         tokenizer = load_tokenizer(ref)
         # vLLM, or workers that load the model themselves: the config only
-        loaded_model = load_config(ref) if workers else load_for_backend(ref, backend, device=device)
+        loaded_model = load_config(ref) if workers else load_for_backend(ref, backend, device=device, dtype=dtype)
     else:
         loaded_model, tokenizer = loaded
     base = rope_base(config_of(loaded_model))
@@ -69,33 +75,62 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         raise RopesearchError(f"--target-length {target_length} is not beyond the model's window "
                               f"({base.original_context}): nothing to extend")
     window_length = max(short_lengths) if regime == "short" else target_length
-    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split)
+    windows = search_windows(tokenizer, data, window_length, samples, seed, objective == "needle", text_field, split,
+                             pack=pack, documents=documents)
     short = short_length or base.original_context
     fidelity = space.fidelity
     screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
               if fidelity.screen_samples else None)
     evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
                                max_batch=max_batch, progress=False, workers=workers)
-    scorer = Objective(objective, evaluator, windows, target_length,
-                       short_length=short if objective == "ppl+short" else None, screen_windows=screen,
-                       short_lengths=tuple(short_lengths))
-    config = {
-        "model": model, "data": data, "target_length": target_length, "objective": objective,
-        "space": {k: v for k, v in space_to_dict(space).items() if k != "workers"},  # any count gives the same
-        "samples": samples, "seed": seed,
-        "short_length": short if objective == "ppl+short" else None,
-        "regime": regime, "short_lengths": list(short_lengths),
-        "reference": None if reference is None else list(reference.long_factor),
-        "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
-                                                       "original_context": base.original_context},
-    }
-    search = Search(Encoding(space, base, target_length, reference=reference, regime=regime), scorer, RunDir(out), seed=seed, max_evals=max_evals,
-                    time_minutes=time_minutes, log=log,
-                    provenance={"model": model, "data": data, "windows": config["windows"],
-                                "ropesearch_version": __version__},
-                    status=evaluator.status if workers else None)
     try:
+        guard = None
+        if short_tolerance is not None and regime == "long" and reference is None and objective != "ppl+short":
+            guard = _short_guard(out, resume, evaluator, windows, base, target_length, short_tolerance, space)
+            space = guarded_space(space, guard.attention_cap)
+            log(guard.describe())
+        scorer = Objective(objective, evaluator, windows, target_length,
+                           short_length=short if objective == "ppl+short" else None, screen_windows=screen,
+                           short_lengths=tuple(short_lengths))
+        config = {
+            "model": model, "data": data, "target_length": target_length, "objective": objective,
+            "space": {k: v for k, v in space_to_dict(space).items() if k != "workers"},  # any count gives the same
+            "samples": samples, "seed": seed,
+            "short_length": short if objective == "ppl+short" else None,
+            "regime": regime, "short_lengths": list(short_lengths),
+            "short_guard": None if guard is None else guard.as_dict(),
+            "reference": None if reference is None else list(reference.long_factor),
+            "windows": [w.name for w in windows], "rope": {"rope_theta": base.rope_theta, "rotary_dim": base.rotary_dim,
+                                                           "original_context": base.original_context},
+        }
+        if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
+            config |= {"pack": True, **window_parts(windows)}
+        encoding = Encoding(space, base, target_length, reference=reference, regime=regime,
+                            short_unscaled=guard is not None)
+        search = Search(encoding, scorer, RunDir(out), seed=seed, max_evals=max_evals,
+                        time_minutes=time_minutes, log=log,
+                        provenance={"model": model, "data": data, "windows": config["windows"],
+                                    "ropesearch_version": __version__}
+                        | ({"short_guard": guard.as_dict()} if guard else {}),
+                        status=evaluator.status if workers else None)
         return search.run(resume=resume, config=config, stop_after=stop_after)
     finally:
         if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
             evaluator.close()
+
+
+def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,
+                 space: SearchSpace) -> ShortGuard:
+    """Measure the guard, or on resume take the one the run measured (so its config stays the same)."""
+    import json
+
+    saved = Path(out) / "config.json"
+    if resume and saved.is_file():
+        earlier = json.loads(saved.read_text()).get("short_guard")
+        if earlier and earlier.get("tolerance") == tolerance:
+            return ShortGuard(**earlier)
+    from ropesearch.rope.methods import longrope_mscale
+
+    highest = space.attention_factor[1] if space.attention_factor else longrope_mscale(
+        target / base.original_context, base.original_context)
+    return measure_guard(evaluator, windows, base, target, tolerance, highest)

@@ -53,6 +53,7 @@ class Fidelity:
     screen_samples: int | None = None  # windows used for screening (None: no screening)
     screen_length_fraction: float = 1.0  # screening windows are this fraction of the target length
     promote: float = 0.5  # fraction of screened offspring promoted to full scoring
+    promote_max: int | None = None  # and at most this many (full scores that cost minutes each, e.g. at 1M)
     # screen the initial population too (a large, cheaply screened start: its best `promote`
     # fraction is scored in full); false scores every initial member in full
     initial: bool = False
@@ -128,6 +129,9 @@ def _check(space: SearchSpace, where: str) -> None:
     if fid.screen_samples is not None and (fid.screen_samples < 1 or not 0 < fid.promote <= 1
                                            or not 0 < fid.screen_length_fraction <= 1):
         problems.append("fidelity needs screen_samples >= 1, promote in (0, 1], screen_length_fraction in (0, 1]")
+    pm = fid.promote_max
+    if pm is not None and (isinstance(pm, bool) or not isinstance(pm, int) or pm < 1):
+        problems.append(f"fidelity.promote_max must be null or a whole number >= 1, got {pm!r}")
     if space.algorithm not in ("ga", "nsga2"):
         problems.append(f"algorithm must be ga or nsga2, got {space.algorithm!r}")
     if space.objective not in ("ppl", "needle", "ppl+short"):

@@ -1,0 +1,162 @@
+"""What makes an exported model folder load the same everywhere: transformers 5.x and 4.x, vLLM.
+
+transformers 5.x reads `rope_parameters`; 4.x (from 4.51.0, the first release whose Llama
+rotary module switches between short and long factors) reads the legacy `rope_scaling`, a
+top-level `rope_theta`, and takes the pretrained window from a top-level
+`original_max_position_embeddings` (without it, 4.x compares with `max_position_embeddings`,
+the target, and never uses the long factors). Both sets of keys are written, with equal values.
+The tokenizer class is named as both versions know it, and the folder holds its own weights
+and a model card, so it can be copied anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ropesearch.errors import RopesearchError
+from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.rope.factors import RopeFactors
+
+OLDEST_TRANSFORMERS_4 = "4.51.0"  # first 4.x whose Llama rotary module applies longrope's short/long switch
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # 5.x's "TokenizersBackend" does not exist in 4.x
+LINK_MODES = ("hardlink", "copy", "symlink")
+
+
+def add_legacy_rope_keys(folder: Path) -> None:
+    """Rewrite FOLDER/config.json so that transformers 4.x reads the same RoPE as 5.x."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    params = dict(config.get("rope_parameters") or {})
+    if not params or "rope_type" not in params:
+        return
+    config["rope_theta"] = params["rope_theta"]
+    legacy = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if "original_max_position_embeddings" in params:
+        config["original_max_position_embeddings"] = params["original_max_position_embeddings"]
+    config["rope_scaling"] = legacy
+    if "partial_rotary_factor" in params:
+        config["partial_rotary_factor"] = params["partial_rotary_factor"]
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Name the fast tokenizer class that transformers 4.x and 5.x both load from tokenizer.json."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file() or not (folder / "tokenizer.json").is_file():
+        return
+    if path.is_symlink():  # never write through a link into the source model
+        text = path.read_text()
+        path.unlink()
+        path.write_text(text)
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        config.pop("backend", None)
+        atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def place_file(source: Path, target: Path, mode: str) -> None:
+    """Put SOURCE at TARGET: a hard link (a copy where the file system cannot link), a copy, or a symlink."""
+    if mode not in LINK_MODES:
+        raise RopesearchError(f"link mode {mode!r} is not one of {', '.join(LINK_MODES)}")
+    if source.is_dir():
+        if mode == "symlink":
+            os.symlink(source.resolve(), target)
+            return
+        target.mkdir()
+        for item in sorted(source.iterdir()):
+            place_file(item, target / item.name, mode)
+        return
+    if mode == "symlink":
+        os.symlink(source.resolve(), target)
+        return
+    if mode == "hardlink":
+        try:
+            os.link(source.resolve(), target)
+            return
+        except OSError:  # another file system, or links not allowed: copy instead
+            pass
+    shutil.copy2(source, target)
+
+
+def original_window_caveat(factors: RopeFactors, provenance: dict | None = None) -> str | None:
+    """Why these factors may be worse than the unscaled model at the original window (transformers
+    applies the attention factor at every length), or None when they are the unscaled model there
+    or a search's short guard measured them within its tolerance."""
+    if (provenance or {}).get("short_guard"):
+        return None
+    problems = []
+    if any(abs(f - 1.0) > 1e-9 for f in factors.short_factor):
+        problems.append("short_factor is not all 1")
+    if factors.attention_factor > 1.001:
+        problems.append(f"the attention factor {factors.attention_factor:.4g} applies at every length")
+    if not problems:
+        return None
+    return (f"at or below {factors.base.original_context} tokens this is not the unscaled model ("
+            + "; ".join(problems) + "): compare with `ropesearch baselines --methods none --factors ...`")
+
+
+def _scores_lines(provenance: dict) -> list[str]:
+    scores = provenance.get("scores") or {}
+    if not scores:
+        return ["- Scores: none recorded in the factor file."]
+    return ["- Scores recorded by the search (perplexity on its own windows): "
+            + ", ".join(f"`{k}` = {v:.4f}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in scores.items())]
+
+
+def model_card(factors: RopeFactors, model_spec: str, provenance: dict, factor_file: str | None) -> str:
+    """The exported folder's README.md: what was extended, how, and how to load it."""
+    base = factors.base
+    equal = factors.short_factor == factors.long_factor
+    lines = [
+        f"# {model_spec}, RoPE extended {base.original_context} -> {factors.target_context} tokens "
+        f"(x{factors.scale:g})", "",
+        f"This folder is `{model_spec}` with its RoPE rescaled by ropesearch "
+        f"(method `{factors.method}`); the weights are unchanged.", "",
+        f"- Context: trained at {base.original_context} tokens, extended to {factors.target_context} "
+        f"(`max_position_embeddings`).",
+        f"- RoPE: rope_theta {base.rope_theta:g}, {base.rotary_dim} rotary dims, {base.n_factors} factors per set, "
+        f"attention factor {factors.attention_factor:.6g}.",
+        "- Short factors " + ("equal the long ones." if equal else
+                              f"(at or below {base.original_context} tokens) differ from the long ones."),
+        f"- Factors from: `{factor_file or 'a factor set'}`; model `{provenance.get('model', model_spec)}`, "
+        f"data `{provenance.get('data', '?')}`, objective `{provenance.get('objective', '?')}`, "
+        f"ropesearch {provenance.get('ropesearch_version', '?')}, {provenance.get('created', '?')}.",
+        *_scores_lines(provenance),
+        *([f"- The same windows at the target with the baselines: "
+           + ", ".join(f"{k} {v:.4f}" for k, v in provenance["baselines"].items()) + "."]
+          if provenance.get("baselines") else []),
+        *([f"- Short guard: {provenance['short_guard']['length']} tokens kept within "
+           f"{provenance['short_guard']['tolerance']:.0%} of the unscaled model "
+           f"({provenance['short_guard']['unscaled_ppl']:.3f} -> at most {provenance['short_guard']['capped_ppl']:.3f} "
+           "on the search windows)."] if provenance.get("short_guard") else []),
+        *([f"- Caveat: {original_window_caveat(factors, provenance)}."]
+          if original_window_caveat(factors, provenance) else []),
+        "- `ropesearch_factors.json` in this folder is the factor file itself.", "",
+        "## Load it", "",
+        "transformers 5.x, and 4.x from " + OLDEST_TRANSFORMERS_4 + " (config.json carries both `rope_parameters` "
+        "and the legacy `rope_scaling`):", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
+        "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")",
+        "```", "",
+        f"transformers uses `short_factor` up to {base.original_context} tokens and `long_factor` above, "
+        "and applies the attention factor at every length.", "",
+        "vLLM (reads `long_mscale`/`short_mscale`, and uses `long_factor` at every length once "
+        "`--max-model-len` exceeds the original window):", "",
+        "```sh",
+        f"vllm serve path/to/this/folder --max-model-len {factors.target_context}   # or: sh serve.sh",
+        "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def serve_script(target_context: int) -> str:
+    """serve.sh for an exported folder: serves the folder it sits in, wherever it was moved."""
+    return ("#!/bin/sh\n# Serve this folder with vLLM (long_factor at every length once max-model-len exceeds "
+            "the original window).\n"
+            f"exec vllm serve \"$(dirname \"$0\")\" --max-model-len {target_context} \"$@\"\n")

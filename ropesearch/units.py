@@ -1,0 +1,55 @@
+"""Token counts as people write them: 2048, 2k (2048), 32k, 1.5k, 1M (1048576); one parser for every
+length option, plan setting and Python call."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ropesearch.errors import RopesearchError
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_tokens(value: str | int, what: str = "a token count") -> int:
+    """`2k` -> 2048, `1M` -> 1048576, `300` -> 300; anything else is an error naming `what`."""
+    if isinstance(value, bool):
+        raise RopesearchError(f"{what} must be a token count like 2048, 2k or 1M, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _PATTERN.match(str(value))
+    if not match:
+        raise RopesearchError(f"{what} must be a token count like 2048, 2k or 1M, got {value!r}")
+    count = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not count.is_integer():
+        raise RopesearchError(f"{what} must be a whole number of tokens, got {value!r} ({count:g})")
+    return int(count)
+
+
+def parse_token_list(text: str | Iterable, what: str = "--lengths") -> list[int]:
+    """Comma-separated token counts (or a list of them), sorted, duplicates removed, each >= 2."""
+    items = [x for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    try:
+        lengths = sorted({parse_tokens(x, what) for x in items})
+    except RopesearchError:
+        raise RopesearchError(f"{what} must be comma-separated token counts like 16384,32k, got {text!r}") from None
+    if not lengths or lengths[0] < 2:
+        raise RopesearchError(f"{what} must be token counts >= 2, got {text!r}")
+    return lengths
+
+
+def token_count_type():
+    """A click parameter type accepting 2048, 2k, 1M (built lazily: the library does not need click)."""
+    import click
+
+    class TokenCount(click.ParamType):
+        name = "TOKENS"
+
+        def convert(self, value, param, ctx):
+            try:
+                return parse_tokens(value, f"--{param.name.replace('_', '-')}" if param else "a token count")
+            except RopesearchError as exc:
+                self.fail(str(exc), param, ctx)
+
+    return TokenCount()

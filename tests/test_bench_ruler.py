@@ -1,0 +1,42 @@
+"""eval/bench_ruler.py at a tiny size on the pocket model: runs resume per length, the summary merges sets."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from ropesearch.export import save_factors
+from ropesearch.models import load_config, resolve_model, rope_base
+from ropesearch.rope import make_factors
+
+spec = importlib.util.spec_from_file_location("bench_ruler", Path(__file__).parents[1] / "eval" / "bench_ruler.py")
+bench_ruler = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_ruler)
+
+
+def test_runs_resume_and_the_summary_checks_the_targets(tmp_path, monkeypatch):
+    factors = tmp_path / "pocket-yarn.json"
+    save_factors(make_factors("yarn", rope_base(load_config(resolve_model("pocket"))), 4), factors)
+    out = tmp_path / "ruler"
+
+    def bench(*args):
+        monkeypatch.setattr(sys, "argv", ["bench_ruler.py", *map(str, args)])
+        bench_ruler.main()
+
+    common = ["--model", "pocket", "--factors", factors, "--tasks", "niah_single_1", "--samples", 1,
+              "--max-new-tokens", 2, "--data", "builtin", "--out", out]
+    bench("run", "--set", "64k", "--lengths", "600", "--methods", "none", *common)
+    bench("run", "--set", "64k", "--lengths", "600,9000", "--methods", "none", "--no-found", *common[:-2],
+          "--out", out)  # resumes: only the unscaled model at 9000 is new
+    first = json.loads((out / "ruler-64k.json").read_text())["ruler"]
+    assert set(first) == {"none", "found-64k.json"}
+    assert set(first["none"]["average"]) == {"600", "9000"} and set(first["found-64k.json"]["average"]) == {"600"}
+    bench("run", "--set", "128k", "--lengths", "9000", "--methods", "ntk", *common)
+    bench("summary", "--out", out)
+    readme = (out / "README.md").read_text()
+    assert "## 64k set (x8)" in readme and "## 128k set (x16)" in readme
+    assert "- 9000: found" in readme and "ntk" in readme and ("target met" in readme or "NOT met" in readme)
+    # the 128k table holds the unscaled model's scores from the 64k set
+    block = readme.split("## 128k set")[1].split("average:")[1]
+    assert "none" in block.splitlines()[1]
+    assert (out / "ruler-128k-found-128k.png").stat().st_size > 10_000

@@ -198,6 +198,33 @@ BACKEND_OPTION = click.option(
     "at every length).")
 
 
+def _worker_options(function):
+    """--workers / --ray-address / --gpus-per-worker / --task-timeout: score on Ray workers (pip install 'ropesearch[ray]')."""
+    options = [
+        click.option("--workers", type=int,
+                     help="Score on N Ray workers, each holding the model (default with --ray-address: every GPU "
+                     "/ --gpus-per-worker; without these flags: this process, no Ray)."),
+        click.option("--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start "
+                     "a local Ray instance)."),
+        click.option("--gpus-per-worker", type=int,
+                     help="GPUs per worker, for a model that does not fit one (default 1; 0: CPU workers)."),
+        click.option("--task-timeout", type=float,
+                     help="Seconds before a worker's task counts as hung (default: 10x the slowest task, >= 600)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _workers(options: dict, dtype=None):
+    """Pop the worker flags from a command's options: WorkerOptions (workers load the model in `dtype`),
+    or None without them."""
+    from ropesearch.evaluate.workers import worker_options
+
+    return worker_options(*(options.pop(k) for k in ("workers", "ray_address", "gpus_per_worker", "task_timeout")),
+                          dtype=dtype)
+
+
 def _eval_options(function):
     """Options shared by `eval` and `baselines`."""
     options = [
@@ -224,7 +251,7 @@ def _eval_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return _worker_options(function)
 
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
@@ -232,13 +259,14 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
     from ropesearch.evaluate.runs import (baseline_table, failed_cells, format_table, parse_lengths, save_json,
                                           searched_documents, setup)
 
+    workers = _workers(table_args, _torch_dtype(dtype))
     lengths = parse_lengths(lengths)
     _check_json_out(json_out, model, table_args.get("factor_files", ()), data)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
-                dtype=_torch_dtype(dtype), pack=pack)
-    table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, **table_args)
+                dtype=_torch_dtype(dtype), pack=pack, config_only=workers is not None)
+    table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
     failed = failed_cells(table)
     if failed:
@@ -327,8 +355,9 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 @click.option("--no-short-guard", is_flag=True, help="Search without that guard (short_factor = long_factor, "
               "attention factor free; the original window may get worse).")
 @PACK_OPTION
+@_worker_options
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
-               max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard, pack):
+               max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard, pack, **worker_flags):
     """Evolutionary search for LongRoPE factors at --target-length.
 
     Writes OUT/config.json, OUT/history.jsonl (every scored candidate), OUT/checkpoint.json
@@ -342,6 +371,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
                         seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
                         max_batch=max_batch, text_field=text_field, backend=backend, pack=pack,
                         short_tolerance=None if no_short_guard else short_tolerance, dtype=_torch_dtype(dtype),
+                        workers=_workers(worker_flags, _torch_dtype(dtype)),
                         log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")

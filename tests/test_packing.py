@@ -77,6 +77,10 @@ def test_screen_rank_correlation_pairs_screen_and_full_scores():
     history += [{"genome": [i], "fidelity": "full", "metrics": {"ppl@9": float(10 - i)}} for i in range(4)]
     rank = screen_rank_correlation(history)
     assert rank["pairs"] == 4 and rank["spearman"] == pytest.approx(-1.0)
+    # a candidate the Ray workers could not score (inf, with its reason) is no point of the correlation
+    history += [{"genome": [g], "fidelity": "full", "metrics": {"ppl@9": float("inf")}, "failed": "OutOfMemoryError"}
+                for g in (4, 5)]
+    assert screen_rank_correlation(history)["pairs"] == 4
 
 
 @pytest.fixture

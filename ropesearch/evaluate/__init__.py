@@ -7,11 +7,25 @@ BACKENDS = ("torch", "vllm")
 
 
 def make_evaluator(model, backend: str = "torch", model_spec: str | None = None, max_length: int | None = None,
-                   **options):
+                   workers=None, **options):
     """The evaluator for a loaded model: torch (default), or vllm (an engine over the model's folder,
     `model_spec`, for windows up to `max_length`; `model` may then be just its config, see
-    `load_for_backend`; torch-only options are ignored)."""
+    `load_for_backend`; torch-only options are ignored).
+
+    `workers` (WorkerOptions): a pool of Ray actors, each loading `model_spec` itself and scoring
+    with that backend; `model` may then be just its config. Close the pool when done (`close()`).
+    A started WorkerPool of the same model is used as it is (and stays open)."""
     from ropesearch.errors import RopesearchError
+
+    if workers is not None:
+        from ropesearch.evaluate.workers import WorkerPool
+
+        if isinstance(workers, WorkerPool):
+            if workers.model_spec != model_spec:
+                raise RopesearchError(f"the worker pool holds {workers.model_spec!r}, not {model_spec!r}")
+            return workers
+        options.pop("progress", None)  # the pool shows its own line: candidates done, workers alive
+        return WorkerPool(model_spec, workers, backend=backend, max_length=max_length, evaluator_options=options)
 
     if backend == "torch":
         return TorchEvaluator(model, **options)

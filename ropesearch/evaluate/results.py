@@ -17,6 +17,8 @@ class Score:
     tokens: dict[int, int] = field(default_factory=dict)
     window_nll: dict[int, list[float]] = field(default_factory=dict)  # mean NLL of each window
     seconds: float = 0.0
+    worker: str | None = None  # which worker scored it (distributed evaluation), host:pid
+    failed: str | None = None  # why it could not be scored (the workers' deterministic failure); no metrics then
 
     def add(self, length: int, nll_sum: float, tokens: int) -> None:
         self.nll_sum[length] = self.nll_sum.get(length, 0.0) + nll_sum

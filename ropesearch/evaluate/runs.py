@@ -18,7 +18,7 @@ from ropesearch.data import Window, build_windows, document_of, load_documents, 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
-from ropesearch.models import config_of, dtype_of, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import config_of, dtype_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
 
@@ -45,12 +45,13 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
           offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
           dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
-          backend: str = "torch", pack: bool = False, documents=None) -> EvalSetup:
+          backend: str = "torch", pack: bool = False, documents=None, config_only: bool = False) -> EvalSetup:
     """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
 
     `exclude` names documents to leave out; `pack` joins documents into windows of the longest
     length; `documents` (already loaded Document objects) replaces reading `data`. For the vLLM
-    backend only the model's config is loaded.
+    backend, or with `config_only` (Ray workers load the model themselves), only the model's
+    config is loaded.
     """
     if loaded is None:
         ref = resolve_model(model)
@@ -66,7 +67,7 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
             raise RopesearchError(f"every document of {data} was excluded: nothing is held out")
     windows = build_windows(documents, tokenizer, max_length, samples, seed, needle=needle, offset=offset, pack=pack)
     if loaded is None:
-        loaded = load_for_backend(ref, backend, dtype=dtype, device=device)
+        loaded = load_config(ref) if config_only else load_for_backend(ref, backend, dtype=dtype, device=device)
     options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset, "pack": pack,
                "excluded_documents": sorted(exclude)}
     return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
@@ -139,6 +140,14 @@ def _key(factors: RopeFactors) -> tuple:
             factors.dynamic_factor)
 
 
+def _scored(scores: list, what: str) -> list:
+    """The scores, or one line saying why a worker could not score one (see Score.failed)."""
+    for score in scores:
+        if score.failed:
+            raise RopesearchError(f"{score.factors.method} could not be scored at {what}: {score.failed}")
+    return scores
+
+
 def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str, float]:
     """Perplexity of the unscaled model reading the first L tokens of the same windows in
     back-to-back windows of its own trained length, for each length L: the floor an extension
@@ -147,7 +156,8 @@ def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str
 
     original = run.base.original_context
     chunks = native_windows(run.windows, original)
-    (score,) = evaluator.score([make_factors("none", run.base, 1.0)], chunks, [original])
+    (score,) = _scored(evaluator.score([make_factors("none", run.base, 1.0)], chunks, [original]),
+                       f"the unscaled model in {original}-token windows")
     per_window = run.windows[0].length // original
     nll = np.asarray(score.window_nll[original]).reshape(len(run.windows), per_window)
     return {str(n): float(np.exp(nll[:, : n // original].mean())) for n in lengths if n >= original}
@@ -179,7 +189,7 @@ def factor_labels(factor_files: Sequence[str]) -> dict[str, str]:
 
 def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str] = (),
                    factor_files: Sequence[str] = (), scale: float | None = None, fixed_scale: bool = False,
-                   per_length: bool = False, native: bool = False, **evaluator_options) -> dict:
+                   per_length: bool = False, native: bool = False, workers=None, **evaluator_options) -> dict:
     """Perplexity by length for baseline methods and factor files, in as few passes as possible.
 
     Every column is one deployable model at one scale: a method at `scale` (default: the longest
@@ -189,11 +199,11 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     With factor files, their perplexity at the original window is compared with the unscaled
     model's (`original_window`; see original_window_warnings). `native` adds the unscaled model
     reading the same text in windows of its own length (`native_column`).
+    `workers` (WorkerOptions): score on a pool of Ray workers (see ropesearch.evaluate.workers).
     """
     del fixed_scale  # every column has a fixed scale now unless per_length asks otherwise
     longest_scale = max(1.0, max(lengths) / run.base.original_context)
     scale = scale or longest_scale
-    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), **evaluator_options)
     files = {label: load_factors(path) for label, path in factor_labels(factor_files).items()}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")
@@ -217,37 +227,46 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     by_lengths: dict[tuple[int, ...], list[tuple]] = {}
     for key, (_, key_lengths) in unique.items():
         by_lengths.setdefault(tuple(sorted(key_lengths)), []).append(key)
-    scores = {}
-    for key_lengths, keys in by_lengths.items():
-        windows = prefix_windows(run.windows, max(key_lengths))
-        scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
-    names = list(methods) + list(files)
-    labels = {n: label_of.get(n, n) for n in names}
-    scales = {labels[m]: 1.0 if m == "none" else ("per-length" if per_length else scale) for m in methods}
-    if "as-is" in methods:
-        scales["as-is"] = unique[owner["as-is", lengths[0]]][0].scale
-    scales |= {name: factors.scale for name, factors in files.items()}
-    ppl = {labels[n]: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names}
-    if native and run.windows[0].length >= run.base.original_context:
-        native_label = f"none ({run.base.original_context} windows)"
-        ppl[native_label] = native_column(evaluator, run, lengths)
-        scales[native_label] = 1.0
-    table = {
-        "model": run.model_spec,
-        "data": run.data_spec,
-        "windows": [w.name for w in run.windows],
-        **window_parts(run.windows),
-        "options": run.options | {"scale": "length / original window" if per_length else scale},
-        "original_context": run.base.original_context,
-        "lengths": list(lengths),
-        "scales": scales,
-        "ppl": ppl,
-        "seconds": {labels[n]: sum(scores[k].seconds for k in {owner[n, length] for length in lengths}) for n in names},
-        "environment": environment(run.model),
-    }
-    if files:
-        table["original_window"] = _original_window(run, evaluator, files)
-    return table
+    evaluator = make_evaluator(run.model, model_spec=run.model_spec, max_length=max(lengths), workers=workers,
+                               **evaluator_options)
+    try:
+        scores = {}
+        for key_lengths, keys in by_lengths.items():
+            windows = prefix_windows(run.windows, max(key_lengths))
+            scores.update(zip(keys, evaluator.score([unique[k][0] for k in keys], windows, key_lengths)))
+        for name, key in owner.items():
+            if scores[key].failed:
+                raise RopesearchError(f"{name[0]} could not be scored at {name[1]} tokens: {scores[key].failed}")
+        names = list(methods) + list(files)
+        labels = {n: label_of.get(n, n) for n in names}
+        scales = {labels[m]: 1.0 if m == "none" else ("per-length" if per_length else scale) for m in methods}
+        if "as-is" in methods:
+            scales["as-is"] = unique[owner["as-is", lengths[0]]][0].scale
+        scales |= {name: factors.scale for name, factors in files.items()}
+        ppl = {labels[n]: {str(length): scores[owner[n, length]].ppl[length] for length in lengths} for n in names}
+        if native and run.windows[0].length >= run.base.original_context:
+            native_label = f"none ({run.base.original_context} windows)"
+            ppl[native_label] = native_column(evaluator, run, lengths)
+            scales[native_label] = 1.0
+        table = {
+            "model": run.model_spec,
+            "data": run.data_spec,
+            "windows": [w.name for w in run.windows],
+            **window_parts(run.windows),
+            "options": run.options | {"scale": "length / original window" if per_length else scale},
+            "original_context": run.base.original_context,
+            "lengths": list(lengths),
+            "scales": scales,
+            "ppl": ppl,
+            "seconds": {labels[n]: sum(scores[k].seconds for k in {owner[n, length] for length in lengths}) for n in names},
+            "environment": environment(run.model),
+        }
+        if files:
+            table["original_window"] = _original_window(run, evaluator, files)
+        return table
+    finally:
+        if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
+            evaluator.close()
 
 
 def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors]) -> dict:
@@ -256,7 +275,8 @@ def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors]) -
     if run.windows[0].length < original:
         return {}
     sets = [make_factors("none", run.base, 1.0)] + list(files.values())
-    scores = evaluator.score(sets, prefix_windows(run.windows, original), [original])
+    scores = _scored(evaluator.score(sets, prefix_windows(run.windows, original), [original]),
+                     f"the original window ({original} tokens)")
     unscaled = scores[0].ppl[original]
     return {name: {"length": original, "ppl": s.ppl[original], "unscaled": unscaled, "ratio": s.ppl[original] / unscaled}
             for name, s in zip(files, scores[1:])}

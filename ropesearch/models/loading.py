@@ -123,14 +123,19 @@ def dtype_of(loaded):
 
 
 def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str | None = None):
-    """A causal LM in eval mode: float32 on CPU, bfloat16 on a GPU unless `dtype` says otherwise."""
+    """A causal LM in eval mode: float32 on CPU, bfloat16 on a GPU unless `dtype` says otherwise.
+
+    device "auto" spreads the layers over every visible GPU (a model that does not fit one)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spread = device == "auto"
+    device = torch.device("cuda" if spread or (device is None and torch.cuda.is_available()) else device or "cpu")
     dtype = dtype or default_dtype(device)
     kwargs = dict(ref.kwargs, dtype=dtype)
+    if spread:
+        kwargs["device_map"] = "auto"
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     # transformers' per-tensor loading bars and warnings drown our own output
@@ -143,7 +148,7 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _not_found(ref, exc) from None
-    return model.to(device).eval()
+    return (model if spread else model.to(device)).eval()
 
 
 def rope_base(config, original_context: int | None = None) -> RopeBase:

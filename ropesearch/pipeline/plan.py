@@ -42,6 +42,9 @@ class SearchStage:
     samples: int | None = None
     seed: int = 0
     short_tolerance: float | None = 0.01  # the short guard (see search/short_guard.py); null: off
+    workers: int | None = None  # score on Ray workers (as search --workers; ray_address, gpus_per_worker too)
+    ray_address: str | None = None
+    gpus_per_worker: int | None = None
 
 
 @dataclass(frozen=True)

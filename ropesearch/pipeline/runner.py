@@ -69,16 +69,20 @@ class Pipeline:
 
     # ---- stages ------------------------------------------------------------------------
     def _search(self, stage: Stage, folder: Path) -> dict:
+        from ropesearch.evaluate.workers import worker_options
         from ropesearch.search.session import run_search
 
         settings = stage.settings
         reference = self.factors if settings.relative else None
+        workers = worker_options(settings.workers, settings.ray_address, settings.gpus_per_worker)
         result = run_search(self.model_spec, self.plan.data["search"], settings.target, folder / "search",
                             space=settings.space, objective=settings.objective, samples=settings.samples,
                             seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
                             max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
-                            loaded=self.loaded(), reference=reference, short_tolerance=settings.short_tolerance,
-                            pack=self.plan.pack, documents=self.documents("search"))
+                            # workers load the model themselves: this process keeps no copy
+                            loaded=None if workers else self.loaded(), reference=reference,
+                            short_tolerance=settings.short_tolerance, pack=self.plan.pack,
+                            documents=self.documents("search"), workers=workers)
         from ropesearch.search.rundir import RunDir
         from ropesearch.search.screening import screen_rank_correlation
 
@@ -317,7 +321,10 @@ class Pipeline:
         from dataclasses import asdict
 
         described = {"name": self.plan.name, "model": self.plan.model, "data": self.plan.data,
-                     "stages": [{s.kind: asdict(s.settings)} for s in self.plan.stages]}
+                     # where the scoring runs (Ray workers) may change between sessions: results do not depend on it
+                     "stages": [{s.kind: {k: v for k, v in asdict(s.settings).items()
+                                          if k not in ("workers", "ray_address", "gpus_per_worker")}}
+                                for s in self.plan.stages]}
         if self.plan.pack or self.plan.holdout:  # what every stage reads (absent: off, as in older copies)
             described |= {"pack": self.plan.pack, "holdout": self.plan.holdout and asdict(self.plan.holdout)}
         plan_copy = self.out / "plan.json"

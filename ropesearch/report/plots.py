@@ -48,13 +48,15 @@ def plot_factors(factor_sets: Mapping[str, RopeFactors], path: Path) -> Path:
 
 
 def plot_progress(progress: list[dict], path: Path, objective: str) -> Path:
-    """Best objective so far against full evaluations and against evaluator seconds."""
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=STYLE["dpi"])
+    """Best objective so far against full evaluations, evaluator seconds (summed over workers) and wall time."""
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=STYLE["dpi"])
     best = [next(iter(p["best"].values())) for p in progress]
     axes[0].plot([p["full_evals"] for p in progress], best, marker=".")
     axes[0].set_xlabel("full evaluations")
     axes[1].plot([p.get("evaluator_seconds", p.get("gpu_seconds")) for p in progress], best, marker=".", color="C1")
-    axes[1].set_xlabel("evaluator seconds")
+    axes[1].set_xlabel("evaluator seconds (all workers)")
+    axes[2].plot([p["elapsed"] for p in progress], best, marker=".", color="C2")
+    axes[2].set_xlabel("wall seconds")
     for axis in axes:
         axis.set_ylabel(f"best {objective}")
         axis.grid(alpha=0.3)

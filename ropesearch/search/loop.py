@@ -105,7 +105,7 @@ class Search:
 
     def __init__(self, encoding: Encoding, objective: Objective, run_dir: RunDir, seed: int = 0,
                  max_evals: int | None = None, time_minutes: float | None = None, log=print,
-                 provenance: dict | None = None, short_tolerance: float = 0.02):
+                 provenance: dict | None = None, short_tolerance: float = 0.02, status=None):
         self.encoding = encoding
         self.objective = objective
         self.run_dir = run_dir
@@ -116,6 +116,7 @@ class Search:
         self.log = log
         self.provenance = provenance or {}
         self.short_tolerance = short_tolerance
+        self.status = status  # () -> str for the progress line (a worker pool: workers alive, candidates/s)
 
     # ---- one generation -----------------------------------------------------------------
     def _record(self, state, genome, factors, fidelity, values, names, seconds) -> dict:
@@ -154,11 +155,11 @@ class Search:
             fresh = [i for i in todo if keys[i] not in state.screen_cache]
             if fresh:
                 candidates = [encoding.decode(X[i]) for i in fresh]
-                values, seconds = objective.screen(candidates)
-                for i, factors, value, second in zip(fresh, candidates, values, seconds):
+                values, seconds, notes = objective.screen(candidates)
+                for i, factors, value, second, note in zip(fresh, candidates, values, seconds, notes):
                     # a non-finite score is a failed candidate: ranked last, never promoted or best
                     state.screen_cache[keys[i]] = float(value) if math.isfinite(value) else math.inf
-                    records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second))
+                    records.append(self._record(state, X[i], factors, "screen", value, ["screen_ppl"], second) | note)
                     state.evaluator_seconds += second
                 state.screen_evals += len(fresh)
             ranked = sorted(todo, key=lambda i: state.screen_cache[keys[i]])
@@ -168,12 +169,12 @@ class Search:
             todo = todo[: max(0, self.max_evals - state.full_evals)]
         if todo:
             candidates = [encoding.decode(X[i]) for i in todo]
-            values, seconds = objective.score(candidates)
-            for i, factors, value, second in zip(todo, candidates, values, seconds):
+            values, seconds, notes = objective.score(candidates)
+            for i, factors, value, second, note in zip(todo, candidates, values, seconds, notes):
                 value = np.where(np.isfinite(value), value, np.inf) if _failure(value, objective.names) else value
                 F[i] = value
                 state.cache[keys[i]] = value.tolist()
-                records.append(self._record(state, X[i], factors, "full", value, objective.names, second))
+                records.append(self._record(state, X[i], factors, "full", value, objective.names, second) | note)
                 state.evaluator_seconds += second
             state.full_evals += len(todo)
         pop.set("F", F)
@@ -228,12 +229,13 @@ class Search:
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
                  + f"  best {self.objective.names[0]} {state.best:.4f}{self._versus_yarn(state)}"
-                 + f"  {state.elapsed / 60:.1f} min")
+                 + f"  {state.elapsed / 60:.1f} min"
+                 + (f"  {self.status()}" if self.status else ""))
 
     @staticmethod
     def _versus_yarn(state: SearchState) -> str:
         yarn = state.baselines.get("yarn")
-        return f" ({state.best / yarn:.3f}x YaRN)" if yarn else ""
+        return f" ({state.best / yarn:.3f}x YaRN)" if yarn and math.isfinite(yarn) else ""  # inf: YaRN failed on the workers
 
     def _score_baselines(self, state: SearchState) -> None:
         """PI, NTK and YaRN at the target, scored and printed before generation 0 (what to beat)."""
@@ -241,7 +243,7 @@ class Search:
         if encoding.regime != "long" or encoding.reference is not None:
             return
         sets = {name: methods.make_factors(name, encoding.base, encoding.scale) for name in ("pi", "ntk", "yarn")}
-        values, seconds = self.objective.score(list(sets.values()))
+        values, seconds, _ = self.objective.score(list(sets.values()))
         state.evaluator_seconds += sum(seconds)
         state.baselines = {name: float(value[0]) for name, value in zip(sets, values)}
         self.log(f"baselines at {encoding.target_context} tokens ({self.objective.names[0]}): "

@@ -42,24 +42,32 @@ class Objective:
     def n_obj(self) -> int:
         return len(self.names)
 
-    def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float]]:
-        """Objective values [n, n_obj] and the GPU seconds spent on each candidate."""
+    def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
+        """Objective values [n, n_obj], the GPU seconds spent on each candidate, and what the history
+        adds for each (which worker scored it; why it failed: a failed candidate's values are inf)."""
         if self.kind == "short":
             scores = self.evaluator.score(list(candidates), prefix_windows(self.windows, max(self.short_lengths)),
                                           self.short_lengths)
-            values = np.array([[np.exp(np.mean([s.nll[n] for n in self.short_lengths]))] for s in scores])
-            return values, [s.seconds for s in scores]
+            values = np.array([[np.exp(np.mean([s.nll[n] for n in self.short_lengths])) if not s.failed else np.inf]
+                               for s in scores])
+            return values, [s.seconds for s in scores], _notes(scores)
         lengths = [self.short_length, self.target] if self.kind == "ppl+short" else [self.target]
         scores = self.evaluator.score(list(candidates), self.windows, lengths)
         values = np.array([[s.ppl[self.target]] + ([s.ppl[self.short_length]] if self.short_length else [])
-                           for s in scores])
-        return values, [s.seconds for s in scores]
+                           if not s.failed else [np.inf] * self.n_obj for s in scores])
+        return values, [s.seconds for s in scores], _notes(scores)
 
-    def screen(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float]]:
-        """One cheap value per candidate (first objective on the screening windows)."""
+    def screen(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
+        """One cheap value per candidate (first objective on the screening windows), seconds and notes as `score`."""
         length = self.screen_windows[0].length
         scores = self.evaluator.score(list(candidates), self.screen_windows, [length])
-        return np.array([s.ppl[length] for s in scores]), [s.seconds for s in scores]
+        values = np.array([s.ppl[length] if not s.failed else np.inf for s in scores])
+        return values, [s.seconds for s in scores], _notes(scores)
+
+
+def _notes(scores) -> list[dict]:
+    """History fields beyond the metrics: the worker that scored a candidate, or why it failed."""
+    return [{k: v for k, v in (("worker", s.worker), ("failed", s.failed)) if v is not None} for s in scores]
 
 
 def screening_windows(windows: list[Window], samples: int, length_fraction: float) -> list[Window]:

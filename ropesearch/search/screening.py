@@ -18,9 +18,13 @@ def screen_rank_correlation(history: Iterable[dict]) -> dict:
 
     screened, full = {}, {}
     for record in history:
+        if record.get("failed"):  # no measurement (a worker could not score it): its values are inf
+            continue
         key = tuple(record["genome"])
         metrics = record.get("metrics", {})
-        if record.get("fidelity") == "screen" and "screen_ppl" in metrics:
+        if record.get("failed"):  # no score to rank
+            continue
+        if record.get("fidelity") == "screen" and metrics.get("screen_ppl") is not None:
             screened[key] = metrics["screen_ppl"]
         elif record.get("fidelity") == "full" and metrics:
             full[key] = next(iter(metrics.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +50,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                split: str = "test", log=print, stop_after: int | None = None, loaded=None,
                reference: RopeFactors | None = None, short_lengths: tuple[int, ...] = (),
                backend: str = "torch", short_tolerance: float | None = 0.01, dtype=None, pack: bool = False,
-               documents=None) -> SearchResult:
+               documents=None, workers=None) -> SearchResult:
     """Search factors for `target_length`; results, history and checkpoints go to `out`.
 
     `loaded` = (model, tokenizer) skips loading (tests, pipelines that hold the model already).
@@ -74,6 +75,10 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         space = replace(space, algorithm="nsga2")  # two objectives need a multi-objective survival
     samples = samples or space.samples
     ref = resolve_model(model)
+    if workers is None and space.workers:
+        from ropesearch.evaluate.workers import WorkerOptions
+
+        workers = WorkerOptions(count=space.workers, dtype=dtype)
     if loaded is None:
         check_model_folder(ref.path)
         _check_target(target_length if regime == "long" else None, rope_base(load_config(ref)))  # the config only
@@ -81,10 +86,12 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         documents = load_documents(data, text_field=text_field, split=split)  # bad data fails before any write
     # the run directory is checked and locked before anything loads; a new run that fails before
     # it starts leaves no folder behind
-    with RunDir(out).opened(resume) as run_dir:
+    with RunDir(out).opened(resume) as run_dir, contextlib.ExitStack() as cleanup:
         if loaded is None:
             tokenizer = load_tokenizer(ref)
-            loaded_model = load_for_backend(ref, backend, device=device, dtype=dtype)  # vLLM: the config only
+            # vLLM, or workers that load the model themselves: the config only
+            loaded_model = (load_config(ref) if workers
+                            else load_for_backend(ref, backend, device=device, dtype=dtype))
         else:
             loaded_model, tokenizer = loaded
         base = rope_base(config_of(loaded_model))
@@ -103,7 +110,9 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
                   if fidelity.screen_samples else None)
         evaluator = make_evaluator(loaded_model, backend=backend, model_spec=model, max_length=window_length,
-                                   max_batch=max_batch, progress=False)
+                                   max_batch=max_batch, progress=False, workers=workers)
+        if workers is not None and evaluator is not workers:  # a pool started here (not one handed in)
+            cleanup.callback(evaluator.close)
         guard = None
         if short_tolerance is not None and regime == "long" and reference is None and objective != "ppl+short":
             guard = _short_guard(out, resume, evaluator, windows, base, target_length, short_tolerance, space)
@@ -114,7 +123,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                            short_lengths=tuple(short_lengths))
         config = {
             "model": model, "data": data, "target_length": target_length, "objective": objective,
-            "space": space_to_dict(space), "samples": samples, "seed": seed,
+            "space": {k: v for k, v in space_to_dict(space).items() if k != "workers"},  # any count gives the same
+            "samples": samples, "seed": seed,
             "short_length": short if objective == "ppl+short" else None,
             "regime": regime, "short_lengths": list(short_lengths),
             "short_guard": None if guard is None else guard.as_dict(),
@@ -134,7 +144,8 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         search = Search(encoding, scorer, run_dir, seed=seed, max_evals=max_evals, time_minutes=time_minutes, log=log,
                         provenance={"model": model, "data": data, "windows": config["windows"],
                                     "ropesearch_version": __version__}
-                        | ({"short_guard": guard.as_dict()} if guard else {}))
+                        | ({"short_guard": guard.as_dict()} if guard else {}),
+                        status=evaluator.status if workers else None)
         return search.run(resume=resume, config=config, stop_after=stop_after)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ropesearch.data import Window
+from ropesearch.errors import RopesearchError
 from ropesearch.rope import RopeBase, methods
 from ropesearch.search.encoding import ATTENTION_STEP  # the cap lies on the gene's grid, so repair keeps it
 
@@ -57,8 +58,11 @@ def measure_guard(evaluator, windows: list[Window], base: RopeBase, target: int,
         candidates = [replace(unscaled, attention_factor=float(a), target_context=target) for a in grid]
         scores = evaluator.score(([unscaled] if reference is None else []) + candidates, windows, [length])
         if reference is None:
+            if scores[0].failed:  # a worker could not score it (see Score.failed)
+                raise RopesearchError(f"the unscaled model could not be scored at {length} tokens for the short "
+                                      f"guard: {scores[0].failed}")
             reference, scores = scores[0].ppl[length], scores[1:]
-        ppl = [s.ppl[length] for s in scores]
+        ppl = [math.inf if s.failed else s.ppl[length] for s in scores]  # a failed one is outside the tolerance
         within = [i for i, p in enumerate(ppl) if p <= reference * (1 + tolerance)]
         if not within:
             break

@@ -74,6 +74,7 @@ class SearchSpace:
     samples: int = 2  # search windows at the target length
     algorithm: str = "ga"  # "ga" (one objective) or "nsga2" (two)
     objective: str = "ppl"  # default objective: ppl, needle or ppl+short (the CLI's --objective overrides)
+    workers: int | None = None  # score on this many Ray workers (the CLI's --workers overrides); null: in-process
 
     @property
     def offspring(self) -> int:
@@ -132,6 +133,9 @@ def _check(space: SearchSpace, where: str) -> None:
         problems.append(f"objective must be ppl, needle or ppl+short, got {space.objective!r}")
     if space.samples < 1:
         problems.append("samples must be >= 1")
+    if space.workers is not None and (isinstance(space.workers, bool) or not isinstance(space.workers, int)
+                                      or space.workers < 1):
+        problems.append(f"workers must be null or a whole number >= 1, got {space.workers!r}")
     if space.start_tokens is not None and (not space.start_tokens or any(n < 0 for n in space.start_tokens)):
         problems.append("start_tokens must be a non-empty list of numbers >= 0")
     if space.attention_factor is not None and not 0 < space.attention_factor[0] <= space.attention_factor[1]:

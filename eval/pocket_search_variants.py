@@ -20,5 +20,5 @@ for spec in sys.argv[2].split(','):
   for seed in (0,1):
     out=tempfile.mkdtemp()
     r=run_search('pocket','builtin',2048,out,space=load_space(spec),samples=2,seed=seed,time_minutes=1.5,loaded=(model,tok),log=lambda *a:None)
-    trace=[(round(p['gpu_seconds'],1), round(list(p['best'].values())[0],3)) for p in r.state.progress]
+    trace=[(round(p.get('evaluator_seconds', p.get('gpu_seconds')),1), round(list(p['best'].values())[0],3)) for p in r.state.progress]
     print(json.dumps({'code':code,'space':spec,'seed':seed,'best':r.values[0],'evals':r.state.full_evals,'screens':r.state.screen_evals,'trace':trace[::3]}), flush=True)

@@ -641,9 +641,9 @@ def test_non_finite_scores_are_failed_candidates_never_best(loaded, tmp_path, mo
     real = objectives.Objective.score
 
     def half_broken(self, candidates):
-        values, seconds = real(self, candidates)
+        values, seconds, notes = real(self, candidates)
         values = [np.full_like(v, np.nan) if i % 2 == 0 else v for i, v in enumerate(values)]
-        return values, seconds
+        return values, seconds, notes
 
     monkeypatch.setattr(objectives.Objective, "score", half_broken)
     result = tiny_search(loaded, tmp_path / "run")
@@ -655,8 +655,8 @@ def test_non_finite_scores_are_failed_candidates_never_best(loaded, tmp_path, mo
     assert all(math.isfinite(v) for v in best["provenance"]["scores"].values())
 
     def all_broken(self, candidates):
-        values, seconds = real(self, candidates)
-        return [np.full_like(v, np.inf) for v in values], seconds
+        values, seconds, notes = real(self, candidates)
+        return [np.full_like(v, np.inf) for v in values], seconds, notes
 
     monkeypatch.setattr(objectives.Objective, "score", all_broken)
     with pytest.raises(RopesearchError, match="every candidate .* failed"):

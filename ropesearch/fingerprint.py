@@ -32,11 +32,17 @@ def weights_fingerprint(model) -> str:
     return _short(digest)
 
 
-def files_fingerprint(folder: str | Path, patterns=("*.safetensors", "*.bin", "*.gguf", "*.pt")) -> str:
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    return sorted({f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern)})
+
+
+def files_fingerprint(folder: str | Path) -> str:
     """Size and 16 evenly spaced 64 KiB pieces of each weight file: cheap, and any rewrite shows."""
     digest = hashlib.sha256()
-    files = sorted({f for pattern in patterns for f in Path(folder).glob(pattern)})
-    for path in files:
+    for path in weight_files(folder):
         size = path.stat().st_size
         digest.update(f"{path.name}|{size}|".encode())
         with open(path, "rb") as handle:

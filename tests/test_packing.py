@@ -194,11 +194,16 @@ def test_a_packed_plan_with_holdout_keeps_evaluation_apart_and_rebuilds_fine_tun
     # only q/k projections and norms were trained, and they alone rebuild the model folder
     from safetensors.torch import load_file
 
+    # the plan's run directory answers --heldout-of from wherever it is moved to
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    out.rename(moved)
+    assert searched_documents(moved) == sorted(trained_on)
+    moved.rename(out)
     trained = load_file(out / "02-finetune" / "trained.safetensors")
     assert trained and all(("q_proj" in k or "k_proj" in k or "norm" in k) for k in trained)
     original = load_file(out / "02-finetune" / "model" / "model.safetensors")
-    import shutil
-
     shutil.rmtree(out / "02-finetune" / "model")
     (out / "04-evaluate" / "done.json").unlink()
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])

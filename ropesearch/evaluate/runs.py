@@ -85,7 +85,8 @@ def searched_documents(run_dir: str | Path) -> list[str]:
             record = read_json(done, "stage record", "give another --heldout-of, or rerun that stage with run --resume")
             outputs = record.get("outputs", {}) if isinstance(record, dict) else {}
             if outputs.get("search_dir"):
-                used.update(searched_documents(outputs["search_dir"]))
+                # the stage's own folder: the recorded path is relative to where the plan ran
+                used.update(searched_documents(done.parent / Path(outputs["search_dir"]).name))
             used.update(outputs.get("documents", []))
         return sorted(used)
     config = run_dir / "config.json"
@@ -150,8 +151,8 @@ def _scored(scores: list, what: str) -> list:
 
 def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str, float]:
     """Perplexity of the unscaled model reading the first L tokens of the same windows in
-    back-to-back windows of its own trained length, for each length L: the floor an extension
-    is measured against (same text, no extrapolation)."""
+    back-to-back windows of its own trained length, for each length L that is a multiple of it:
+    the floor an extension is measured against (same text, no extrapolation)."""
     from ropesearch.data.samples import native_windows
 
     original = run.base.original_context
@@ -160,7 +161,9 @@ def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str
                        f"the unscaled model in {original}-token windows")
     per_window = run.windows[0].length // original
     nll = np.asarray(score.window_nll[original]).reshape(len(run.windows), per_window)
-    return {str(n): float(np.exp(nll[:, : n // original].mean())) for n in lengths if n >= original}
+    # lengths that are whole multiples of the window only: the column scores exactly the same tokens
+    return {str(n): float(np.exp(nll[:, : n // original].mean())) for n in lengths
+            if n >= original and n % original == 0}
 
 
 def factor_labels(factor_files: Sequence[str]) -> dict[str, str]:

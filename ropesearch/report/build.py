@@ -17,7 +17,12 @@ from ropesearch.report.plots import (plot_factors, plot_loss, plot_passkey, plot
                                      plot_relative, plot_ruler)
 from ropesearch.rope import make_factors
 
-SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv", ".checkpoint.tmp"}
+SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv"}
+
+
+def _skipped(relative: Path) -> bool:
+    """Folders that hold no results: outputs, weights, and fine-tuning's staging folders (.checkpoint.*)."""
+    return any(part in SKIP or part.startswith(".checkpoint.") for part in relative.parts)
 
 
 def _json(path: Path):
@@ -163,7 +168,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "report"
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    folders = [run_dir] + sorted(p for p in run_dir.rglob("*") if p.is_dir() and not SKIP & set(p.relative_to(run_dir).parts))
+    folders = [run_dir] + sorted(p for p in run_dir.rglob("*") if p.is_dir() and not _skipped(p.relative_to(run_dir)))
     lines = [f"# ropesearch report: {run_dir.name}", ""]
     sections = 0
     for folder in folders:

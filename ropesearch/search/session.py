@@ -15,7 +15,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
 from ropesearch.evaluate.runs import window_parts
-from ropesearch.fingerprint import data_fingerprint, files_fingerprint, weights_fingerprint, windows_fingerprint
+from ropesearch.fingerprint import (data_fingerprint, files_fingerprint, weight_files, weights_fingerprint,
+                                    windows_fingerprint)
 from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
@@ -134,8 +135,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         }
         if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
             config |= {"pack": True, **window_parts(windows)}
-        weights = (weights_fingerprint(loaded_model) if isinstance(loaded_model, torch.nn.Module)
-                   else files_fingerprint(ref.path))
+        weights = _model_fingerprint(ref, loaded_model)
         config["inputs"] = {"model": weights, "tokenizer": tokenizer_fingerprint(tokenizer),
                             "data": windows_fingerprint(windows), "space": data_fingerprint(config["space"]),
                             "seed": seed}
@@ -147,6 +147,18 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
                         | ({"short_guard": guard.as_dict()} if guard else {}),
                         status=evaluator.status if workers else None)
         return search.run(resume=resume, config=config, stop_after=stop_after)
+
+
+def _model_fingerprint(ref, loaded_model) -> str:
+    """The weight files where the model is a local folder or file, whether this process loaded the
+    weights or only the config (Ray workers, vLLM): a run may resume with or without workers. Weights
+    in memory only (no local files) are sampled instead."""
+    local = Path(ref.path)
+    if local.is_dir() and weight_files(local):
+        return files_fingerprint(local)
+    if isinstance(loaded_model, torch.nn.Module):
+        return weights_fingerprint(loaded_model)
+    return files_fingerprint(ref.path)
 
 
 def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,

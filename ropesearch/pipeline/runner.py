@@ -31,6 +31,7 @@ class Pipeline:
         self.model_spec = plan.model
         self.factors_file: Path | None = None
         self._loaded: tuple | None = None  # (spec, model, tokenizer)
+        self._documents: dict[str, list] = {}  # data spec -> its documents
         self.outputs: dict[str, dict] = {}
         self.search_dirs: list[Path] = []  # run folders of the search stages so far
         self.finetuned_documents: list[str] = []  # documents the fine-tuning stages read
@@ -57,7 +58,9 @@ class Pipeline:
         from ropesearch.data import load_documents, split_holdout
 
         spec = self.plan.data[role]
-        documents = load_documents(spec)
+        if spec not in self._documents:  # read once per run: several stages (and the checks) use them
+            self._documents[spec] = load_documents(spec)
+        documents = self._documents[spec]
         holdout = self.plan.holdout
         if holdout is None:
             return documents
@@ -298,7 +301,8 @@ class Pipeline:
         for role, spec in self.plan.data.items():
             path = Path(spec).expanduser()
             if spec != "builtin" and (path.exists() or spec.startswith((".", "/", "~")) or path.suffix):
-                load_documents(spec)  # missing, empty or binary documents fail here, not at their stage
+                # missing, empty or binary documents fail here, not at their stage
+                self._documents[spec] = load_documents(spec)
                 inputs[f"the {role} data"] = spec
         if self.plan.holdout is not None:  # the split must leave documents on both sides
             for role in ("search", "finetune"):

@@ -2,7 +2,8 @@
 
 Two factor sets, each against NTK and YaRN at its own scale, 20 samples per task and length,
 all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays from the books.
-Each line below is planned to fit one 10-minute GPU command (estimates below):
+Each line below was planned to fit one 10-minute GPU command (estimates from before any
+measurement; see the measured timing after the list):
 
     # 64k set (x8): results/search-smollm2-64k/fast-v2 against none, NTK x8, YaRN x8      ~25 min
     python eval/bench_ruler.py run --set 64k --lengths 8k,16k                             # ~5 min
@@ -18,20 +19,28 @@ Each line below is planned to fit one 10-minute GPU command (estimates below):
     python eval/bench_ruler.py run --set 128k --lengths 128k --methods yarn --no-found    # ~9 min
     python eval/bench_ruler.py run --set 128k --lengths 128k --methods none --no-found    # ~9 min
     python eval/bench_ruler.py summary            # table, heatmaps, targets: results/ruler-smollm2/README.md
+    python eval/bench_ruler.py all                # or: every remaining cell above, in this order (resumes)
     python eval/bench_ruler.py speed              # CPU: generating 64k x 11 tasks x 20 samples
 
 (`--data` defaults to ../shared/data/books.) Every `run` resumes: cells (factor set, length)
-already in results/ruler-smollm2/ruler-<set>.json are kept, each finished cell is written at
-once, and all factor sets run one length before the next; a command killed at its limit loses
-at most the cell it was on: run the same line again to continue. Each cell's seconds are in
+already in results/ruler-smollm2/ruler-<set>.json are kept, each finished task of a cell is
+written at once, and all factor sets run one length before the next; a command killed at its
+limit loses at most the task it was on: run the same line again to continue. Each cell's seconds are in
 the JSON ("seconds"), to re-plan the remaining commands from measured times.
 
-Estimate, per cell (one factor set at one length, 11 tasks x 20 samples; batches of 512k tokens):
-prefill = 220 forward passes at REFERENCE.md's H100 speeds (21 ms at 8k batched, 52 ms at 16k,
-0.15 s at 32k, 0.46 s at 64k, 1.56 s at 128k) and decoding = (batches per task) x 1,224 steps
-(RULER's budgets: 8 x 128 + 30 + 120 + 50) at an assumed 25 ms per step (not measured):
-8k 35 s, 16k 42 s, 32k 94 s, 64k 193 s, 128k 496 s; 6 min per factor set for 8k-64k, 8.3 min
-at 128k. Whole proof: about 77 GPU-minutes (11 commands).
+Measured (results/ruler-smollm2/decode-timing-64k.json, H100, 2026-11-25): NTK x8 at 64k, two
+tasks (niah_single_1, 128 new tokens; vt, 30), 20 samples each in batches of 8 (the old fixed
+512k tokens a call) with transformers' default cache: 68.4 s: ~18 s of prefill (REFERENCE.md's 0.46 s a
+64k window), a few seconds of building prompts, and ~90 ms per decoding step (474 steps: 3
+batches x 158 tokens). At that rate a 64k cell (11 tasks: 3 batches x 1,224 answer tokens) takes
+~7 min and the whole proof over 2 hours. Since then each generate call holds as many samples as the GPU's memory allows (measured
+on the first call at a length: 20 at 64k instead of 8) and writes keys and values in place
+(`ropesearch/evaluate/kv_cache.py`; the default cache copied the whole cache per token). Before
+re-planning the commands above, measure both on the GPU (~2 min):
+
+    python eval/bench_decode.py --lengths 32k,64k,128k --batches 8,20 --out results/bench-decode.json
+
+and take the per-cell seconds of the first `run` ("seconds" in the JSON) for the rest.
 """
 
 from __future__ import annotations
@@ -75,6 +84,19 @@ def run(args):
     if args.device:
         command += ["--device", args.device]
     cli.main(command, prog_name="ropesearch", standalone_mode=False)
+
+
+def run_all(args):
+    """Every cell of the proof in order, each kept as it finishes: the 64k set with all methods,
+    the 128k set with NTK and YaRN at every length, and the unscaled model only at its last length
+    (its shorter lengths come from the 64k set). Run it again after a kill to continue."""
+    short_128k, last_128k = args.lengths_128k.rsplit(",", 1) if "," in args.lengths_128k else ("", args.lengths_128k)
+    steps = [("64k", args.lengths_64k, "none,ntk,yarn")]
+    steps += [("128k", short_128k, "ntk,yarn")] if short_128k else []
+    steps += [("128k", last_128k, "none,ntk,yarn")]
+    for name, lengths, methods in steps:
+        print(f"== {name} set at {lengths}: {methods} and the found factors", flush=True)
+        run(argparse.Namespace(**{**vars(args), "set": name, "lengths": lengths, "methods": methods, "no_found": False}))
 
 
 def _merged(out: Path, name: str) -> dict | None:
@@ -168,16 +190,22 @@ def main():
     run_parser.add_argument("--lengths", help="default: the set's lengths")
     run_parser.add_argument("--methods", default="none,ntk,yarn", help="baselines at the set's scale (none: unscaled)")
     run_parser.add_argument("--no-found", action="store_true", help="leave out the searched factors")
-    run_parser.add_argument("--samples", type=int, default=20)
-    run_parser.add_argument("--seed", type=int, default=0)
-    run_parser.add_argument("--data", default="../shared/data/books", help="essay haystack documents")
-    run_parser.add_argument("--model", default="smollm2-135m")
-    run_parser.add_argument("--max-batch", type=int, help="samples per generate call (default 512k tokens' worth)")
     run_parser.add_argument("--factors", help="another factor file for the set (tests: another model)")
-    run_parser.add_argument("--tasks", help="a subset of the tasks (default all)")
-    run_parser.add_argument("--max-new-tokens", type=int, help="cap the answer budgets (default RULER's)")
-    run_parser.add_argument("--device")
     run_parser.set_defaults(function=run)
+    all_parser = commands.add_parser("all", help="every remaining cell of both sets, in order (resumes)")
+    all_parser.add_argument("--lengths-64k", default=SETS["64k"][2])
+    all_parser.add_argument("--lengths-128k", default=SETS["128k"][2])
+    all_parser.add_argument("--factors", help="one factor file for both sets (tests: another model)")
+    all_parser.set_defaults(function=run_all)
+    for sub in (run_parser, all_parser):
+        for flag, kwargs in (("--samples", {"type": int, "default": 20}), ("--seed", {"type": int, "default": 0}),
+                             ("--data", {"default": "../shared/data/books", "help": "essay haystack documents"}),
+                             ("--model", {"default": "smollm2-135m"}),
+                             ("--max-batch", {"type": int, "help": "samples per generate call (default: what the GPU holds)"}),
+                             ("--tasks", {"help": "a subset of the tasks (default all)"}),
+                             ("--max-new-tokens", {"type": int, "help": "cap the answer budgets (default RULER's)"}),
+                             ("--device", {})):
+            sub.add_argument(flag, **kwargs)
     summary_parser = commands.add_parser("summary", help="tables, heatmaps and targets into --out/README.md")
     summary_parser.set_defaults(function=summary)
     speed_parser = commands.add_parser("speed", help="time the generation of every task at one length (CPU)")
@@ -187,7 +215,7 @@ def main():
     speed_parser.add_argument("--model", default="smollm2-135m")
     speed_parser.add_argument("--json", help="write the timings here")
     speed_parser.set_defaults(function=speed)
-    for sub in (run_parser, summary_parser):
+    for sub in (run_parser, all_parser, summary_parser):
         sub.add_argument("--out", default=str(ROOT / "results" / "ruler-smollm2"))
     args = parser.parse_args()
     args.function(args)

@@ -467,7 +467,8 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Every sample's seed derives from it.")
 @click.option("--data", "-d", default="builtin", show_default=True, help="Documents for the essay haystack (as for eval).")
 @click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field.")
-@click.option("--max-batch", type=count(1), help="Samples per generate call (default: 512k tokens' worth on a GPU, 1 on CPU).")
+@click.option("--max-batch", type=count(1), help="Samples per generate call (default on a GPU: as many as its memory holds, "
+              "measured on the first call at each length; 1 on CPU).")
 @click.option("--max-new-tokens", type=count(1),
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
 @click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")

@@ -40,3 +40,23 @@ def test_runs_resume_and_the_summary_checks_the_targets(tmp_path, monkeypatch):
     block = readme.split("## 128k set")[1].split("average:")[1]
     assert "none" in block.splitlines()[1]
     assert (out / "ruler-128k-found-128k.png").stat().st_size > 10_000
+
+
+def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
+    factors = tmp_path / "pocket-yarn.json"
+    save_factors(make_factors("yarn", rope_base(load_config(resolve_model("pocket"))), 4), factors)
+    out = tmp_path / "ruler"
+    argv = ["bench_ruler.py", "all", "--lengths-64k", "600", "--lengths-128k", "600,9000", "--model", "pocket",
+            "--factors", str(factors), "--tasks", "niah_single_1", "--samples", "1", "--max-new-tokens", "2",
+            "--data", "builtin", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_ruler.main()
+    first = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in ("64k", "128k")}
+    cells = {name: {m: sorted(r["average"]) for m, r in runs.items()} for name, runs in first.items()}
+    assert cells == {"64k": {m: ["600"] for m in ("none", "ntk", "yarn", "found-64k.json")},
+                     "128k": {"ntk": ["600", "9000"], "yarn": ["600", "9000"], "found-128k.json": ["600", "9000"],
+                              "none": ["9000"]}}
+    bench_ruler.main()  # everything is there: nothing runs again
+    again = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in ("64k", "128k")}
+    assert all(again[n][m]["seconds"] == first[n][m]["seconds"] for n in first for m in first[n])
+

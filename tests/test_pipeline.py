@@ -201,3 +201,77 @@ def test_mixed_window_trains_short_windows_with_the_original_rope(tmp_path, monk
     Finetuner(model, methods.yarn(rope_base(model.config), 4), documents, config, tmp_path, log=lambda m: None).run()
     training = seen[1:]  # the first call installs the patch
     assert len(training) == 20 and 4 <= training.count("none") <= 16 and "yarn" in training
+
+
+def test_passkey_stage_resumes_cell_by_cell(plan_file, tmp_path):
+    """A plan's passkey stage: found factors then baselines; an interrupted stage keeps its finished
+    (length, depth) cells and computes only the rest, with the keys of an uninterrupted run."""
+    path, plan, _ = plan_file
+    plan["stages"] = [plan["stages"][0],
+                      {"passkey": {"lengths": [288, 320], "depths": [0.2, 0.8], "trials": 2, "baseline_trials": 1,
+                                   "methods": ["yarn"]}},
+                      {"report": {}}]
+    path.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    file = out / "02-passkey" / "passkey.json"
+    whole = json.loads(file.read_text())
+    assert whole["baseline_scale"] == 256 / 64 and list(whole["passkey"]) == ["found", "yarn"]
+    assert [len(v) for v in whole["passkey"]["found"]["answers"].values()] == [2] * 4
+    assert [len(v) for v in whole["passkey"]["yarn"]["answers"].values()] == [1] * 4
+    assert "Passkey retrieval (passkey.json)" in (out / "03-report" / "report.md").read_text()
+
+    # as if killed in the found model's last cell after one trial: kept trials are not run again
+    partial = json.loads(file.read_text())
+    found = partial["passkey"]["found"]
+    del found["accuracy"]["320@0.8"], found["accuracy"]["288@0.8"], found["answers"]["288@0.8"]
+    del partial["passkey"]["yarn"]
+    found["answers"]["320@0.8"] = [["kept", "kept"]]
+    found["answers"]["288@0.2"] = [["kept", "kept"], ["kept", "kept"]]
+    file.write_text(json.dumps(partial))
+    (out / "02-passkey" / "done.json").unlink()
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(file.read_text())["passkey"]
+    assert again["found"]["answers"]["288@0.2"] == [["kept", "kept"], ["kept", "kept"]]
+    assert again["found"]["answers"]["288@0.8"] == whole["passkey"]["found"]["answers"]["288@0.8"]
+    assert again["found"]["answers"]["320@0.8"] == [["kept", "kept"], whole["passkey"]["found"]["answers"]["320@0.8"][1]]
+    assert again["found"]["accuracy"]["288@0.2"] == 1.0 and again["found"]["accuracy"]["320@0.8"] in (0.5, 1.0)
+    assert again["yarn"] == whole["passkey"]["yarn"]
+
+    # other settings with results on disk: one line naming them
+    (out / "02-passkey" / "done.json").unlink()
+    plan["stages"][1]["passkey"]["lengths"] = [288]
+    path.write_text(yaml.safe_dump(plan))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 1 and "was made with other settings (lengths)" in result.output
+
+
+def test_settings_added_after_a_run_started_match_only_when_off():
+    from ropesearch.pipeline.runner import _same_stage
+
+    before = {"search": {"target": 64, "space": "fast"}}
+    assert _same_stage(before, {"search": {"target": 64, "space": "fast", "short_tolerance": None}})
+    assert not _same_stage(before, {"search": {"target": 64, "space": "fast", "short_tolerance": 0.01}})
+    assert not _same_stage(before, {"search": {"target": 128, "space": "fast", "short_tolerance": None}})
+    assert not _same_stage(before, {"finetune": {"target": 64, "space": "fast"}})
+    assert not _same_stage({"search": {"target": 64, "gone": 1}}, {"search": {"target": 64}})
+
+
+def test_the_committed_million_run_resumes_with_the_shipped_plan():
+    """results/million-smollm2 is a run directory: `ropesearch run smollm2-1m --out` a copy of it
+    (with trained.safetensors) continues it; a changed completed stage would be refused."""
+    from pathlib import Path
+
+    from ropesearch.pipeline.runner import Pipeline
+
+    run = Path(__file__).resolve().parents[1] / "results" / "million-smollm2"
+    pipeline = Pipeline(load_plan("smollm2-1m"), run)
+    saved = json.loads((run / "plan.json").read_text())
+    pipeline._check_unchanged(saved, pipeline.describe())
+    assert all((run / stage.name / "done.json").is_file() for stage in pipeline.plan.stages)
+    changed = pipeline.describe()
+    changed["stages"][2]["search"]["time_minutes"] = 8
+    with pytest.raises(RopesearchError, match="completed stage 03-search"):
+        pipeline._check_unchanged(saved, changed)

@@ -159,6 +159,20 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     result = CliRunner().invoke(cli, args + ["--resume"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["ruler"]["yarn"]["seconds"] == yarn["seconds"]
+    # as if killed after the first task of the length: only the second runs again
+    partial = json.loads(out.read_text())
+    kept = partial["ruler"]["yarn"]
+    del kept["scores"]["fwe"]["640"], kept["predictions"]["fwe"]["640"], kept["average"]["640"]
+    kept["lengths"] = []
+    kept["predictions"]["niah_single_1"]["640"] = [[["x"], "kept"], [["x"], "kept"]]
+    out.write_text(json.dumps(partial))
+    result = CliRunner().invoke(cli, args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(out.read_text())["ruler"]["yarn"]
+    assert again["predictions"]["niah_single_1"]["640"] == [[["x"], "kept"], [["x"], "kept"]]
+    assert again["predictions"]["fwe"]["640"] == yarn["predictions"]["fwe"]["640"]
+    assert again["average"] == yarn["average"] and again["lengths"] == [640]
+    assert again["seconds"]["640"] > yarn["seconds"]["640"]  # the earlier session's seconds count too
     # ... and refuses other settings
     result = CliRunner().invoke(cli, [a if a != "2" else "3" for a in args] + ["--resume"])
     assert result.exit_code == 1 and "--samples" in result.output

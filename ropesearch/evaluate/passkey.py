@@ -7,7 +7,7 @@ generation, exact match of the key. Prompts are built to an exact token length.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,37 +62,54 @@ def _answer(tokenizer, generated: torch.Tensor) -> str:
 
 def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Sequence[int], depths: Sequence[float],
                      trials: int = 5, seed: int = 0, max_new_tokens: int = 8, progress: bool = True,
-                     haystack: np.ndarray | None = None) -> dict:
+                     haystack: np.ndarray | None = None, previous: dict | None = None,
+                     on_cell: Callable[[dict], None] | None = None) -> dict:
     """Accuracy per (length, depth) over `trials` random keys; `factors` None runs the model unpatched.
 
     The prompt is filled in one forward pass (a KV cache of the whole length: about 23 GB at
     1M tokens for SmolLM2-135M), then the answer is generated greedily with the factors
     pinned for prompt plus answer. `haystack`: real text instead of the filler sentences.
+    `previous`: an earlier (maybe partial) result of the same call, whose trials are kept (the
+    keys stay those of an uninterrupted run); `on_cell(result)` after each new trial, to save it.
     """
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     results = {"lengths": list(lengths), "depths": list(depths), "trials": trials, "accuracy": {}, "answers": {}}
+    if previous and (previous.get("trials"), previous.get("depths")) != (trials, list(depths)):
+        raise RopesearchError(f"passkey: the earlier results were made with {previous.get('trials')} trials at depths "
+                              f"{previous.get('depths')}, not {trials} at {list(depths)}: give the same, or start anew")
     jobs = [(n, d) for n in lengths for d in depths]
-    bar = tqdm(total=len(jobs) * trials, desc="passkey", disable=None if progress else True, leave=False)
+    cells = {f"{n}@{d:g}" for n, d in jobs}
+    done = {cell for cell in (previous or {}).get("accuracy", {}) if cell in cells}
+    kept = sum(min(trials, len(v)) for c, v in (previous or {}).get("answers", {}).items() if c in cells)
+    bar = tqdm(total=len(jobs) * trials - kept, desc="passkey", disable=None if progress else True, leave=False)
     patch = patch_rope(model, factors) if factors is not None else None
     try:
         for length, depth in jobs:
-            if patch is not None:
+            cell = f"{length}@{depth:g}"
+            # trials of an interrupted cell, or all of a finished one, are kept; their keys are drawn
+            # all the same, so every later trial gets the key of an uninterrupted run
+            answers = [list(pair) for pair in (previous or {}).get("answers", {}).get(cell, [])][:trials]
+            if answers:
+                rng.integers(10_000, 100_000, size=len(answers))
+            if patch is not None and len(answers) < trials:
                 patch.pin(length + max_new_tokens)
-            hits, answers = 0, []
-            for _ in range(trials):
+            for _ in range(trials - len(answers)):
                 key = str(int(rng.integers(10_000, 100_000)))
                 prompt = passkey_prompt(tokenizer, length, depth, key, haystack)
                 ids = torch.from_numpy(prompt.ids)[None].to(device)
                 with torch.no_grad():
                     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                             do_sample=False, pad_token_id=tokenizer.eos_token_id)
-                answer = _answer(tokenizer, output[0, ids.shape[1]:])
-                hits += answer == key
-                answers.append([key, answer])
+                answers.append([key, _answer(tokenizer, output[0, ids.shape[1]:])])
+                results["answers"][cell] = answers
                 bar.update(1)
-            results["accuracy"][f"{length}@{depth:g}"] = hits / trials
-            results["answers"][f"{length}@{depth:g}"] = answers
+                if on_cell is not None and len(answers) < trials:
+                    on_cell(results)  # one trial at 1M tokens is ~100 s of prefill: keep each
+            results["answers"][cell] = answers
+            results["accuracy"][cell] = sum(answer == key for key, answer in answers) / trials
+            if on_cell is not None and cell not in done:
+                on_cell(results)
     finally:
         if patch is not None:
             patch.restore()

@@ -1,7 +1,7 @@
 """`ropesearch ruler`: RULER-style tasks x lengths for one factor set, greedy generation, RULER's scoring.
 
 Every sample of one task and length has the same number of tokens, so samples are batched
-without padding. Factors are pinned to the length (prompt plus answer), as passkey does, so a
+without padding, as many a call as the GPU's memory holds (measured on the first call). Factors are pinned to the length (prompt plus answer), as passkey does, so a
 generation that starts at or below the original window keeps one factor set throughout.
 """
 
@@ -15,57 +15,110 @@ import torch
 from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.ruler import RulerSample, RulerSuite, score
 from ropesearch.rope import RopeFactors, patch_rope
 
 PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers
 
 
-def default_batch(model, length: int) -> int:
-    """Samples per generate call: as many as fit 512k tokens on a GPU (the KV cache grows with it), 1 on CPU."""
-    device = next(model.parameters()).device
-    return max(1, 524_288 // length) if device.type == "cuda" else 1
+class BatchSizer:
+    """Samples per generate call. On a GPU the first call at a length runs `first_tokens` worth of
+    rows and measures the peak memory a row adds (its KV cache of prompt plus answer and the
+    prefill's activations); later calls fill `memory_fraction` of the card. A CUDA out-of-memory
+    halves the batch (and remembers it). On a CPU: one sample a call."""
+
+    def __init__(self, model, first_tokens: int = 524_288, memory_fraction: float = 0.85):
+        self.device = next(model.parameters()).device
+        self.first_tokens = first_tokens
+        self.memory_fraction = memory_fraction
+        self.row_bytes: dict[int, int] = {}
+        self.ceiling: dict[int, int] = {}  # lengths where a batch ran out of memory: below that
+
+    def size(self, length: int, remaining: int) -> int:
+        if self.device.type != "cuda":
+            return 1
+        if length in self.row_bytes:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            budget = total * self.memory_fraction - torch.cuda.memory_allocated(self.device)
+            rows = int(budget // self.row_bytes[length])
+        else:
+            rows = self.first_tokens // length
+        return max(1, min(remaining, rows, self.ceiling.get(length, remaining)))
+
+    def begin(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+
+    def measured(self, length: int, rows: int) -> None:
+        if self.device.type == "cuda" and length not in self.row_bytes:
+            self.row_bytes[length] = max(1, (torch.cuda.max_memory_allocated(self.device) - self._before) // rows)
+
+    def too_many(self, length: int, rows: int) -> None:
+        if rows <= 1:
+            raise RopesearchError(f"one RULER sample of {length} tokens does not fit this GPU's memory: "
+                                  "give shorter --lengths or a larger card")
+        self.ceiling[length] = rows // 2
+        torch.cuda.empty_cache()
 
 
-def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch: int,
-                     max_new_tokens: int | None = None) -> list[str]:
+def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch: int | None = None,
+                     max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> list[str]:
     """Greedy continuations of samples of one task and length (equal token counts: no padding);
-    `max_new_tokens` caps the task's budget (the prompt keeps RULER's length)."""
+    `max_new_tokens` caps the task's budget (the prompt keeps RULER's length). `max_batch` fixes
+    the samples per call; otherwise `sizer` (default: a new BatchSizer) chooses them."""
     device = next(model.parameters()).device
-    answers = []
-    for start in range(0, len(samples), max_batch):
-        batch = samples[start:start + max_batch]
+    sizer = sizer or BatchSizer(model)
+    answers: list[str] = []
+    while len(answers) < len(samples):
+        length = samples[0].prompt_tokens
+        batch = samples[len(answers):len(answers) + (max_batch or sizer.size(length, len(samples) - len(answers)))]
         ids = [tokenizer(s.prompt)["input_ids"] for s in batch]
         for sample, row in zip(batch, ids):
             if len(row) != sample.prompt_tokens:
                 raise RopesearchError(f"RULER {sample.task} sample {sample.index}: the tokenizer reads "
                                       f"{len(row)} tokens, generated for {sample.prompt_tokens}")
         tensor = torch.tensor(ids, dtype=torch.long, device=device)
-        with torch.no_grad():
-            output = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
-                                    max_new_tokens=min(batch[0].max_new_tokens, max_new_tokens or batch[0].max_new_tokens),
-                                    pad_token_id=tokenizer.eos_token_id)
+        new_tokens = min(batch[0].max_new_tokens, max_new_tokens or batch[0].max_new_tokens)
+        sizer.begin()
+        try:
+            with torch.no_grad():
+                # keys and values written in place (kv_cache): no copy of the whole cache per token
+                output = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
+                                        max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
+                                        **reserved_cache_kwargs(model, length + new_tokens))
+        except torch.cuda.OutOfMemoryError:
+            if max_batch:
+                raise
+            sizer.too_many(length, len(batch))
+            continue
+        sizer.measured(length, len(batch))
         answers += [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
     return answers
 
 
 def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
                length: int, samples: int, max_batch: int | None = None, bar=None,
-               max_new_tokens: int | None = None) -> dict:
-    """Scores of every task at one length: {"scores": {task: mean}, "predictions": ..., "seconds": s}."""
+               max_new_tokens: int | None = None,
+               on_task: Callable[[str, float, list], None] | None = None) -> dict:
+    """Scores of `tasks` at one length: {"scores": {task: mean}, "predictions": ..., "seconds": s};
+    `on_task(task, score, predictions)` after each task, to save it."""
     patch = patch_rope(model, factors) if factors is not None else None
     started = time.perf_counter()
     scores, predictions = {}, {}
     try:
         if patch is not None:
             patch.pin(length)  # prompt + new tokens never exceed the length
+        sizer = BatchSizer(model)
         for task in tasks:
-            batch = max_batch or default_batch(model, length)
             cases = suite.samples(task, length, samples)
-            outputs = generate_answers(model, tokenizer, cases, batch, max_new_tokens)
+            outputs = generate_answers(model, tokenizer, cases, max_batch, max_new_tokens, sizer)
             values = [score(case.metric, output, case.answers) for case, output in zip(cases, outputs)]
             scores[task] = float(np.mean(values))
             predictions[task] = [[case.answers, output[:PREDICTION_CHARS]] for case, output in zip(cases, outputs)]
+            if on_task is not None:
+                on_task(task, scores[task], predictions[task])
             if bar is not None:
                 bar.update(1)
     finally:
@@ -78,22 +131,32 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
                   lengths: Sequence[int], samples: int, max_batch: int | None = None, previous: dict | None = None,
                   on_cell: Callable[[dict], None] | None = None, progress: bool = True, name: str = "",
                   max_new_tokens: int | None = None) -> dict:
-    """Tasks x lengths for one factor set; cells present in `previous` (same settings) are kept, and
-    `on_cell(result)` is called after each new length so a killed run loses at most one length."""
+    """Tasks x lengths for one factor set; scores present in `previous` (same settings) are kept, and
+    `on_cell(result)` is called after each task, so a killed run loses at most the task it was on.
+    A length's average and its place in "lengths" come when all its tasks are scored."""
     result = previous or {"lengths": [], "tasks": list(tasks), "samples": samples, "max_new_tokens": max_new_tokens,
                           "scores": {t: {} for t in tasks},
                           "average": {}, "predictions": {t: {} for t in tasks}, "seconds": {}}
     todo = [n for n in lengths if str(n) not in result["average"]]
-    bar = tqdm(total=len(todo) * len(tasks), desc=f"ruler {name}".strip(), disable=None if progress else True,
-               leave=False)
+    left = {n: [t for t in tasks if str(n) not in result["scores"][t]] for n in todo}
+    bar = tqdm(total=sum(len(v) for v in left.values()), desc=f"ruler {name}".strip(),
+               disable=None if progress else True, leave=False)
     try:
         for length in todo:
-            cell = ruler_cell(model, tokenizer, factors, suite, tasks, length, samples, max_batch, bar, max_new_tokens)
-            for task in tasks:
-                result["scores"][task][str(length)] = cell["scores"][task]
-                result["predictions"][task][str(length)] = cell["predictions"][task]
-            result["average"][str(length)] = float(np.mean([cell["scores"][t] for t in tasks]))
-            result["seconds"][str(length)] = cell["seconds"]
+            key, started = str(length), time.perf_counter()
+            earlier = result["seconds"].get(key, 0.0)  # spent on this length's kept tasks, in earlier runs
+
+            def keep(task, value, outputs, key=key, started=started, earlier=earlier):
+                result["scores"][task][key] = value
+                result["predictions"][task][key] = outputs
+                result["seconds"][key] = earlier + time.perf_counter() - started
+                if on_cell is not None:
+                    on_cell(result)
+
+            ruler_cell(model, tokenizer, factors, suite, left[length], length, samples, max_batch, bar,
+                       max_new_tokens, on_task=keep)
+            result["average"][key] = float(np.mean([result["scores"][t][key] for t in tasks]))
+            result["seconds"][key] = earlier + time.perf_counter() - started
             result["lengths"] = sorted(set(result["lengths"]) | {length})
             if on_cell is not None:
                 on_cell(result)

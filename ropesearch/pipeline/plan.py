@@ -12,6 +12,9 @@
       - evaluate: {lengths: [8192, 16384, 32768, 65536, 131072], methods: [ntk, yarn], passkey: true}
       - report: {}
 
+A `passkey: {lengths: [...], trials: 2, baseline_trials: 1}` stage runs passkey retrieval on its own,
+resumable by (length, depth) across sessions: for lengths where one trial is a long prefill.
+
 Optional: `pack: true` joins documents into windows (for targets longer than any document);
 `holdout: {fraction: 0.4, seed: 0}` sets aside a seeded share of the documents (by characters)
 that no search or fine-tuning stage reads and the evaluate stage scores on.
@@ -80,6 +83,18 @@ class EvaluateStage:
 
 
 @dataclass(frozen=True)
+class PasskeyStage:
+    """Passkey retrieval of the current model and factors against baselines on the starting model,
+    resumable cell by cell (one cell: a length and a depth; at 1M tokens a trial is a 1M prefill)."""
+    lengths: tuple[int, ...] = ()  # default: the original window x 2^k up to the target
+    depths: tuple[float, ...] = (0.1, 0.5, 0.9)
+    trials: int = 3  # keys per length and depth, found factors
+    baseline_trials: int | None = None  # keys per length and depth for the baselines (default: trials)
+    methods: tuple[str, ...] = ("ntk", "yarn")  # baselines at the target's scale; none: the unscaled model
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ReportStage:
     pass
 
@@ -90,6 +105,7 @@ STAGE_TYPES: dict[str, type] = {
     "recover-short": RecoverShortStage,
     "export": ExportStage,
     "evaluate": EvaluateStage,
+    "passkey": PasskeyStage,
     "report": ReportStage,
 }
 
@@ -187,6 +203,14 @@ def _stage_problem(kind: str, s) -> str | None:
                    (s.seed >= 0, "seed must be >= 0"),
                    (s.baseline_scale in ("target", "length"),
                     f"baseline_scale must be target or length, got {s.baseline_scale!r}")]
+    if kind == "passkey":
+        known = sorted(set(METHODS) - {"longrope"})
+        checks += [(all(n >= 2 for n in s.lengths), "lengths must be >= 2 tokens"),
+                   (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
+                   (s.trials >= 1 and (s.baseline_trials is None or s.baseline_trials >= 1),
+                    "trials and baseline_trials must be >= 1"),
+                   (bool(s.depths) and all(0 <= d <= 1 for d in s.depths), "depths must lie in [0, 1]"),
+                   (s.seed >= 0, "seed must be >= 0")]
     if kind == "holdout":
         checks += [(0 < s.fraction < 1, f"holdout.fraction must be a number strictly between 0 and 1, got {s.fraction}"),
                    (s.seed >= 0, "holdout.seed must be >= 0")]
@@ -247,7 +271,7 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
 def _check_order(stages: list[Stage], where: str) -> None:
     have_factors = False
     for stage in stages:
-        needs = stage.kind in ("finetune", "recover-short", "export") or (
+        needs = stage.kind in ("finetune", "recover-short", "export", "evaluate", "passkey") or (
             stage.kind == "search" and stage.settings.relative)
         if needs and not have_factors:
             raise RopesearchError(f"{where}: stage {stage.name} needs factors from an earlier search stage")

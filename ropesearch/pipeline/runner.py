@@ -259,6 +259,41 @@ class Pipeline:
             self.log(warning)
         return {"table": str(path)}
 
+    def _passkey(self, stage: Stage, folder: Path) -> dict:
+        """The found model first, then each baseline on the starting model at the target's scale;
+        every finished (length, depth) cell is saved, and a rerun keeps them."""
+        from ropesearch.evaluate.passkey import passkey_accuracy
+        from ropesearch.evaluate.runs import save_json
+        from ropesearch.rope import make_factors
+
+        settings = stage.settings
+        factors = self.factors
+        original = factors.base.original_context
+        lengths = list(settings.lengths) or [original * 2**k for k in range(12) if original * 2**k <= factors.target_context]
+        scale = factors.target_context / original
+        path = folder / "passkey.json"
+        header = {"found_model": self.model_spec, "baseline_scale": scale, "seed": settings.seed, "lengths": lengths}
+        saved = read_json(path, "the passkey results so far", "remove it to start the stage again") \
+            if path.is_file() else {}
+        if saved and {k: saved.get(k) for k in header} != header:
+            raise RopesearchError(f"{path} was made with other settings ({', '.join(k for k in header if saved.get(k) != header[k])}): "
+                                  "restore them, or remove the file to start the stage again")
+        results = dict(saved.get("passkey", {}))
+        runs = [("found", self.model_spec, factors, settings.trials)] + [
+            (m, self.plan.model, None if m == "none" else make_factors(m, factors.base, scale),
+             settings.baseline_trials or settings.trials) for m in settings.methods]
+        for name, spec, candidate, trials in runs:
+            model, tokenizer = self.loaded(spec)
+            self.log(f"passkey {name}: {len(lengths)} lengths x {len(settings.depths)} depths x {trials} trials")
+
+            def keep(result, name=name):
+                results[name] = result
+                save_json(header | {"passkey": results}, path)
+
+            keep(passkey_accuracy(model, tokenizer, candidate, lengths, settings.depths, trials, settings.seed,
+                                  previous=results.get(name), on_cell=keep))
+        return {"passkey": str(path)}
+
     def _report(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.report import build_report
 
@@ -285,7 +320,7 @@ class Pipeline:
         for index, stage in enumerate(self.plan.stages):
             if not (self.out / stage.name / "done.json").is_file():
                 break
-            if index >= len(before["stages"]) or before["stages"][index] != now["stages"][index]:
+            if index >= len(before["stages"]) or not _same_stage(before["stages"][index], now["stages"][index]):
                 raise RopesearchError(f"completed stage {stage.name} is not in the plan as it was: "
                                       "resume with its settings unchanged, or start a new --out")
 
@@ -321,7 +356,8 @@ class Pipeline:
         with DirectoryLock(self.out):  # one writer per run directory, released by the OS if this process dies
             return self._run(resume)
 
-    def _run(self, resume: bool) -> dict[str, dict]:
+    def describe(self) -> dict:
+        """The plan as its run directory records it (plan.json), in JSON types."""
         from dataclasses import asdict
 
         described = {"name": self.plan.name, "model": self.plan.model, "data": self.plan.data,
@@ -331,14 +367,19 @@ class Pipeline:
                                 for s in self.plan.stages]}
         if self.plan.pack or self.plan.holdout:  # what every stage reads (absent: off, as in older copies)
             described |= {"pack": self.plan.pack, "holdout": self.plan.holdout and asdict(self.plan.holdout)}
+        return json.loads(json.dumps(described))
+
+    def _run(self, resume: bool) -> dict[str, dict]:
+        described = self.describe()
         plan_copy = self.out / "plan.json"
         if resume and plan_copy.is_file():
             saved = read_json(plan_copy, "the plan copy", f"restore it, or start a new --out instead of {self.out}")
-            self._check_unchanged(saved, json.loads(json.dumps(described)))
+            self._check_unchanged(saved, described)
         atomic_write_text(plan_copy, json.dumps(described, indent=1) + "\n")
         total = len(self.plan.stages)
         handlers = {"search": self._search, "finetune": self._finetune, "recover-short": self._recover_short,
-                    "export": self._export, "evaluate": self._evaluate, "report": self._report}
+                    "export": self._export, "evaluate": self._evaluate, "passkey": self._passkey,
+                    "report": self._report}
         for number, stage in enumerate(self.plan.stages, 1):
             folder = self.out / stage.name
             done = folder / "done.json"
@@ -347,7 +388,8 @@ class Pipeline:
                 if not isinstance(outputs, dict) or not isinstance(outputs.get("outputs"), dict):
                     raise RopesearchError(f"{done} is damaged (no outputs): remove it to run {stage.name} again")
                 outputs = outputs["outputs"]
-                if stage.kind == "finetune" and not Path(outputs.get("model") or folder / "model").is_dir():
+                finetuned = Path(outputs.get("model") or folder / "model")
+                if stage.kind == "finetune" and not any(finetuned.glob("*.safetensors")):  # gone, or copied without weights
                     self._rebuild_finetuned(folder, outputs)
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
@@ -372,6 +414,24 @@ class Pipeline:
             self.outputs[stage.name] = outputs
             atomic_write_text(done, json.dumps({"outputs": outputs, "seconds": seconds}, indent=1) + "\n")
         return self.outputs
+
+
+def _same_stage(before: dict, now: dict) -> bool:
+    """A stage as the plan copy recorded it and as the plan gives it now. A setting added to
+    ropesearch after the run started is absent from the copy: it matches when set off (null,
+    false or empty), which is how that run behaved."""
+    if before.keys() != now.keys():
+        return False
+    for kind, settings in now.items():
+        old = before[kind]
+        if not isinstance(old, dict) or not isinstance(settings, dict):
+            return old == settings
+        added = set(settings) - set(old)
+        if set(old) - set(settings) or any(settings[k] not in (None, False, [], {}) for k in added):
+            return False
+        if any(old[k] != settings[k] for k in old):
+            return False
+    return True
 
 
 def run_plan(plan: Plan | str | Path, out: str | Path | None = None, resume: bool = False, log=print) -> dict:

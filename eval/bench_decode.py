@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs  # noqa: E402
+from ropesearch.export.factor_file import atomic_write_text  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.models import load_model, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import make_factors, patch_rope  # noqa: E402
@@ -96,6 +97,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="results/bench-decode.json")
     parser.add_argument("--quick", action="store_true", help="pocket model on the CPU, short prompts")
     args = parser.parse_args(argv)
+    if args.new < 2:
+        parser.error("--new must be >= 2 (a step is timed between 1 and --new generated tokens)")
     if args.quick:
         args.model, args.lengths, args.batches, args.new = "pocket", "256,512", "1,4", 8
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
@@ -109,12 +112,13 @@ def main(argv=None) -> dict:
             for batch in batches:
                 rows.append(row(model, length, batch, args.new))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    document = {"rows": rows, "model": args.model, "scale": args.scale, "command": " ".join(["python"] + sys.argv),
+    command = " ".join(["python", "eval/bench_decode.py", *(sys.argv[1:] if argv is None else argv)])
+    document = {"rows": rows, "model": args.model, "scale": args.scale, "command": command,
                 "environment": environment(model)}
     save_json(document, args.out)
     markdown = (f"# Decoding after a long prompt: default cache vs reserved cache\n\n`{document['command']}`; "
                 f"{document['environment'].get('device')}, {document['environment'].get('date')}\n\n{table(rows)}\n")
-    Path(args.out).with_suffix(".md").write_text(markdown)
+    atomic_write_text(Path(args.out).with_suffix(".md"), markdown)
     print(table(rows))
     return document
 

@@ -471,7 +471,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
               "measured on the first call at each length; 1 on CPU).")
 @click.option("--max-new-tokens", type=count(1),
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
-@click.option("--resume", is_flag=True, help="Keep the factor sets and lengths already in --json; run the rest.")
+@click.option("--resume", is_flag=True, help="Keep the factor sets, lengths and tasks already in --json; run the rest.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
 def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data,
               text_field, max_batch, max_new_tokens, resume, plots):
@@ -481,7 +481,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
     from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
-    from ropesearch.evaluate.ruler_eval import check_resumable, check_settings, format_ruler, ruler_results
+    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
+                                                ruler_results)
     from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
@@ -512,11 +513,13 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     for name in sets:
         if name in document["ruler"]:
             check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
+    sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
     for length in lengths:  # every factor set at one length, then the next: the samples are made once
         for name, factors in sets.items():
             document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
                                                     max_batch, document["ruler"].get(name), on_cell=save(name),
-                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens)
+                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens,
+                                                    sizer=sizer)
             click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     click.echo(format_ruler(document["ruler"]))
     if plots:

@@ -39,3 +39,13 @@ def test_a_reservation_too_small_grows_and_stays_exact():
     kwargs = reserved_cache_kwargs(model, 52)
     assert torch.equal(_generate(model, ids, 40, **kwargs), expected)
     assert next(iter(kwargs.values())).layers[0]._buffers[0].shape[-2] >= 89
+
+
+def test_a_reset_cache_serves_a_new_prompt():
+    model = tiny_model("llama")
+    first, second = (torch.randint(3, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(s))
+                     for s in (1, 2))
+    kwargs = reserved_cache_kwargs(model, 60)
+    _generate(model, first, 10, **kwargs)
+    next(iter(kwargs.values())).reset()
+    assert torch.equal(_generate(model, second, 10, **kwargs), _generate(model, second, 10))

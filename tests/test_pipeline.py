@@ -247,6 +247,13 @@ def test_passkey_stage_resumes_cell_by_cell(plan_file, tmp_path):
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
     assert result.exit_code == 1 and "was made with other settings (lengths)" in result.output
 
+    # a length too short for the prompt fails before any trial of the longer ones
+    file.unlink()
+    plan["stages"][1]["passkey"]["lengths"] = [320, 8]
+    path.write_text(yaml.safe_dump(plan))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 1 and "passkey length 8 is too short" in result.output and not file.exists()
+
 
 def test_settings_added_after_a_run_started_match_only_when_off():
     from ropesearch.pipeline.runner import _same_stage
@@ -257,6 +264,7 @@ def test_settings_added_after_a_run_started_match_only_when_off():
     assert not _same_stage(before, {"search": {"target": 128, "space": "fast", "short_tolerance": None}})
     assert not _same_stage(before, {"finetune": {"target": 64, "space": "fast"}})
     assert not _same_stage({"search": {"target": 64, "gone": 1}}, {"search": {"target": 64}})
+    assert not _same_stage(before, {"search": {"target": 64, "space": "fast", "short_tolerance": 0}})  # 0 is a value
 
 
 def test_the_committed_million_run_resumes_with_the_shipped_plan():
@@ -275,3 +283,15 @@ def test_the_committed_million_run_resumes_with_the_shipped_plan():
     changed["stages"][2]["search"]["time_minutes"] = 8
     with pytest.raises(RopesearchError, match="completed stage 03-search"):
         pipeline._check_unchanged(saved, changed)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"lengths": [300, 300]}, "lengths must differ"),
+    ({"depths": [0.5, 0.5000001]}, "depths must differ"),
+    ({"methods": ["longrope"]}, "methods must be among"),
+    ({"trials": 0}, "trials and baseline_trials must be >= 1"),
+])
+def test_bad_passkey_stages_are_named(settings, message):
+    plan = {"name": "x", "model": "m", "stages": [{"search": {"target": 64}}, {"passkey": settings}]}
+    with pytest.raises(RopesearchError, match=message):
+        plan_from_dict(plan)

@@ -153,7 +153,7 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     yarn = document["ruler"]["yarn"]
     assert set(yarn["scores"]) == {"niah_single_1", "fwe"} and yarn["lengths"] == [640]
     assert all(0 <= yarn["scores"][t]["640"] <= 1 for t in yarn["scores"])
-    assert len(yarn["predictions"]["fwe"]["640"]) == 2
+    assert len(yarn["predictions"]["fwe"]["640"]) == 2 and yarn["batch_sizes"] == {"640": [1]}  # CPU: one a call
     assert "average:" in result.output and "niah_single_1:" in result.output
     # --resume keeps what is there (no new generation: the seconds are unchanged) ...
     result = CliRunner().invoke(cli, args + ["--resume"])

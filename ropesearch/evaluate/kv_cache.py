@@ -44,8 +44,9 @@ class ReservedLayer(DynamicLayer):
             self.keys, self.values = self._buffers[0][..., :new, :], self._buffers[1][..., :new, :]
             return key_states, value_states
         key_buffer, value_buffer = self._buffers or (None, None)
-        outside = (key_buffer is None or self.keys.data_ptr() != key_buffer.data_ptr()
-                   or self.keys.shape[-2] != self._length)  # cropped or reordered by someone else: take theirs
+        # cropped, sliced or reordered by someone else (not a view of the buffer as left): take theirs
+        outside = key_buffer is None or self.keys.data_ptr() != key_buffer.data_ptr() or tuple(self.keys.shape) != (
+            *key_buffer.shape[:2], self._length, key_buffer.shape[-1])
         if outside or self._length + new > key_buffer.shape[-2]:
             self._reserve(self.keys, self.values, 2 * (self.keys.shape[-2] + new))
             key_buffer, value_buffer = self._buffers
@@ -55,6 +56,13 @@ class ReservedLayer(DynamicLayer):
         self._length = end
         self.keys, self.values = key_buffer[..., :end, :], value_buffer[..., :end, :]
         return self.keys, self.values
+
+    def reset(self) -> None:
+        super().reset()
+        self._buffers, self._length = None, 0
+        if self.is_initialized:
+            self.keys = self.keys[..., :0, :]
+            self.values = self.values[..., :0, :]
 
 
 def reserved_cache(model, capacity: int) -> Cache:

@@ -90,8 +90,8 @@ def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Seq
             # trials of an interrupted cell, or all of a finished one, are kept; their keys are drawn
             # all the same, so every later trial gets the key of an uninterrupted run
             answers = [list(pair) for pair in (previous or {}).get("answers", {}).get(cell, [])][:trials]
-            if answers:
-                rng.integers(10_000, 100_000, size=len(answers))
+            for _ in answers:
+                rng.integers(10_000, 100_000)
             if patch is not None and len(answers) < trials:
                 patch.pin(length + max_new_tokens)
             for _ in range(trials - len(answers)):

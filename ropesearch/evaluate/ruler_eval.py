@@ -34,6 +34,7 @@ class BatchSizer:
         self.memory_fraction = memory_fraction
         self.row_bytes: dict[int, int] = {}
         self.ceiling: dict[int, int] = {}  # lengths where a batch ran out of memory: below that
+        self.used: dict[int, set[int]] = {}  # batch sizes that ran, by prompt length (results record them)
 
     def size(self, length: int, remaining: int) -> int:
         if self.device.type != "cuda":
@@ -94,6 +95,7 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
             sizer.too_many(length, len(batch))
             continue
         sizer.measured(length, len(batch))
+        sizer.used.setdefault(length, set()).add(len(batch))
         answers += [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
     return answers
 
@@ -101,7 +103,7 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
 def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
                length: int, samples: int, max_batch: int | None = None, bar=None,
                max_new_tokens: int | None = None,
-               on_task: Callable[[str, float, list], None] | None = None) -> dict:
+               on_task: Callable[[str, float, list], None] | None = None, sizer: BatchSizer | None = None) -> dict:
     """Scores of `tasks` at one length: {"scores": {task: mean}, "predictions": ..., "seconds": s};
     `on_task(task, score, predictions)` after each task, to save it."""
     patch = patch_rope(model, factors) if factors is not None else None
@@ -110,7 +112,8 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
     try:
         if patch is not None:
             patch.pin(length)  # prompt + new tokens never exceed the length
-        sizer = BatchSizer(model)
+        sizer = sizer or BatchSizer(model)
+        sizer.used.clear()  # from here: this cell's batch sizes
         for task in tasks:
             cases = suite.samples(task, length, samples)
             outputs = generate_answers(model, tokenizer, cases, max_batch, max_new_tokens, sizer)
@@ -130,10 +133,13 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
 def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
                   lengths: Sequence[int], samples: int, max_batch: int | None = None, previous: dict | None = None,
                   on_cell: Callable[[dict], None] | None = None, progress: bool = True, name: str = "",
-                  max_new_tokens: int | None = None) -> dict:
+                  max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> dict:
     """Tasks x lengths for one factor set; scores present in `previous` (same settings) are kept, and
     `on_cell(result)` is called after each task, so a killed run loses at most the task it was on.
-    A length's average and its place in "lengths" come when all its tasks are scored."""
+    A length's average and its place in "lengths" come when all its tasks are scored; "batch_sizes"
+    records the samples per generate call (bf16 greedy answers may depend on it). `sizer`: one
+    BatchSizer shared by the factor sets of a run (default: a new one)."""
+    sizer = sizer or BatchSizer(model)
     result = previous or {"lengths": [], "tasks": list(tasks), "samples": samples, "max_new_tokens": max_new_tokens,
                           "scores": {t: {} for t in tasks},
                           "average": {}, "predictions": {t: {} for t in tasks}, "seconds": {}}
@@ -150,11 +156,13 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
                 result["scores"][task][key] = value
                 result["predictions"][task][key] = outputs
                 result["seconds"][key] = earlier + time.perf_counter() - started
+                sizes = set(result.setdefault("batch_sizes", {}).get(key, [])).union(*sizer.used.values())
+                result["batch_sizes"][key] = sorted(sizes)
                 if on_cell is not None:
                     on_cell(result)
 
             ruler_cell(model, tokenizer, factors, suite, left[length], length, samples, max_batch, bar,
-                       max_new_tokens, on_task=keep)
+                       max_new_tokens, on_task=keep, sizer=sizer)
             result["average"][key] = float(np.mean([result["scores"][t][key] for t in tasks]))
             result["seconds"][key] = earlier + time.perf_counter() - started
             result["lengths"] = sorted(set(result["lengths"]) | {length})

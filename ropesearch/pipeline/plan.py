@@ -210,6 +210,8 @@ def _stage_problem(kind: str, s) -> str | None:
                    (s.trials >= 1 and (s.baseline_trials is None or s.baseline_trials >= 1),
                     "trials and baseline_trials must be >= 1"),
                    (bool(s.depths) and all(0 <= d <= 1 for d in s.depths), "depths must lie in [0, 1]"),
+                   (len(set(s.lengths)) == len(s.lengths), f"lengths must differ, got {list(s.lengths)}"),
+                   (len({f"{d:g}" for d in s.depths}) == len(s.depths), f"depths must differ, got {list(s.depths)}"),
                    (s.seed >= 0, "seed must be >= 0")]
     if kind == "holdout":
         checks += [(0 < s.fraction < 1, f"holdout.fraction must be a number strictly between 0 and 1, got {s.fraction}"),

@@ -262,7 +262,7 @@ class Pipeline:
     def _passkey(self, stage: Stage, folder: Path) -> dict:
         """The found model first, then each baseline on the starting model at the target's scale;
         every finished (length, depth) cell is saved, and a rerun keeps them."""
-        from ropesearch.evaluate.passkey import passkey_accuracy
+        from ropesearch.evaluate.passkey import passkey_accuracy, passkey_prompt
         from ropesearch.evaluate.runs import save_json
         from ropesearch.rope import make_factors
 
@@ -279,6 +279,9 @@ class Pipeline:
             raise RopesearchError(f"{path} was made with other settings ({', '.join(k for k in header if saved.get(k) != header[k])}): "
                                   "restore them, or remove the file to start the stage again")
         results = dict(saved.get("passkey", {}))
+        _, tokenizer = self.loaded()
+        for length in lengths:  # a length too short for the prompt fails now, not after hours of longer ones
+            passkey_prompt(tokenizer, length, 0.5, "12345")
         runs = [("found", self.model_spec, factors, settings.trials)] + [
             (m, self.plan.model, None if m == "none" else make_factors(m, factors.base, scale),
              settings.baseline_trials or settings.trials) for m in settings.methods]
@@ -427,7 +430,8 @@ def _same_stage(before: dict, now: dict) -> bool:
         if not isinstance(old, dict) or not isinstance(settings, dict):
             return old == settings
         added = set(settings) - set(old)
-        if set(old) - set(settings) or any(settings[k] not in (None, False, [], {}) for k in added):
+        off = lambda v: v is None or v is False or (type(v) in (list, dict) and not v)  # noqa: E731 (0 is a value)
+        if set(old) - set(settings) or not all(off(settings[k]) for k in added):
             return False
         if any(old[k] != settings[k] for k in old):
             return False

@@ -1,6 +1,8 @@
-"""Greedy decoding after a long prompt: milliseconds per generated token with transformers' default
-cache (`dynamic`: each token concatenated onto the whole cache) against the reserved cache that
-`ropesearch ruler` uses (`reserved`: written in place), in the same run.
+"""Greedy decoding after a long prompt: prefill seconds and milliseconds per generated token with
+transformers as it comes (`default`: each token concatenated onto the whole cache), with the
+reserved cache alone (`reserved`: written in place), and as `ropesearch ruler` runs it (`ruler`:
+reserved cache, cuDNN attention first, which REFERENCE.md measured 1.37x faster than flash for
+32k-128k prefill), in the same run.
 
     python eval/bench_decode.py --lengths 32k,64k --batches 8,20 --out results/bench-decode.json
 
@@ -8,25 +10,30 @@ cache (`dynamic`: each token concatenated onto the whole cache) against the rese
 same name with .md.) `--quick` runs the pocket model on the CPU in seconds.
 
 A row is one prompt length and batch: random token prompts, NTK factors pinned for prompt plus
-answer; `generate` runs once with 1 new token and once with `--new` tokens (min = max, so no
-early stop), and a step costs (t_new - t_1) / (new - 1). Both caches must give the same tokens
-(checked: `same_tokens`). An out-of-memory is a row ("OOM").
+answer; `generate` makes `--new` tokens (min = max, so no early stop) and a stopping criterion
+that never stops notes the time after each one: prefill = start to the first token, a step =
+the mean time between later ones. The reserved cache must give the
+default's tokens (`same_tokens`); another attention kernel may round differently in bf16, so
+`ruler` may differ in a few tokens. An out-of-memory is a cell ("OOM").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs  # noqa: E402
 from ropesearch.export.factor_file import atomic_write_text  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
+from ropesearch.evaluate.torch_backend import fastest_attention  # noqa: E402
 from ropesearch.models import load_model, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import make_factors, patch_rope  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
@@ -39,16 +46,38 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed_generate(model, ids, new: int, cache: str):
+VARIANTS = {  # name: (cache, attention)
+    "default": ("dynamic", "default"),  # transformers as it comes
+    "reserved": ("reserved", "default"),  # the reserved cache alone
+    "ruler": ("reserved", "fastest"),  # what `ropesearch ruler` runs: reserved cache, cuDNN attention first
+}
+
+
+class Stamps(StoppingCriteria):
+    """Never stops generation; notes the time after each generated token (the GPU synchronised)."""
+
+    def __init__(self, device):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def timed_generate(model, ids, new: int, cache: str, attention: str):
+    """(tokens, seconds to the first new token, seconds per later token)."""
     device = ids.device
     kwargs = reserved_cache_kwargs(model, ids.shape[1] + new) if cache == "reserved" else {}
+    stamps = Stamps(device)
     sync(device)
     started = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), (fastest_attention() if attention == "fastest" else contextlib.nullcontext()):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
-                             min_new_tokens=new, pad_token_id=0, **kwargs)
-    sync(device)
-    return out, time.perf_counter() - started
+                             min_new_tokens=new, pad_token_id=0, stopping_criteria=StoppingCriteriaList([stamps]),
+                             **kwargs)
+    times = stamps.times
+    return out, times[0] - started, (times[-1] - times[0]) / (len(times) - 1)
 
 
 def row(model, length: int, batch: int, new: int) -> dict:
@@ -57,33 +86,38 @@ def row(model, length: int, batch: int, new: int) -> dict:
     ids = ids.to(device)
     result = {"tokens": length, "batch": batch, "new": new}
     outputs = {}
-    for cache in ("dynamic", "reserved"):
+    for name, (cache, attention) in VARIANTS.items():
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            _, first = timed_generate(model, ids, 1, cache)
-            outputs[cache], whole = timed_generate(model, ids, new, cache)
+            outputs[name], first, step = timed_generate(model, ids, new, cache, attention)
         except torch.cuda.OutOfMemoryError:
-            result[cache] = "OOM"
+            result[name] = "OOM"
             continue
-        result[cache] = {"prefill_s": round(first, 3), "ms_per_step": round((whole - first) / (new - 1) * 1000, 2),
-                         "peak_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 2)
-                         if device.type == "cuda" else None}
-    if len(outputs) == 2:
-        result["same_tokens"] = bool(torch.equal(outputs["dynamic"], outputs["reserved"]))
-        result["speedup"] = round(result["dynamic"]["ms_per_step"] / result["reserved"]["ms_per_step"], 2)
+        result[name] = {"prefill_s": round(first, 3), "ms_per_step": round(step * 1000, 2),
+                        "peak_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 2)
+                        if device.type == "cuda" else None}
+        if name != "default" and "default" in outputs:
+            result[name]["same_tokens"] = bool(torch.equal(outputs["default"], outputs[name]))
     return result
 
 
+def _cell(value: dict | str, key: str) -> str:
+    return str(value[key]) if isinstance(value, dict) else value
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| tokens | batch | dynamic ms/step | reserved ms/step | speedup | same tokens | peak GiB (dyn / res) |",
-             "|---|---|---|---|---|---|---|"]
+    header = ["tokens", "batch"] + [f"{v} {k}" for v in VARIANTS for k in ("prefill s", "ms/step")] + [
+        "same tokens (reserved, ruler)", "peak GiB (default, ruler)"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
-        cells = [r[c]["ms_per_step"] if isinstance(r[c], dict) else r[c] for c in ("dynamic", "reserved")]
-        peaks = [r[c].get("peak_gib") if isinstance(r[c], dict) else "-" for c in ("dynamic", "reserved")]
-        lines.append(f"| {r['tokens']:,} | {r['batch']} | {cells[0]} | {cells[1]} | {r.get('speedup', '-')} | "
-                     f"{r.get('same_tokens', '-')} | {peaks[0]} / {peaks[1]} |")
+        cells = [f"{r['tokens']:,}", str(r["batch"])]
+        cells += [_cell(r[v], k) for v in VARIANTS for k in ("prefill_s", "ms_per_step")]
+        cells.append(", ".join(str(r[v].get("same_tokens", "-")) if isinstance(r[v], dict) else "-"
+                               for v in ("reserved", "ruler")))
+        cells.append(", ".join(str(r[v].get("peak_gib")) if isinstance(r[v], dict) else "-" for v in ("default", "ruler")))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

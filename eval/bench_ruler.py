@@ -35,8 +35,9 @@ tasks (niah_single_1, 128 new tokens; vt, 30), 20 samples each in batches of 8 (
 batches x 158 tokens). At that rate a 64k cell (11 tasks: 3 batches x 1,224 answer tokens) takes
 ~7 min and the whole proof over 2 hours. Since then each generate call holds as many samples as the GPU's memory allows (measured
 on the first call at a length: 20 at 64k instead of 8) and writes keys and values in place
-(`ropesearch/evaluate/kv_cache.py`; the default cache copied the whole cache per token). Before
-re-planning the commands above, measure both on the GPU (~2 min):
+(`ropesearch/evaluate/kv_cache.py`; the default cache copied the whole cache per token), with
+cuDNN attention first (1.37x flash for 32k-128k prefill in REFERENCE.md). Before re-planning the
+commands above, measure these on the GPU (~2 min; `ruler` is the column of what runs here):
 
     python eval/bench_decode.py --lengths 32k,64k,128k --batches 8,20 --out results/bench-decode.json
 

@@ -15,5 +15,6 @@ def test_quick_run_compares_the_caches(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert rows == json.loads(json.dumps(document["rows"]))
     assert [(r["tokens"], r["batch"]) for r in rows] == [(256, 1), (256, 4), (512, 1), (512, 4)]
-    assert all(r["same_tokens"] and r["dynamic"]["ms_per_step"] > 0 and r["reserved"]["ms_per_step"] > 0 for r in rows)
+    assert all(r[v]["ms_per_step"] > 0 and r[v]["prefill_s"] > 0 for r in rows for v in ("default", "reserved", "ruler"))
+    assert all(r["reserved"]["same_tokens"] and r["ruler"]["same_tokens"] for r in rows)  # CPU: one attention kernel
     assert "| 512 | 4 |" in out.with_suffix(".md").read_text()

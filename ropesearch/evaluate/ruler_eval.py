@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
+from ropesearch.evaluate.torch_backend import fastest_attention
 from ropesearch.evaluate.ruler import RulerSample, RulerSuite, score
 from ropesearch.rope import RopeFactors, patch_rope
 
@@ -84,7 +85,7 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
         new_tokens = min(batch[0].max_new_tokens, max_new_tokens or batch[0].max_new_tokens)
         sizer.begin()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), fastest_attention():  # cuDNN first: the prefill is most of the time
                 # keys and values written in place (kv_cache): no copy of the whole cache per token
                 output = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
                                         max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,

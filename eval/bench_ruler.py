@@ -20,6 +20,9 @@ measurement; see the measured timing after the list):
     python eval/bench_ruler.py run --set 128k --lengths 128k --methods none --no-found    # ~9 min
     python eval/bench_ruler.py summary            # table, heatmaps, targets: results/ruler-smollm2/README.md
     python eval/bench_ruler.py all                # or: every remaining cell above, in this order (resumes)
+    # the million-token model (results/million-smollm2) on its fine-tuned weights, NTK/YaRN x128 on the base:
+    python eval/bench_ruler.py run --set 1m --methods ntk,yarn --found-model RUN/02-finetune/model
+    #   (or `all --found-model RUN/02-finetune/model` after the two sets above)
     python eval/bench_ruler.py speed              # CPU: generating 64k x 11 tasks x 20 samples
 
 (`--data` defaults to ../shared/data/books.) Every `run` resumes: cells (factor set, length)
@@ -63,6 +66,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = {  # name: (factor file, scale, lengths)
     "64k": (ROOT / "results/search-smollm2-64k/fast-v2/best.json", 8, "8k,16k,32k,64k"),
     "128k": (ROOT / "results/search-smollm2-128k/fast/best.json", 16, "8k,16k,32k,64k,128k"),
+    # the million-token plan's model: its factors on its fine-tuned weights (--found-model: the
+    # plan's 02-finetune/model, which `ropesearch run smollm2-1m --out RUN --resume` rebuilds from
+    # trained.safetensors), NTK and YaRN x128 on the base model
+    "1m": (ROOT / "results/million-smollm2/04-recover-short/search/best.json", 128, "8k,16k,32k,64k,128k"),
 }
 
 
@@ -74,17 +81,25 @@ def run(args):
     found = out / f"found-{args.set}.json"  # a name of its own in the tables ("best.json" twice otherwise)
     if not found.is_file():
         shutil.copy(factor_file, found)
-    command = ["ruler", "--model", args.model, "--lengths", args.lengths or lengths, "--methods", args.methods,
-               "--scale", str(scale), "--samples", str(args.samples), "--data", args.data, "--seed", str(args.seed),
-               "--json", str(out / f"ruler-{args.set}.json"), "--resume"]
-    if not args.no_found:
-        command += ["--factors", str(found)]
-    for option in ("tasks", "max_batch", "max_new_tokens"):
-        if getattr(args, option):
-            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-    if args.device:
-        command += ["--device", args.device]
-    cli.main(command, prog_name="ropesearch", standalone_mode=False)
+    # the 1m set's found factors run on their own fine-tuned model: a JSON of their own
+    separate = args.set == "1m" and not args.no_found
+    if separate and not args.found_model:
+        raise SystemExit("--set 1m needs --found-model: the million plan's fine-tuned model folder")
+    runs = [(args.found_model, "", True, "ruler-1m-found.json")] if separate else []
+    if not separate or args.methods:
+        runs.append((args.model, args.methods, not args.no_found and not separate, f"ruler-{args.set}.json"))
+    for model, methods, with_found, name in runs:
+        command = ["ruler", "--model", model, "--lengths", args.lengths or lengths, "--methods", methods,
+                   "--scale", str(scale), "--samples", str(args.samples), "--data", args.data, "--seed",
+                   str(args.seed), "--json", str(out / name), "--resume"]
+        if with_found:
+            command += ["--factors", str(found)]
+        for option in ("tasks", "max_batch", "max_new_tokens"):
+            if getattr(args, option):
+                command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+        if args.device:
+            command += ["--device", args.device]
+        cli.main(command, prog_name="ropesearch", standalone_mode=False)
 
 
 def run_all(args):
@@ -95,20 +110,27 @@ def run_all(args):
     steps = [("64k", args.lengths_64k, "none,ntk,yarn")]
     steps += [("128k", short_128k, "ntk,yarn")] if short_128k else []
     steps += [("128k", last_128k, "none,ntk,yarn")]
+    if args.found_model:
+        steps += [("1m", args.lengths_1m, "ntk,yarn")]
     for name, lengths, methods in steps:
         print(f"== {name} set at {lengths}: {methods} and the found factors", flush=True)
         run(argparse.Namespace(**{**vars(args), "set": name, "lengths": lengths, "methods": methods, "no_found": False}))
 
 
 def _merged(out: Path, name: str) -> dict | None:
-    """A set's results; the 128k set takes the unscaled model's shorter lengths from the 64k set."""
+    """A set's results; the 128k set takes the unscaled model's shorter lengths from the 64k set, the
+    1m set its unscaled scores from both and its found factors from their own JSON."""
     path = out / f"ruler-{name}.json"
     if not path.is_file():
         return None
     document = json.loads(path.read_text())
-    other = out / "ruler-64k.json"
-    unscaled = json.loads(other.read_text())["ruler"].get("none") if name == "128k" and other.is_file() else None
-    if unscaled:
+    if name == "1m" and (out / "ruler-1m-found.json").is_file():
+        document["ruler"].update(json.loads((out / "ruler-1m-found.json").read_text())["ruler"])
+    sources = {"128k": ["64k"], "1m": ["64k", "128k"]}.get(name, [])
+    for other in (out / f"ruler-{source}.json" for source in sources):
+        unscaled = json.loads(other.read_text())["ruler"].get("none") if other.is_file() else None
+        if not unscaled:
+            continue
         mine = document["ruler"].setdefault("none", {**unscaled, "scores": {}, "average": {}})
         for task, values in unscaled["scores"].items():
             for length, value in values.items():
@@ -196,9 +218,11 @@ def main():
     all_parser = commands.add_parser("all", help="every remaining cell of both sets, in order (resumes)")
     all_parser.add_argument("--lengths-64k", default=SETS["64k"][2])
     all_parser.add_argument("--lengths-128k", default=SETS["128k"][2])
-    all_parser.add_argument("--factors", help="one factor file for both sets (tests: another model)")
+    all_parser.add_argument("--lengths-1m", default=SETS["1m"][2])
+    all_parser.add_argument("--factors", help="one factor file for every set (tests: another model)")
     all_parser.set_defaults(function=run_all)
     for sub in (run_parser, all_parser):
+        sub.add_argument("--found-model", help="the 1m set's fine-tuned model folder (all: runs the 1m set too)")
         for flag, kwargs in (("--samples", {"type": int, "default": 20}), ("--seed", {"type": int, "default": 0}),
                              ("--data", {"default": "../shared/data/books", "help": "essay haystack documents"}),
                              ("--model", {"default": "smollm2-135m"}),

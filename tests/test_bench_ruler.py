@@ -46,17 +46,27 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
     factors = tmp_path / "pocket-yarn.json"
     save_factors(make_factors("yarn", rope_base(load_config(resolve_model("pocket"))), 4), factors)
     out = tmp_path / "ruler"
-    argv = ["bench_ruler.py", "all", "--lengths-64k", "600", "--lengths-128k", "600,9000", "--model", "pocket",
+    pocket = str(resolve_model("pocket").path)  # stands in for the million plan's fine-tuned model
+    argv = ["bench_ruler.py", "all", "--lengths-64k", "600", "--lengths-128k", "600,9000", "--lengths-1m", "600",
+            "--found-model", pocket, "--model", "pocket",
             "--factors", str(factors), "--tasks", "niah_single_1", "--samples", "1", "--max-new-tokens", "2",
             "--data", "builtin", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     bench_ruler.main()
-    first = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in ("64k", "128k")}
-    cells = {name: {m: sorted(r["average"]) for m, r in runs.items()} for name, runs in first.items()}
+    names = ("64k", "128k", "1m", "1m-found")
+    first = {name: json.loads((out / f"ruler-{name}.json").read_text()) for name in names}
+    cells = {name: {m: sorted(r["average"]) for m, r in runs["ruler"].items()} for name, runs in first.items()}
     assert cells == {"64k": {m: ["600"] for m in ("none", "ntk", "yarn", "found-64k.json")},
                      "128k": {"ntk": ["600", "9000"], "yarn": ["600", "9000"], "found-128k.json": ["600", "9000"],
-                              "none": ["9000"]}}
+                              "none": ["9000"]},
+                     "1m": {"ntk": ["600"], "yarn": ["600"]}, "1m-found": {"found-1m.json": ["600"]}}
+    assert first["1m-found"]["model"] == pocket and first["1m"]["model"] == "pocket"
     bench_ruler.main()  # everything is there: nothing runs again
-    again = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in ("64k", "128k")}
-    assert all(again[n][m]["seconds"] == first[n][m]["seconds"] for n in first for m in first[n])
+    again = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in names}
+    assert all(again[n][m]["seconds"] == first[n]["ruler"][m]["seconds"] for n in names for m in again[n])
+    monkeypatch.setattr(sys, "argv", ["bench_ruler.py", "summary", "--out", str(out)])
+    bench_ruler.main()
+    block = (out / "README.md").read_text().split("## 1m set (x128)")[1]
+    table = block.split("average:")[1].split("```")[0]
+    assert "found-1m.json" in table and "none" in table and "- 600: found" not in block  # 8k and below: no target
 

@@ -145,7 +145,7 @@ def part_b(model, base, windows, lengths, candidates, repeats):
 
 
 def _rows_per_pass(evaluator, length):
-    return evaluator._batch_size(length, 10**6) if length in evaluator._row_bytes or not evaluator.on_gpu else None
+    return evaluator._batch_size(length, 10**6) if length in evaluator.row_memory.bytes or not evaluator.on_gpu else None
 
 
 def markdown(report) -> str:

@@ -9,6 +9,7 @@ before the block (weights, inputs) are not counted: the peak is what the work ad
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -67,3 +68,29 @@ class PeakMemory:
         else:
             self._mode.__exit__(*exc)
             self.bytes = self._mode.peak
+
+
+class RowMemory:
+    """GPU memory that one row of a batched call adds, measured on the first call at each length
+    (`with measuring(length, rows): ...`), and how many rows fit `fraction` of the card after it."""
+
+    def __init__(self, device: torch.device | str, fraction: float = 0.85):
+        self.device = torch.device(device)
+        self.fraction = fraction
+        self.bytes: dict[int, int] = {}  # by length
+
+    def rows(self, length: int) -> int:
+        """Rows of `length` that fit what is free of the card's budget (0 or more; measured lengths only)."""
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return int((total * self.fraction - torch.cuda.memory_allocated(self.device)) // self.bytes[length])
+
+    @contextlib.contextmanager
+    def measuring(self, length: int, rows: int):
+        if self.device.type != "cuda" or length in self.bytes:
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        yield
+        self.bytes[length] = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // rows)
+

@@ -1,8 +1,9 @@
 """`ropesearch ruler`: RULER-style tasks x lengths for one factor set, greedy generation, RULER's scoring.
 
 Every sample of one task and length has the same number of tokens, so samples are batched
-without padding, as many a call as the GPU's memory holds (measured on the first call). Factors are pinned to the length (prompt plus answer), as passkey does, so a
-generation that starts at or below the original window keeps one factor set throughout.
+without padding, as many a call as the GPU's memory holds (measured on the first call). Factors
+are pinned to the length (prompt plus answer), as passkey does, so a generation that starts at or
+below the original window keeps one factor set throughout.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
+from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
 from ropesearch.evaluate.ruler import RulerSample, RulerSuite, score
 from ropesearch.rope import RopeFactors, patch_rope
@@ -32,30 +34,15 @@ class BatchSizer:
     def __init__(self, model, first_tokens: int = 524_288, memory_fraction: float = 0.85):
         self.device = next(model.parameters()).device
         self.first_tokens = first_tokens
-        self.memory_fraction = memory_fraction
-        self.row_bytes: dict[int, int] = {}
+        self.memory = RowMemory(self.device, memory_fraction)
         self.ceiling: dict[int, int] = {}  # lengths where a batch ran out of memory: below that
-        self.used: dict[int, set[int]] = {}  # batch sizes that ran, by prompt length (results record them)
+        self.used: set[int] = set()  # batch sizes that ran since the last clear (results record them)
 
     def size(self, length: int, remaining: int) -> int:
         if self.device.type != "cuda":
             return 1
-        if length in self.row_bytes:
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            budget = total * self.memory_fraction - torch.cuda.memory_allocated(self.device)
-            rows = int(budget // self.row_bytes[length])
-        else:
-            rows = self.first_tokens // length
+        rows = self.memory.rows(length) if length in self.memory.bytes else self.first_tokens // length
         return max(1, min(remaining, rows, self.ceiling.get(length, remaining)))
-
-    def begin(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._before = torch.cuda.memory_allocated(self.device)
-
-    def measured(self, length: int, rows: int) -> None:
-        if self.device.type == "cuda" and length not in self.row_bytes:
-            self.row_bytes[length] = max(1, (torch.cuda.max_memory_allocated(self.device) - self._before) // rows)
 
     def too_many(self, length: int, rows: int) -> None:
         if rows <= 1:
@@ -83,9 +70,9 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
                                       f"{len(row)} tokens, generated for {sample.prompt_tokens}")
         tensor = torch.tensor(ids, dtype=torch.long, device=device)
         new_tokens = min(batch[0].max_new_tokens, max_new_tokens or batch[0].max_new_tokens)
-        sizer.begin()
         try:
-            with torch.no_grad(), fastest_attention():  # cuDNN first: the prefill is most of the time
+            with torch.no_grad(), fastest_attention(), sizer.memory.measuring(length, len(batch)):
+                # cuDNN attention first: the prefill is most of the time
                 # keys and values written in place (kv_cache): no copy of the whole cache per token
                 output = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
                                         max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
@@ -95,8 +82,7 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
                 raise
             sizer.too_many(length, len(batch))
             continue
-        sizer.measured(length, len(batch))
-        sizer.used.setdefault(length, set()).add(len(batch))
+        sizer.used.add(len(batch))
         answers += [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
     return answers
 
@@ -157,7 +143,7 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
                 result["scores"][task][key] = value
                 result["predictions"][task][key] = outputs
                 result["seconds"][key] = earlier + time.perf_counter() - started
-                sizes = set(result.setdefault("batch_sizes", {}).get(key, [])).union(*sizer.used.values())
+                sizes = set(result.setdefault("batch_sizes", {}).get(key, [])) | sizer.used
                 result["batch_sizes"][key] = sorted(sizes)
                 if on_cell is not None:
                     on_cell(result)

@@ -22,6 +22,7 @@ from ropesearch.data.samples import Window
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.chunking import SequenceChunking, auto_chunk_tokens
 from ropesearch.evaluate.loss import scored_nll, token_nll
+from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.results import Score
 from ropesearch.rope.factors import RopeFactors
 from ropesearch.rope.patching import RopePatch
@@ -81,24 +82,21 @@ class TorchEvaluator:
         if self.sequence_chunk < 0:
             raise RopesearchError(f"sequence_chunk must be >= 0 tokens (0: off), got {sequence_chunk}")
         self.cpu_tokens = cpu_tokens
-        self.memory_fraction = memory_fraction
         self.progress = progress
         self.decoder = model.base_model
         self.lm_head = model.get_output_embeddings()
         if self.lm_head is None or self.decoder is model:
             raise RopesearchError(f"{type(model).__name__} is not a causal LM with a separate output head")
-        self._row_bytes: dict[int, int] = {}  # measured GPU memory of one row, by forward length
+        self.row_memory = RowMemory(self.device, memory_fraction)  # one row's GPU memory, by forward length
 
     # ---- batch size -------------------------------------------------------------------
     def _batch_size(self, length: int, remaining: int) -> int:
         cap = min(remaining, self.max_batch or 256)
         if not self.on_gpu:
             return max(1, min(cap, self.cpu_tokens // length))
-        if length not in self._row_bytes:
+        if length not in self.row_memory.bytes:
             return 1  # the first pass at this length measures what a row costs
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        budget = total * self.memory_fraction - torch.cuda.memory_allocated(self.device)
-        return max(1, min(cap, int(budget // self._row_bytes[length])))
+        return max(1, min(cap, self.row_memory.rows(length)))
 
     # ---- one pass ---------------------------------------------------------------------
     def _forward_nll(self, ids: torch.Tensor, windows: list[Window]) -> torch.Tensor:
@@ -118,14 +116,8 @@ class TorchEvaluator:
 
     def _run_pass(self, patch: RopePatch, rows, ids: torch.Tensor, windows: list[Window], candidates) -> torch.Tensor:
         patch.set_factors([candidates[job.candidate] for job, _ in rows])
-        measure = self.on_gpu and ids.shape[1] not in self._row_bytes
-        if measure:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-        nll = self._forward_nll(ids, windows)
-        if measure:
-            self._row_bytes[ids.shape[1]] = (torch.cuda.max_memory_allocated(self.device) - before) // ids.shape[0]
-        return nll
+        with self.row_memory.measuring(ids.shape[1], ids.shape[0]):
+            return self._forward_nll(ids, windows)
 
     # ---- public -----------------------------------------------------------------------
     def score(self, candidates: Sequence[RopeFactors], windows: Sequence[Window],

@@ -1,50 +1,36 @@
 """RULER proof: SmolLM2-135M with the searched factors against NTK, YaRN and the unscaled model.
 
-Two factor sets, each against NTK and YaRN at its own scale, 20 samples per task and length,
-all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays from the books.
-Each line below was planned to fit one 10-minute GPU command (estimates from before any
-measurement; see the measured timing after the list):
+Three factor sets, each against NTK and YaRN at its own scale; 20 samples per task and length,
+all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays from the books:
 
-    # 64k set (x8): results/search-smollm2-64k/fast-v2 against none, NTK x8, YaRN x8      ~25 min
-    python eval/bench_ruler.py run --set 64k --lengths 8k,16k                             # ~5 min
-    python eval/bench_ruler.py run --set 64k --lengths 32k                                # ~7 min
-    python eval/bench_ruler.py run --set 64k --lengths 64k --methods none,ntk --no-found  # ~7 min
-    python eval/bench_ruler.py run --set 64k --lengths 64k --methods yarn                 # ~7 min
-    # 128k set (x16): results/search-smollm2-128k/fast against NTK x16, YaRN x16 (the unscaled
-    # model's 8k-64k scores come from the 64k set; at 128k it runs here)                 ~52 min
-    python eval/bench_ruler.py run --set 128k --lengths 8k,16k,32k --methods ntk,yarn     # ~9 min
-    python eval/bench_ruler.py run --set 128k --lengths 64k --methods ntk,yarn --no-found # ~7 min
-    python eval/bench_ruler.py run --set 128k --lengths 64k,128k --methods ""             # found: ~12 min, 2 runs
-    python eval/bench_ruler.py run --set 128k --lengths 128k --methods ntk --no-found     # ~9 min
-    python eval/bench_ruler.py run --set 128k --lengths 128k --methods yarn --no-found    # ~9 min
-    python eval/bench_ruler.py run --set 128k --lengths 128k --methods none --no-found    # ~9 min
-    python eval/bench_ruler.py summary            # table, heatmaps, targets: results/ruler-smollm2/README.md
-    python eval/bench_ruler.py all                # or: every remaining cell above, in this order (resumes)
-    # the million-token model (results/million-smollm2) on its fine-tuned weights, NTK/YaRN x128 on the base:
-    python eval/bench_ruler.py run --set 1m --methods ntk,yarn --found-model RUN/02-finetune/model
-    #   (or `all --found-model RUN/02-finetune/model` after the two sets above)
-    python eval/bench_ruler.py speed              # CPU: generating 64k x 11 tasks x 20 samples
+    64k set (x8)    results/search-smollm2-64k/fast-v2 at 8k-64k; none, NTK x8, YaRN x8
+    128k set (x16)  results/search-smollm2-128k/fast at 8k-128k; NTK x16, YaRN x16 (the unscaled
+                    model's 8k-64k scores come from the 64k set; at 128k it runs last of all)
+    1m set (x128)   results/million-smollm2's factors on its fine-tuned weights (--found-model, the
+                    plan's 02-finetune/model, which `ropesearch run smollm2-1m --out RUN --resume`
+                    rebuilds from trained.safetensors); NTK and YaRN x128 on the base model
 
-(`--data` defaults to ../shared/data/books.) Every `run` resumes: cells (factor set, length)
+    python eval/bench_ruler.py all [--found-model RUN/02-finetune/model]  # every remaining cell, in order
+    bash eval/run_ruler.sh 540                   # the same on the GPU machine for at most 540 s
+    python eval/bench_ruler.py run --set 64k --lengths 32k --methods ntk --no-found   # some cells
+    python eval/bench_ruler.py summary           # tables, heatmaps, targets: results/ruler-smollm2/README.md
+    python eval/bench_ruler.py speed             # CPU: generating 64k x 11 tasks x 20 samples
+
+(`--data` defaults to ../shared/data/books.) Everything resumes: cells (factor set, length)
 already in results/ruler-smollm2/ruler-<set>.json are kept, each finished task of a cell is
-written at once, and all factor sets run one length before the next; a command killed at its
-limit loses at most the task it was on: run the same line again to continue. Each cell's seconds are in
-the JSON ("seconds"), to re-plan the remaining commands from measured times.
+written at once, and all factor sets run one length before the next (the prompts are built once
+per length); a command killed at its limit loses at most the task it was on.
 
-Measured (results/ruler-smollm2/decode-timing-64k.json, H100, 2026-11-25): NTK x8 at 64k, two
-tasks (niah_single_1, 128 new tokens; vt, 30), 20 samples each in batches of 8 (the old fixed
-512k tokens a call) with transformers' default cache: 68.4 s: ~18 s of prefill (REFERENCE.md's 0.46 s a
-64k window), a few seconds of building prompts, and ~90 ms per decoding step (474 steps: 3
-batches x 158 tokens). At that rate a 64k cell (11 tasks: 3 batches x 1,224 answer tokens) takes
-~7 min and the whole proof over 2 hours. Since then each generate call holds as many samples as the GPU's memory allows (measured
-on the first call at a length: 20 at 64k instead of 8) and writes keys and values in place
-(`ropesearch/evaluate/kv_cache.py`; the default cache copied the whole cache per token), with
-cuDNN attention first (1.37x flash for 32k-128k prefill in REFERENCE.md). Before re-planning the
-commands above, measure these on the GPU (~2 min; `ruler` is the column of what runs here):
-
-    python eval/bench_decode.py --lengths 32k,64k,128k --batches 8,20 --out results/bench-decode.json
-
-and take the per-cell seconds of the first `run` ("seconds" in the JSON) for the rest.
+Measured (one H100, 2026-11-25, "seconds" in ruler-64k.json; each task's 20 samples in one
+generate call): a cell of 11 tasks took ~55 s at 8k and 16k, 85-130 s at 32k, 165-210 s at 64k
+(the first factor set at a length also builds the prompts: ~45 s at 64k). Prefill is 0.41 s a
+64k row; a decoding step ~30-40 ms up to 64k whatever the batch (results/bench-decode-cache.md:
+cuDNN attention first makes it 2.4-3.7x faster than transformers' default choice; the reserved
+cache, between 22% faster and 30% slower: noise, as the default's 111 and 94 ms at 64k x 20 in
+two runs), and RULER's budgets ask
+1,224 steps of a cell's calls, so short cells are mostly decoding. Since then the eight NIAH tasks
+(one budget, one prompt length) share generate calls: 160 samples a call at 8k-32k, where
+memory allows, instead of 20 (from the 128k set on; not yet timed).
 """
 
 from __future__ import annotations
@@ -104,17 +90,20 @@ def run(args):
 
 def run_all(args):
     """Every cell of the proof in order, each kept as it finishes: the 64k set with all methods,
-    the 128k set with NTK and YaRN at every length, and the unscaled model only at its last length
-    (its shorter lengths come from the 64k set). Run it again after a kill to continue."""
+    the 128k set with NTK, YaRN and the found factors at every length, the 1m set (with
+    --found-model), and last the unscaled model at 128k (its shorter lengths come from the 64k set,
+    where it scores 0 from 16k on). Run it again after a kill to continue."""
     short_128k, last_128k = args.lengths_128k.rsplit(",", 1) if "," in args.lengths_128k else ("", args.lengths_128k)
-    steps = [("64k", args.lengths_64k, "none,ntk,yarn")]
-    steps += [("128k", short_128k, "ntk,yarn")] if short_128k else []
-    steps += [("128k", last_128k, "none,ntk,yarn")]
+    steps = [("64k", args.lengths_64k, "none,ntk,yarn", True)]
+    steps += [("128k", short_128k, "ntk,yarn", True)] if short_128k else []
+    steps += [("128k", last_128k, "ntk,yarn", True)]
     if args.found_model:
-        steps += [("1m", args.lengths_1m, "ntk,yarn")]
-    for name, lengths, methods in steps:
-        print(f"== {name} set at {lengths}: {methods} and the found factors", flush=True)
-        run(argparse.Namespace(**{**vars(args), "set": name, "lengths": lengths, "methods": methods, "no_found": False}))
+        steps += [("1m", args.lengths_1m, "ntk,yarn", True)]
+    steps += [("128k", last_128k, "none", False)]
+    for name, lengths, methods, found in steps:
+        print(f"== {name} set at {lengths}: {methods}{' and the found factors' if found else ''}", flush=True)
+        run(argparse.Namespace(**{**vars(args), "set": name, "lengths": lengths, "methods": methods,
+                                  "no_found": not found}))
 
 
 def _merged(out: Path, name: str) -> dict | None:
@@ -142,6 +131,7 @@ def _merged(out: Path, name: str) -> dict | None:
 
 def summary(args):
     from ropesearch.evaluate.ruler_eval import format_ruler
+    from ropesearch.evaluate.runs import parse_lengths
     from ropesearch.report.plots import plot_ruler
 
     out = Path(args.out)
@@ -168,11 +158,17 @@ def summary(args):
                     continue
                 mine = results[found]["average"][str(length)]
                 others = {m: results[m]["average"].get(str(length)) for m in ("ntk", "yarn") if m in results}
+                pending = None in others.values()
                 verdict = all(v is not None and mine >= v for v in others.values())
                 lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
                     f"{m} {100 * v:.1f}" if v is not None else f"{m} -" for m, v in others.items())
-                    + (" (target met)" if verdict else " (target NOT met)"))
+                    + (" (not all run yet)" if pending else " (target met)" if verdict else " (target NOT met)"))
             lines.append("")
+        wanted = parse_lengths(SETS[name][2])
+        missing = {m: [n for n in wanted if str(n) not in r["average"]] for m, r in results.items()}
+        if any(missing.values()):
+            lines += ["Not complete yet: " + "; ".join(f"{m} at {', '.join(map(str, n))}" for m, n in missing.items() if n),
+                      ""]
     lines += ["Commands: see the docstring of `eval/bench_ruler.py`; each JSON keeps its `command`.", ""]
     (out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))

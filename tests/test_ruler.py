@@ -143,6 +143,22 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def test_tasks_with_one_answer_budget_share_generate_calls_and_each_keeps_its_answers(suite):
+    from ropesearch.evaluate.ruler_eval import BatchSizer, ruler_cell
+    from ropesearch.models import load_model
+
+    model = load_model(resolve_model("pocket"), device="cpu")
+    tasks = ["niah_single_1", "niah_single_2", "vt", "niah_multikey_1"]  # NIAH: 128 new tokens, vt: 30
+    alone = ruler_cell(model, suite.tokenizer, None, suite, tasks, 1000, 3, max_batch=1, max_new_tokens=4)
+    saved, sizer = [], BatchSizer(model)
+    shared = ruler_cell(model, suite.tokenizer, None, suite, tasks, 1000, 3, max_batch=4, max_new_tokens=4,
+                        sizer=sizer, on_task=lambda task, value, outputs: saved.append((task, outputs)))
+    # the two neighbouring NIAH tasks ran as calls of 4 + 2 samples, vt and the last NIAH task alone (3 each)
+    assert sizer.used == {2, 3, 4}
+    assert shared["predictions"] == alone["predictions"] and shared["scores"] == alone["scores"]
+    assert saved == [(task, alone["predictions"][task]) for task in tasks]  # saved one task at a time, in order
+
+
 def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     out = tmp_path / "run" / "ruler.json"
     args = ["ruler", "--model", "pocket", "--lengths", "640", "--tasks", "niah_single_1,fwe", "--samples", "2",

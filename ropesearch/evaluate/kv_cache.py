@@ -4,7 +4,9 @@ buffer reserved for prompt plus answer, and every generated token is written in 
 transformers' default `DynamicCache` concatenates each new token onto the whole cache: a copy of
 every layer's keys and values per generated token. With a 64k-token prompt in a batch of 8 that
 copy is 12 GB per token for SmolLM2-135M, and on a CPU it took 84% of a decoding step at 8k
-tokens (torch profiler). A reserved buffer makes a step cost what attention reads. Built on
+tokens (torch profiler). Measured with `eval/bench_decode.py`: a decoding step 10-21% faster on a
+CPU at 4k-8k tokens; on an H100, where SmolLM2's steps take ~30-40 ms up to 64k tokens with cuDNN attention
+and either cache, no consistent change (results/bench-decode*.md). Built on
 transformers' own cache classes (a `Cache` of layers that subclass `DynamicLayer`), so
 `model.generate(ids, **reserved_cache_kwargs(model, n))` needs nothing else.
 """

@@ -1,7 +1,8 @@
 """`ropesearch ruler`: RULER-style tasks x lengths for one factor set, greedy generation, RULER's scoring.
 
-Every sample of one task and length has the same number of tokens, so samples are batched
-without padding, as many a call as the GPU's memory holds (measured on the first call). Factors
+Every sample of one task and length has the same number of tokens (and so have those of tasks with
+the same answer budget, such as the eight NIAH tasks), so samples are batched without padding, as
+many a call as the GPU's memory holds (measured on the first call). Factors
 are pinned to the length (prompt plus answer), as passkey does, so a generation that starts at or
 below the original window keeps one factor set throughout.
 """
@@ -9,7 +10,8 @@ below the original window keeps one factor set throughout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -52,17 +54,18 @@ class BatchSizer:
         torch.cuda.empty_cache()
 
 
-def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch: int | None = None,
-                     max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> list[str]:
-    """Greedy continuations of samples of one task and length (equal token counts: no padding);
-    `max_new_tokens` caps the task's budget (the prompt keeps RULER's length). `max_batch` fixes
-    the samples per call; otherwise `sizer` (default: a new BatchSizer) chooses them."""
+def answer_batches(model, tokenizer, samples: Sequence[RulerSample], max_batch: int | None = None,
+                   max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> Iterator[list[str]]:
+    """Greedy continuations of samples with equal prompt tokens and answer budgets (no padding; they
+    may come from several tasks), yielded a generate call at a time; `max_new_tokens` caps the
+    budget (the prompt keeps RULER's length). `max_batch` fixes the samples per call; otherwise
+    `sizer` (default: a new BatchSizer) chooses them."""
     device = next(model.parameters()).device
     sizer = sizer or BatchSizer(model)
-    answers: list[str] = []
-    while len(answers) < len(samples):
+    done = 0
+    while done < len(samples):
         length = samples[0].prompt_tokens
-        batch = samples[len(answers):len(answers) + (max_batch or sizer.size(length, len(samples) - len(answers)))]
+        batch = samples[done:done + (max_batch or sizer.size(length, len(samples) - done))]
         ids = [tokenizer(s.prompt)["input_ids"] for s in batch]
         for sample, row in zip(batch, ids):
             if len(row) != sample.prompt_tokens:
@@ -83,8 +86,13 @@ def generate_answers(model, tokenizer, samples: Sequence[RulerSample], max_batch
             sizer.too_many(length, len(batch))
             continue
         sizer.used.add(len(batch))
-        answers += [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
-    return answers
+        done += len(batch)
+        yield [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
+
+
+def _shape(cases: Sequence[RulerSample], max_new_tokens: int | None) -> tuple[int, int]:
+    budget = cases[0].max_new_tokens
+    return cases[0].prompt_tokens, min(budget, max_new_tokens or budget)
 
 
 def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
@@ -92,7 +100,9 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
                max_new_tokens: int | None = None,
                on_task: Callable[[str, float, list], None] | None = None, sizer: BatchSizer | None = None) -> dict:
     """Scores of `tasks` at one length: {"scores": {task: mean}, "predictions": ..., "seconds": s};
-    `on_task(task, score, predictions)` after each task, to save it."""
+    `on_task(task, score, predictions)` as each task's last answer comes, to save it. Neighbouring
+    tasks whose prompts have the same tokens and answer budget (RULER's eight NIAH tasks) share
+    generate calls: at short lengths a call holds more samples than one task has."""
     patch = patch_rope(model, factors) if factors is not None else None
     started = time.perf_counter()
     scores, predictions = {}, {}
@@ -101,16 +111,24 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
             patch.pin(length)  # prompt + new tokens never exceed the length
         sizer = sizer or BatchSizer(model)
         sizer.used.clear()  # from here: this cell's batch sizes
-        for task in tasks:
-            cases = suite.samples(task, length, samples)
-            outputs = generate_answers(model, tokenizer, cases, max_batch, max_new_tokens, sizer)
-            values = [score(case.metric, output, case.answers) for case, output in zip(cases, outputs)]
-            scores[task] = float(np.mean(values))
-            predictions[task] = [[case.answers, output[:PREDICTION_CHARS]] for case, output in zip(cases, outputs)]
-            if on_task is not None:
-                on_task(task, scores[task], predictions[task])
-            if bar is not None:
-                bar.update(1)
+        cases = {task: suite.samples(task, length, samples) for task in tasks}
+        for _, group in groupby(tasks, key=lambda task: _shape(cases[task], max_new_tokens)):
+            group = list(group)
+            queue = [case for task in group for case in cases[task]]
+            outputs: list[str] = []
+            for answers in answer_batches(model, tokenizer, queue, max_batch, max_new_tokens, sizer):
+                outputs += answers
+                while group and len(outputs) >= len(cases[group[0]]):  # the group's next task has all its answers
+                    count = len(cases[group[0]])
+                    task, mine, outputs = group.pop(0), outputs[:count], outputs[count:]
+                    values = [score(case.metric, output, case.answers) for case, output in zip(cases[task], mine)]
+                    scores[task] = float(np.mean(values))
+                    predictions[task] = [[case.answers, output[:PREDICTION_CHARS]]
+                                         for case, output in zip(cases[task], mine)]
+                    if on_task is not None:
+                        on_task(task, scores[task], predictions[task])
+                    if bar is not None:
+                        bar.update(1)
     finally:
         if patch is not None:
             patch.restore()
@@ -193,4 +211,4 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["check_resumable", "check_settings", "format_ruler", "ruler_cell", "ruler_results"]
+__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "ruler_cell", "ruler_results"]

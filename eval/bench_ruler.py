@@ -27,10 +27,10 @@ generate call): a cell of 11 tasks took ~55 s at 8k and 16k, 85-130 s at 32k, 16
 64k row; a decoding step ~30-40 ms up to 64k whatever the batch (results/bench-decode-cache.md:
 cuDNN attention first makes it 2.4-3.7x faster than transformers' default choice; the reserved
 cache, between 22% faster and 30% slower: noise, as the default's 111 and 94 ms at 64k x 20 in
-two runs), and RULER's budgets ask
-1,224 steps of a cell's calls, so short cells are mostly decoding. Since then the eight NIAH tasks
-(one budget, one prompt length) share generate calls: 160 samples a call at 8k-32k, where
-memory allows, instead of 20 (from the 128k set on; not yet timed).
+two runs), and RULER's budgets ask 1,224 steps of a cell's calls, so short cells are mostly
+decoding. Since then the eight NIAH tasks (one budget, one prompt length) share generate calls
+(up to 160 samples a call where memory allows, instead of 20) and each call's prompts are
+tokenized in one batch: from the 64k set's 64k cells on; not yet timed.
 """
 
 from __future__ import annotations

@@ -113,23 +113,24 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
         sizer = sizer or BatchSizer(model)
         sizer.used.clear()  # from here: this cell's batch sizes
         cases = {task: suite.samples(task, length, samples) for task in tasks}
+
+        def finish(task: str, outputs: list[str]) -> None:
+            scores[task] = float(np.mean([score(c.metric, o, c.answers) for c, o in zip(cases[task], outputs)]))
+            predictions[task] = [[c.answers, o[:PREDICTION_CHARS]] for c, o in zip(cases[task], outputs)]
+            if on_task is not None:
+                on_task(task, scores[task], predictions[task])
+            if bar is not None:
+                bar.update(1)
+
         for _, group in groupby(tasks, key=lambda task: _shape(cases[task], max_new_tokens)):
-            group = list(group)
+            group, outputs = list(group), []
             queue = [case for task in group for case in cases[task]]
-            outputs: list[str] = []
             for answers in answer_batches(model, tokenizer, queue, max_batch, max_new_tokens, sizer):
                 outputs += answers
-                while group and len(outputs) >= len(cases[group[0]]):  # the group's next task has all its answers
-                    count = len(cases[group[0]])
-                    task, mine, outputs = group.pop(0), outputs[:count], outputs[count:]
-                    values = [score(case.metric, output, case.answers) for case, output in zip(cases[task], mine)]
-                    scores[task] = float(np.mean(values))
-                    predictions[task] = [[case.answers, output[:PREDICTION_CHARS]]
-                                         for case, output in zip(cases[task], mine)]
-                    if on_task is not None:
-                        on_task(task, scores[task], predictions[task])
-                    if bar is not None:
-                        bar.update(1)
+                while group and len(outputs) >= len(cases[group[0]]):  # the group's next task is answered
+                    task = group.pop(0)
+                    finish(task, outputs[:len(cases[task])])
+                    outputs = outputs[len(cases[task]):]
     finally:
         if patch is not None:
             patch.restore()

@@ -19,7 +19,7 @@ all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays fr
 (`--data` defaults to ../shared/data/books.) Everything resumes: cells (factor set, length)
 already in results/ruler-smollm2/ruler-<set>.json are kept, each finished task of a cell is
 written at once, and all factor sets run one length before the next (the prompts are built once
-per length); a command killed at its limit loses at most the task it was on.
+per length); a command killed at its limit loses at most the generate call it was in.
 
 Measured (one H100, 2026-11-25, "seconds" in ruler-64k.json; each task's 20 samples in one
 generate call): a cell of 11 tasks took ~55 s at 8k and 16k, 85-130 s at 32k, 165-210 s at 64k
@@ -157,7 +157,7 @@ def summary(args):
                 if length <= 8192:
                     continue
                 mine = results[found]["average"][str(length)]
-                others = {m: results[m]["average"].get(str(length)) for m in ("ntk", "yarn") if m in results}
+                others = {m: results.get(m, {}).get("average", {}).get(str(length)) for m in ("ntk", "yarn")}
                 pending = None in others.values()
                 verdict = all(v is not None and mine >= v for v in others.values())
                 lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
@@ -165,7 +165,8 @@ def summary(args):
                     + (" (not all run yet)" if pending else " (target met)" if verdict else " (target NOT met)"))
             lines.append("")
         wanted = parse_lengths(SETS[name][2])
-        missing = {m: [n for n in wanted if str(n) not in r["average"]] for m, r in results.items()}
+        missing = {m: [n for n in wanted if str(n) not in results.get(m, {}).get("average", {})]
+                   for m in ("none", "ntk", "yarn", found)}
         if any(missing.values()):
             lines += ["Not complete yet: " + "; ".join(f"{m} at {', '.join(map(str, n))}" for m, n in missing.items() if n),
                       ""]

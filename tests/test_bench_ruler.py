@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def test_runs_resume_and_the_summary_checks_the_targets(tmp_path, monkeypatch):
     bench("summary", "--out", out)
     readme = (out / "README.md").read_text()
     assert "## 64k set (x8)" in readme and "## 128k set (x16)" in readme
-    assert "- 9000: found" in readme and "ntk" in readme and ("target met" in readme or "NOT met" in readme)
+    # YaRN has not run in the 128k set: no verdict yet, and it is listed as missing
+    assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn - \(not all run yet\)", readme)
+    assert "yarn at 8192, 16384, 32768, 65536, 131072" in readme.split("## 128k set")[1]
     assert "Not complete yet: none at 8192, 16384, 32768, 65536" in readme  # the set's own lengths: none ran
     # the 128k table holds the unscaled model's scores from the 64k set
     block = readme.split("## 128k set")[1].split("average:")[1]
@@ -67,7 +70,9 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
     assert all(again[n][m]["seconds"] == first[n]["ruler"][m]["seconds"] for n in names for m in again[n])
     monkeypatch.setattr(sys, "argv", ["bench_ruler.py", "summary", "--out", str(out)])
     bench_ruler.main()
-    block = (out / "README.md").read_text().split("## 1m set (x128)")[1]
+    readme = (out / "README.md").read_text()
+    assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn [\d.]+ \(target (met|NOT met)\)", readme)
+    block = readme.split("## 1m set (x128)")[1]
     table = block.split("average:")[1].split("```")[0]
     assert "found-1m.json" in table and "none" in table and "- 600: found" not in block  # 8k and below: no target
 

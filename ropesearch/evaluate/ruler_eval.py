@@ -142,7 +142,8 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
                   on_cell: Callable[[dict], None] | None = None, progress: bool = True, name: str = "",
                   max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> dict:
     """Tasks x lengths for one factor set; scores present in `previous` (same settings) are kept, and
-    `on_cell(result)` is called after each task, so a killed run loses at most the task it was on.
+    `on_cell(result)` is called after each task, so a killed run loses at most the generate call it
+    was in (which may hold several tasks' samples: see ruler_cell).
     A length's average and its place in "lengths" come when all its tasks are scored; "batch_sizes"
     records the samples per generate call (bf16 greedy answers may depend on it). `sizer`: one
     BatchSizer shared by the factor sets of a run (default: a new one)."""

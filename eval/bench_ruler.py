@@ -152,12 +152,13 @@ def summary(args):
             image = f"ruler-{name}-{method.replace('.json', '')}.png"
             plot_ruler(result, out / image, f"RULER {name} set: {method}")
             lines += [f"![{method}]({image})", ""]
+        averages = {m: results.get(m, {}).get("average", {}) for m in ("none", "ntk", "yarn", found)}
         if found in results:
             for length in sorted(int(n) for n in results[found]["average"]):
                 if length <= 8192:
                     continue
                 mine = results[found]["average"][str(length)]
-                others = {m: results.get(m, {}).get("average", {}).get(str(length)) for m in ("ntk", "yarn")}
+                others = {m: averages[m].get(str(length)) for m in ("ntk", "yarn")}
                 pending = None in others.values()
                 verdict = all(v is not None and mine >= v for v in others.values())
                 lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
@@ -165,8 +166,7 @@ def summary(args):
                     + (" (not all run yet)" if pending else " (target met)" if verdict else " (target NOT met)"))
             lines.append("")
         wanted = parse_lengths(SETS[name][2])
-        missing = {m: [n for n in wanted if str(n) not in results.get(m, {}).get("average", {})]
-                   for m in ("none", "ntk", "yarn", found)}
+        missing = {m: [n for n in wanted if str(n) not in done] for m, done in averages.items()}
         if any(missing.values()):
             lines += ["Not complete yet: " + "; ".join(f"{m} at {', '.join(map(str, n))}" for m, n in missing.items() if n),
                       ""]

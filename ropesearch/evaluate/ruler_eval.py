@@ -65,7 +65,7 @@ def answer_batches(model, tokenizer, samples: Sequence[RulerSample], max_batch: 
     done, length = 0, samples[0].prompt_tokens if samples else 0
     while done < len(samples):
         batch = samples[done:done + (max_batch or sizer.size(length, len(samples) - done))]
-        # one batched call, spread over the CPU's cores: 20 prompts of 64k in 1.3 s instead of 2.4 s on 2 cores
+        # one batched call: the tokenizer spreads it over the CPU's cores
         ids = tokenizer([s.prompt for s in batch], return_attention_mask=False)["input_ids"]
         for sample, row in zip(batch, ids):
             if len(row) != sample.prompt_tokens:

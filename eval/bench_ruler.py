@@ -143,8 +143,10 @@ def summary(args):
         results = document["ruler"]
         found = f"found-{name}.json"
         environment_ = document.get("environment", {})
+        devices = sorted({d for r in results.values() for ds in r.get("devices", {}).values() for d in ds})
         lines += [f"## {name} set (x{SETS[name][1]})", "",
-                  f"{environment_.get('device', '?')}, {environment_.get('dtype', '?')}, {environment_.get('date', '?')}; "
+                  f"{' and '.join(devices) or environment_.get('device', '?')} (each cell's in `devices` of the JSON), "
+                  f"{environment_.get('dtype', '?')}, last run {environment_.get('date', '?')}; "
                   f"essays from `{document.get('data')}`, seed {document.get('seed')}, "
                   f"{next(iter(results.values()))['samples']} samples per task and length; scores in %.", "",
                   "```", format_ruler(results), "```", ""]

@@ -482,7 +482,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     """
     from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
-                                                ruler_results)
+                                                record_devices, ruler_results)
     from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
 
@@ -501,9 +501,12 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
     document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
                 "environment": environment(loaded)}
+    if saved.get("environment"):  # cells from before devices were kept per cell ran where the file last did
+        record_devices(document["ruler"], saved["environment"]["device"])
 
-    def save(name):
+    def save(name, length):
         def write(result):
+            record_devices({name: result}, document["environment"]["device"], [length])
             document["ruler"][name] = result
             if json_out:
                 save_json(document, json_out)
@@ -517,7 +520,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     for length in lengths:  # every factor set at one length, then the next: the samples are made once
         for name, factors in sets.items():
             document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
-                                                    max_batch, document["ruler"].get(name), on_cell=save(name),
+                                                    max_batch, document["ruler"].get(name), on_cell=save(name, length),
                                                     name=f"{name} {length}", max_new_tokens=max_new_tokens,
                                                     sizer=sizer)
             click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")

@@ -170,6 +170,8 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     assert set(yarn["scores"]) == {"niah_single_1", "fwe"} and yarn["lengths"] == [640]
     assert all(0 <= yarn["scores"][t]["640"] <= 1 for t in yarn["scores"])
     assert len(yarn["predictions"]["fwe"]["640"]) == 2 and yarn["batch_sizes"] == {"640": [1]}  # CPU: one a call
+    here = document["environment"]["device"]
+    assert here.startswith("cpu") and yarn["devices"] == {"640": [here]}
     assert "average:" in result.output and "niah_single_1:" in result.output
     # --resume keeps what is there (no new generation: the seconds are unchanged) ...
     result = CliRunner().invoke(cli, args + ["--resume"])
@@ -181,6 +183,8 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     del kept["scores"]["fwe"]["640"], kept["predictions"]["fwe"]["640"], kept["average"]["640"]
     kept["lengths"] = []
     kept["predictions"]["niah_single_1"]["640"] = [[["x"], "kept"], [["x"], "kept"]]
+    del kept["devices"]  # as saved before devices were kept per cell, by a run on another machine
+    partial["environment"]["device"] = "NVIDIA H100 80GB HBM3"
     out.write_text(json.dumps(partial))
     result = CliRunner().invoke(cli, args + ["--resume"])
     assert result.exit_code == 0, result.output
@@ -189,6 +193,7 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     assert again["predictions"]["fwe"]["640"] == yarn["predictions"]["fwe"]["640"]
     assert again["average"] == yarn["average"] and again["lengths"] == [640]
     assert again["seconds"]["640"] > yarn["seconds"]["640"]  # the earlier session's seconds count too
+    assert again["devices"] == {"640": sorted(["NVIDIA H100 80GB HBM3", here])}  # the cell ran on both
     # ... and refuses other settings
     result = CliRunner().invoke(cli, [a if a != "2" else "3" for a in args] + ["--resume"])
     assert result.exit_code == 1 and "--samples" in result.output

@@ -188,6 +188,17 @@ def check_settings(settings: dict, saved: dict) -> None:
                                   "give the same settings, or another --json")
 
 
+def record_devices(results: dict[str, dict], device: str, lengths: Sequence[int] | None = None) -> None:
+    """Note `device` against each factor set's `lengths` (default: the lengths it has time for, for
+    results saved before devices were recorded per cell), so that cells run on different machines
+    over resumed runs each name theirs: {"devices": {length: [device, ...]}}."""
+    for result in results.values():
+        devices = result.setdefault("devices", {})
+        for key in map(str, lengths) if lengths is not None else result.get("seconds", {}):
+            if lengths is not None or key not in devices:
+                devices[key] = sorted(set(devices.get(key, [])) | {device})
+
+
 def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_tokens: int | None = None) -> None:
     """A factor set's results may only gain lengths if made with the same tasks, samples and budgets."""
     if (previous.get("samples"), previous.get("tasks"), previous.get("max_new_tokens")) != (samples, list(tasks),
@@ -213,4 +224,4 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "ruler_cell", "ruler_results"]
+__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "record_devices", "ruler_cell", "ruler_results"]

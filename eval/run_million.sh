@@ -4,10 +4,9 @@
 # was made: the model's GGUF staged at $ROPESEARCH_CACHE/models/smollm2-135m, the books at
 # /root/assets/books, pymoo and gguf wheels installed into /root/assets/site.
 #   bash eval/run_million.sh 540
-export PYTHONPATH=$PWD:/root/assets/site ROPESEARCH_CACHE=/root/assets/cache PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 RUN=${RUN:-/root/assets/runs/million}
-mkdir -p ../shared/data "$(dirname "$RUN")"
-[ -d ../shared/data/books ] || cp -r /root/assets/books ../shared/data/
+mkdir -p "$(dirname "$RUN")"
 timeout -s INT "$1" python3 -m ropesearch.cli run search_spaces/plans/smollm2-1m.yaml --out "$RUN" --resume \
     2>&1 | grep --line-buffered -v "it/s]$" | tee -a "$RUN.log"
 echo "exit: ${PIPESTATUS[0]}"

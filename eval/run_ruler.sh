@@ -5,9 +5,7 @@
 # wheel installed into /root/assets/site; the JSON of earlier commands comes with the working
 # tree (results/ruler-smollm2/, copied back here after each command) and every cell resumes.
 #   bash eval/run_ruler.sh 540 [more options of `bench_ruler.py all`]
-export PYTHONPATH=$PWD:/root/assets/site ROPESEARCH_CACHE=/root/assets/cache PYTHONUNBUFFERED=1
-mkdir -p ../shared/data
-[ -d ../shared/data/books ] || cp -r /root/assets/books ../shared/data/
+source "$(dirname "$0")/gpu_env.sh"
 timeout -s INT "$1" python3 eval/bench_ruler.py all "${@:2}" 2>&1 | grep --line-buffered -v "it/s]$"
 echo "exit: ${PIPESTATUS[0]}"
 if [ -n "$OUT" ]; then

@@ -129,6 +129,29 @@ def _merged(out: Path, name: str) -> dict | None:
     return document
 
 
+def _beyond_training(factor_file: Path, length: int) -> str:
+    """Which of the found factors leave dims past the critical dimension (never a full turn in
+    training) rotating further than training ever did at `length`: YaRN and NTK give those dims
+    the whole scale, and retrieval across the window needs them in range."""
+    from ropesearch.export.factor_file import load_factors
+    from ropesearch.rope.methods import critical_dimension
+
+    factors = load_factors(factor_file)
+    objective = json.loads(factor_file.read_text()).get("provenance", {}).get("objective")
+    trained, scale = factors.base.original_context, length / factors.base.original_context
+    first = critical_dimension(factors.base) // 2
+    short = [(i, lam) for i, lam in enumerate(factors.long_factor) if i >= first and lam < scale]
+    if not short:
+        return f"every dim from the critical one ({first}) on is scaled by >= {scale:g}"
+    return (f"{len(short)} of the dims from the critical one ({first}) on have factors below the "
+            f"scale {scale:g} (dims {short[0][0]}-{short[-1][0]}: {min(l for _, l in short):.2f}-"
+            f"{max(l for _, l in short):.2f}), so at {length} tokens they rotate as far as "
+            f"{length / min(l for _, l in short):.0f} trained positions, beyond the {trained} they "
+            f"were trained at" + ("; the search scored whole-document perplexity (`--objective ppl`), "
+            "which local context dominates, not retrieval across the window (`--objective needle`)"
+            if objective == "ppl" else ""))
+
+
 def summary(args):
     from ropesearch.evaluate.ruler_eval import format_ruler
     from ropesearch.evaluate.runs import parse_lengths
@@ -166,6 +189,8 @@ def summary(args):
                 lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
                     f"{m} {100 * v:.1f}" if v is not None else f"{m} -" for m, v in others.items())
                     + (" (not all run yet)" if pending else " (target met)" if verdict else " (target NOT met)"))
+                if not pending and not verdict:
+                    lines.append(f"  why, in part: {_beyond_training(out / found, length)}")
             lines.append("")
         wanted = parse_lengths(SETS[name][2])
         missing = {m: [n for n in wanted if str(n) not in done] for m, done in averages.items()}

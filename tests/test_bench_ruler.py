@@ -76,3 +76,20 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
     table = block.split("average:")[1].split("```")[0]
     assert "found-1m.json" in table and "none" in table and "- 600: found" not in block  # 8k and below: no target
 
+
+
+def test_a_miss_names_the_dims_past_the_critical_one_that_rotate_beyond_training(tmp_path):
+    from ropesearch.rope import critical_dimension, longrope
+
+    base = rope_base(load_config(resolve_model("pocket")))
+    length, first = 4 * base.original_context, critical_dimension(base) // 2
+    yarn = tmp_path / "yarn.json"
+    save_factors(make_factors("yarn", base, 4), yarn)
+    assert f"every dim from the critical one ({first}) on is scaled by >= 4" in bench_ruler._beyond_training(yarn, length)
+    # factors 2 up to the last dim, which gets the whole scale: all the others past the critical one fall short
+    lows = tmp_path / "lows.json"
+    n = base.rotary_dim // 2
+    save_factors(longrope(base, [2.0] * (n - 1) + [4.0], scale=4), lows)
+    why = bench_ruler._beyond_training(lows, length)
+    assert f"{n - 1 - first} of the dims from the critical one ({first}) on" in why
+    assert f"dims {first}-{n - 2}: 2.00-2.00" in why and f"as far as {length // 2} trained positions" in why

@@ -133,23 +133,24 @@ def _beyond_training(factor_file: Path, length: int) -> str:
     """Which of the found factors leave dims past the critical dimension (never a full turn in
     training) rotating further than training ever did at `length`: YaRN and NTK give those dims
     the whole scale, and retrieval across the window needs them in range."""
-    from ropesearch.export.factor_file import load_factors
+    from ropesearch.export.factor_file import factors_from_dict
     from ropesearch.rope.methods import critical_dimension
 
-    factors = load_factors(factor_file)
-    objective = json.loads(factor_file.read_text()).get("provenance", {}).get("objective")
+    document = json.loads(factor_file.read_text())
+    factors, _ = factors_from_dict(document, source=f"factor file {factor_file}")
+    objective = document.get("provenance", {}).get("objective")
     trained, scale = factors.base.original_context, length / factors.base.original_context
     first = critical_dimension(factors.base) // 2
     short = [(i, lam) for i, lam in enumerate(factors.long_factor) if i >= first and lam < scale]
     if not short:
         return f"every dim from the critical one ({first}) on is scaled by >= {scale:g}"
+    low, high = min(lam for _, lam in short), max(lam for _, lam in short)
     return (f"{len(short)} of the dims from the critical one ({first}) on have factors below the "
-            f"scale {scale:g} (dims {short[0][0]}-{short[-1][0]}: {min(l for _, l in short):.2f}-"
-            f"{max(l for _, l in short):.2f}), so at {length} tokens they rotate as far as "
-            f"{length / min(l for _, l in short):.0f} trained positions, beyond the {trained} they "
-            f"were trained at" + ("; the search scored whole-document perplexity (`--objective ppl`), "
-            "which local context dominates, not retrieval across the window (`--objective needle`)"
-            if objective == "ppl" else ""))
+            f"scale {scale:g} (dims {short[0][0]}-{short[-1][0]}: {low:.2f}-{high:.2f}), so at "
+            f"{length} tokens they rotate as far as {length / low:.0f} trained positions, beyond the "
+            f"{trained} they were trained at" + ("; the search scored whole-document perplexity "
+            "(`--objective ppl`), which local context dominates, not retrieval across the window "
+            "(`--objective needle`)" if objective == "ppl" else ""))
 
 
 def summary(args):

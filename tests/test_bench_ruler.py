@@ -77,7 +77,6 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
     assert "found-1m.json" in table and "none" in table and "- 600: found" not in block  # 8k and below: no target
 
 
-
 def test_a_miss_names_the_dims_past_the_critical_one_that_rotate_beyond_training(tmp_path):
     from ropesearch.rope import critical_dimension, longrope
 

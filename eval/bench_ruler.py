@@ -129,6 +129,12 @@ def _merged(out: Path, name: str) -> dict | None:
     return document
 
 
+def _progress(result: dict | None, length: int) -> str:
+    """A missing cell, with how many of its tasks a killed run already scored (those are kept)."""
+    scored = sum(str(length) in values for values in (result or {}).get("scores", {}).values())
+    return f"{length} ({scored} of {len(result['tasks'])} tasks scored)" if scored else str(length)
+
+
 def _beyond_training(factor_file: Path, length: int) -> str:
     """Which of the found factors leave dims past the critical dimension (never a full turn in
     training) rotating further than training ever did at `length`: YaRN and NTK give those dims
@@ -175,6 +181,8 @@ def summary(args):
                   f"{next(iter(results.values()))['samples']} samples per task and length; scores in %.", "",
                   "```", format_ruler(results), "```", ""]
         for method, result in results.items():
+            if not result["average"]:  # killed before any length was complete: nothing to draw yet
+                continue
             image = f"ruler-{name}-{method.replace('.json', '')}.png"
             plot_ruler(result, out / image, f"RULER {name} set: {method}")
             lines += [f"![{method}]({image})", ""]
@@ -194,10 +202,10 @@ def summary(args):
                     lines.append(f"  why, in part: {_beyond_training(out / found, length)}")
             lines.append("")
         wanted = parse_lengths(SETS[name][2])
-        missing = {m: [n for n in wanted if str(n) not in done] for m, done in averages.items()}
+        missing = {m: [_progress(results.get(m), n) for n in wanted if str(n) not in done]
+                   for m, done in averages.items()}
         if any(missing.values()):
-            lines += ["Not complete yet: " + "; ".join(f"{m} at {', '.join(map(str, n))}" for m, n in missing.items() if n),
-                      ""]
+            lines += ["Not complete yet: " + "; ".join(f"{m} at {', '.join(n)}" for m, n in missing.items() if n), ""]
     lines += ["Commands: see the docstring of `eval/bench_ruler.py`; each JSON keeps its `command`.", ""]
     (out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -33,12 +33,20 @@ def test_runs_resume_and_the_summary_checks_the_targets(tmp_path, monkeypatch):
     assert set(first) == {"none", "found-64k.json"}
     assert set(first["none"]["average"]) == {"600", "9000"} and set(first["found-64k.json"]["average"]) == {"600"}
     bench("run", "--set", "128k", "--lengths", "9000", "--methods", "ntk", *common)
+    # YaRN's 128k cell at 8192 killed after its first of two tasks: still missing, with what is scored
+    bench("run", "--set", "128k", "--lengths", "8192", "--methods", "yarn", "--no-found", *common)
+    partial = json.loads((out / "ruler-128k.json").read_text())
+    cell = partial["ruler"]["yarn"]
+    cell["tasks"].append("niah_single_2")
+    cell["scores"]["niah_single_2"] = {}
+    del cell["average"]["8192"]
+    (out / "ruler-128k.json").write_text(json.dumps(partial))
     bench("summary", "--out", out)
     readme = (out / "README.md").read_text()
     assert "## 64k set (x8)" in readme and "## 128k set (x16)" in readme
-    # YaRN has not run in the 128k set: no verdict yet, and it is listed as missing
+    # YaRN has not finished a cell in the 128k set: no verdict yet, and it is listed as missing
     assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn - \(not all run yet\)", readme)
-    assert "yarn at 8192, 16384, 32768, 65536, 131072" in readme.split("## 128k set")[1]
+    assert "yarn at 8192 (1 of 2 tasks scored), 16384, 32768, 65536, 131072" in readme.split("## 128k set")[1]
     assert "Not complete yet: none at 8192, 16384, 32768, 65536" in readme  # the set's own lengths: none ran
     # the 128k table holds the unscaled model's scores from the 64k set
     block = readme.split("## 128k set")[1].split("average:")[1]

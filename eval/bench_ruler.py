@@ -181,11 +181,9 @@ def summary(args):
                   f"{next(iter(results.values()))['samples']} samples per task and length; scores in %.", "",
                   "```", format_ruler(results), "```", ""]
         for method, result in results.items():
-            if not result["average"]:  # killed before any length was complete: nothing to draw yet
-                continue
             image = f"ruler-{name}-{method.replace('.json', '')}.png"
-            plot_ruler(result, out / image, f"RULER {name} set: {method}")
-            lines += [f"![{method}]({image})", ""]
+            if plot_ruler(result, out / image, f"RULER {name} set: {method}"):
+                lines += [f"![{method}]({image})", ""]
         averages = {m: results.get(m, {}).get("average", {}) for m in ("none", "ntk", "yarn", found)}
         if found in results:
             for length in sorted(int(n) for n in results[found]["average"]):

@@ -204,6 +204,13 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     report = (out.parent / "report" / "report.md").read_text()
     assert "RULER (ruler.json)" in report and "ruler-ruler-yarn.png" in report
     assert (out.parent / "report" / "ruler-ruler-yarn.png").stat().st_size > 10_000
+    # a run killed in its first cell reports its table, and no heatmap until a length is complete
+    (out.parent / "killed.json").write_text(json.dumps(partial))
+    result = CliRunner().invoke(cli, ["report", str(out.parent)])
+    assert result.exit_code == 0, result.output
+    report = (out.parent / "report" / "report.md").read_text()
+    assert "RULER (killed.json)" in report and "ruler-killed-yarn.png" not in report
+    assert not (out.parent / "report" / "ruler-killed-yarn.png").exists()
 
 
 def test_lm_eval_runs_the_whole_suite_offline_at_exact_lengths(tmp_path, no_network):

@@ -129,8 +129,8 @@ def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
              "", "```", format_ruler(results), "```", ""]
     for name, result in results.items():
         image = f"{tag}ruler-{path.stem}-{name.replace('/', '_')}.png"
-        plot_ruler(result, out / image, f"RULER: {name}")
-        lines += [f"![RULER {name}]({image})", ""]
+        if plot_ruler(result, out / image, f"RULER: {name}"):
+            lines += [f"![RULER {name}]({image})", ""]
     return lines
 
 

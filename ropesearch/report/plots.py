@@ -175,9 +175,12 @@ def plot_passkey(results: dict, path: Path, title: str = "Passkey retrieval") ->
     return _save(figure, path)
 
 
-def plot_ruler(result: dict, path: Path, title: str = "RULER") -> Path:
-    """Score heatmap: lengths (rows) x tasks (columns), with the average per length as the last column."""
+def plot_ruler(result: dict, path: Path, title: str = "RULER") -> Path | None:
+    """Score heatmap: lengths (rows) x tasks (columns), with the average per length as the last column.
+    None, and no file, while no length is complete (a run killed in its first cell)."""
     lengths = sorted(int(n) for n in result["average"])
+    if not lengths:
+        return None
     tasks = list(result["tasks"])
     grid = np.array([[result["scores"][t][str(n)] for t in tasks] + [result["average"][str(n)]] for n in lengths])
     figure, axis = plt.subplots(figsize=(0.75 * len(tasks) + 3.2, 0.5 * len(lengths) + 2.4), dpi=STYLE["dpi"])

@@ -14,6 +14,10 @@ all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays fr
     bash eval/run_ruler.sh 540                   # the same on the GPU machine for at most 540 s
     python eval/bench_ruler.py run --set 64k --lengths 32k --methods ntk --no-found   # some cells
     python eval/bench_ruler.py summary           # tables, heatmaps, targets: results/ruler-smollm2/README.md
+
+The summary judges each length above 8k: the found factors' average against NTK's and YaRN's, with
+the lead's paired standard error (the same samples, scored one by one); a lead or a gap within two
+standard errors is called noise ("target met, within noise"), not a win.
     python eval/bench_ruler.py speed             # CPU: generating 64k x 11 tasks x 20 samples
 
 (`--data` defaults to ../shared/data/books.) Everything resumes: cells (factor set, length)
@@ -159,6 +163,20 @@ def _beyond_training(factor_file: Path, length: int) -> str:
             "(`--objective needle`)" if objective == "ppl" else ""))
 
 
+def _noise(found: dict, others: dict[str, dict], length: int) -> tuple[str, bool]:
+    """The found factors' lead over each baseline with its paired standard error, and whether any
+    lead is within two standard errors of zero (a tie, not a win or a miss)."""
+    from ropesearch.evaluate.ruler_eval import paired_difference
+
+    leads = {m: lead for m, other in others.items() if (lead := paired_difference(found, other, length))}
+    if not leads:
+        return "no per-sample scores to judge the noise", False
+    ties = [m for m, (d, se) in leads.items() if abs(d) < 2 * se + 1e-12]
+    text = "; ".join(f"found - {m} {100 * d:+.1f} ± {100 * se:.1f}" for m, (d, se) in leads.items())
+    text += f" (paired standard error over {found['samples'] * len(found['tasks'])} samples)"
+    return text + (f": within two standard errors of {' and '.join(ties)}" if ties else ": beyond noise"), bool(ties)
+
+
 def summary(args):
     from ropesearch.evaluate.ruler_eval import format_ruler
     from ropesearch.evaluate.runs import parse_lengths
@@ -193,9 +211,14 @@ def summary(args):
                 others = {m: averages[m].get(str(length)) for m in ("ntk", "yarn")}
                 pending = None in others.values()
                 verdict = all(v is not None and mine >= v for v in others.values())
+                noise, tie = ("", False) if pending else _noise(results[found], {m: results[m] for m in others},
+                                                                 length)
                 lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
                     f"{m} {100 * v:.1f}" if v is not None else f"{m} -" for m, v in others.items())
-                    + (" (not all run yet)" if pending else " (target met)" if verdict else " (target NOT met)"))
+                    + (" (not all run yet)" if pending else f" (target {'met' if verdict else 'NOT met'}"
+                       + (", within noise)" if tie else ")")))
+                if noise:
+                    lines.append(f"  {noise}")
                 if not pending and not verdict:
                     lines.append(f"  why, in part: {_beyond_training(out / found, length)}")
             lines.append("")

@@ -79,7 +79,8 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_ruler.py", "summary", "--out", str(out)])
     bench_ruler.main()
     readme = (out / "README.md").read_text()
-    assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn [\d.]+ \(target (met|NOT met)\)", readme)
+    assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn [\d.]+ \(target (met|NOT met)(, within noise)?\)\n"
+                     r"  found - ntk [+-][\d.]+ ± [\d.]+; found - yarn [+-][\d.]+ ± [\d.]+ \(paired", readme)
     block = readme.split("## 1m set (x128)")[1]
     table = block.split("average:")[1].split("```")[0]
     assert "found-1m.json" in table and "none" in table and "- 600: found" not in block  # 8k and below: no target
@@ -100,3 +101,19 @@ def test_a_miss_names_the_dims_past_the_critical_one_that_rotate_beyond_training
     why = bench_ruler._beyond_training(lows, length)
     assert f"{n - 1 - first} of the dims from the critical one ({first}) on" in why
     assert f"dims {first}-{n - 2}: 2.00-2.00" in why and f"as far as {length // 2} trained positions" in why
+
+
+def test_a_lead_within_two_standard_errors_is_called_noise():
+    def result(hits):  # one task; hits: each sample's score
+        return {"tasks": ["niah_single_1"], "samples": len(hits),
+                "scores": {"niah_single_1": {"9000": sum(hits) / len(hits)}},
+                "predictions": {"niah_single_1": {"9000": [[[str(i)], "", h] for i, h in enumerate(hits)]}}}
+
+    # one sample in 20 right against none: +5 ± 5 is within noise; 10 against none: +50 ± 11.5 is not
+    one, ten, none = result([1.0] + [0.0] * 19), result([1.0] * 10 + [0.0] * 10), result([0.0] * 20)
+    text, tie = bench_ruler._noise(one, {"ntk": none}, 9000)
+    assert tie and text == ("found - ntk +5.0 ± 5.0 (paired standard error over 20 samples): "
+                            "within two standard errors of ntk")
+    text, tie = bench_ruler._noise(ten, {"ntk": none, "yarn": one}, 9000)
+    assert not tie and text.startswith("found - ntk +50.0 ± 11.5; found - yarn +45.0 ± ")
+    assert text.endswith("beyond noise")

@@ -5,6 +5,7 @@ import re
 import socket
 from collections import Counter
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -157,6 +158,30 @@ def test_tasks_with_one_answer_budget_share_generate_calls_and_each_keeps_its_an
     assert sizer.used == {2, 3, 4}
     assert shared["predictions"] == alone["predictions"] and shared["scores"] == alone["scores"]
     assert saved == [(task, alone["predictions"][task]) for task in tasks]  # saved one task at a time, in order
+    # each sample keeps its score of the whole answer: they make the task's score
+    assert all(abs(np.mean([row[2] for row in alone["predictions"][t]]) - alone["scores"][t]) < 1e-12 for t in tasks)
+
+
+def test_paired_difference_of_two_factor_sets_on_the_same_samples():
+    from ropesearch.evaluate.ruler_eval import paired_difference
+
+    def result(rows):  # rows per task: (answer, kept output, score or None: saved before scores were kept)
+        predictions = {t: {"9000": [[[a], o] + ([v] if v is not None else []) for a, o, v in r]}
+                       for t, r in rows.items()}
+        scores = {t: {"9000": float(np.mean([v if v is not None else float(a in o) for a, o, v in r]))}
+                  for t, r in rows.items()}
+        return {"tasks": list(rows), "samples": 4, "predictions": predictions, "scores": scores}
+
+    mine = result({"niah_single_1": [("1", "", 1.0), ("2", "", 1.0), ("3", "", 0.0), ("4", "", 0.0)],
+                   "fwe": [("a", "", 1.0), ("b", "", 0.0), ("c", "", 0.0), ("d", "", 0.0)]})
+    other = result({"niah_single_1": [("1", "", 0.0), ("2", "x", None), ("3", "", 0.0), ("4", "", 0.0)],
+                    "fwe": [("a", "a", None), ("b", "", 0.0), ("c", "", 0.0), ("d", "", 0.0)]})
+    # by hand: niah diffs 1,1,0,0 (mean 1/2, variance 1/3, of the mean 1/12); fwe diffs all 0
+    difference, error = paired_difference(mine, other, 9000)
+    assert abs(difference - 0.25) < 1e-12 and abs(error - (1 / 12) ** 0.5 / 2) < 1e-12
+    assert paired_difference(mine, other, 8192) is None  # no such length
+    other["predictions"]["fwe"]["9000"][0][0] = ["z"]  # not the same samples: nothing to pair
+    assert paired_difference(mine, other, 9000) is None
 
 
 def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):

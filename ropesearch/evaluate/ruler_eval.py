@@ -21,10 +21,10 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
-from ropesearch.evaluate.ruler import RulerSample, RulerSuite, score
+from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, score
 from ropesearch.rope import RopeFactors, patch_rope
 
-PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers
+PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers (with the sample's score)
 
 
 class BatchSizer:
@@ -114,8 +114,10 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
         cases = {task: suite.samples(task, length, samples) for task in tasks}
 
         def finish(task: str, outputs: list[str]) -> None:
-            scores[task] = float(np.mean([score(c.metric, o, c.answers) for c, o in zip(cases[task], outputs)]))
-            predictions[task] = [[c.answers, o[:PREDICTION_CHARS]] for c, o in zip(cases[task], outputs)]
+            values = [score(c.metric, o, c.answers) for c, o in zip(cases[task], outputs)]
+            scores[task] = float(np.mean(values))
+            # the score of the whole answer: the kept characters alone may miss a late reference
+            predictions[task] = [[c.answers, o[:PREDICTION_CHARS], v] for c, o, v in zip(cases[task], outputs, values)]
             if on_task is not None:
                 on_task(task, scores[task], predictions[task])
             if bar is not None:
@@ -207,6 +209,32 @@ def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_
                               "or another --json")
 
 
+def _sample_scores(result: dict, task: str, key: str) -> list[tuple[list, float]]:
+    """(answers, score) per sample; rows saved before scores were kept are rescored from their kept
+    characters, which may miss a reference written past them."""
+    return [(row[0], row[2] if len(row) > 2 else score(TASKS[task].metric, row[1], row[0]))
+            for row in result["predictions"][task][key]]
+
+
+def paired_difference(mine: dict, other: dict, length: int) -> tuple[float, float] | None:
+    """How much `mine` beats `other` on the RULER average at `length`, with its standard error:
+    both ran the same samples (same suite and seed), so it is the paired difference of each sample's
+    score, averaged per task and over tasks (the difference itself from the saved task scores). None
+    when a task is missing or the samples differ."""
+    key, tasks = str(length), mine["tasks"]
+    if other.get("tasks") != tasks or any(key not in r["predictions"].get(t, {}) for r in (mine, other) for t in tasks):
+        return None
+    variances = []
+    for task in tasks:
+        a, b = _sample_scores(mine, task, key), _sample_scores(other, task, key)
+        if len(a) != len(b) or any(x[0] != y[0] for x, y in zip(a, b)):
+            return None
+        diffs = np.array([x[1] - y[1] for x, y in zip(a, b)])
+        variances.append(diffs.var(ddof=1) / len(diffs) if len(diffs) > 1 else 0.0)
+    difference = np.mean([mine["scores"][t][key] - other["scores"][t][key] for t in tasks])
+    return float(difference), float(np.sqrt(np.sum(variances)) / len(tasks))
+
+
 def format_ruler(results: dict[str, dict]) -> str:
     """One table per task (rows lengths, columns factor sets, scores in %) and the average per length."""
     names = list(results)
@@ -224,4 +252,4 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "record_devices", "ruler_cell", "ruler_results"]
+__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "paired_difference", "record_devices", "ruler_cell", "ruler_results"]

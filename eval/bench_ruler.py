@@ -7,11 +7,12 @@ all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays fr
     128k set (x16)  results/search-smollm2-128k/fast at 8k-128k; NTK x16, YaRN x16 (the unscaled
                     model's 8k-64k scores come from the 64k set; at 128k it runs last of all)
     1m set (x128)   results/million-smollm2's factors on its fine-tuned weights (--found-model, the
-                    plan's 02-finetune/model, which `ropesearch run smollm2-1m --out RUN --resume`
-                    rebuilds from trained.safetensors); NTK and YaRN x128 on the base model
+                    plan's 02-finetune/model; the committed run keeps no weights, so
+                    eval/run_ruler_1m.sh fine-tunes it again); NTK and YaRN x128 on the base model
 
     python eval/bench_ruler.py all [--found-model RUN/02-finetune/model]  # every remaining cell, in order
     bash eval/run_ruler.sh 540                   # the same on the GPU machine for at most 540 s
+    bash eval/run_ruler_1m.sh 570                # and the 1m set: fine-tunes its model again first (~214 s)
     python eval/bench_ruler.py run --set 64k --lengths 32k --methods ntk --no-found   # some cells
     python eval/bench_ruler.py summary           # tables, heatmaps, targets: results/ruler-smollm2/README.md
 
@@ -57,8 +58,8 @@ SETS = {  # name: (factor file, scale, lengths)
     "64k": (ROOT / "results/search-smollm2-64k/fast-v2/best.json", 8, "8k,16k,32k,64k"),
     "128k": (ROOT / "results/search-smollm2-128k/fast/best.json", 16, "8k,16k,32k,64k,128k"),
     # the million-token plan's model: its factors on its fine-tuned weights (--found-model: the
-    # plan's 02-finetune/model, which `ropesearch run smollm2-1m --out RUN --resume` rebuilds from
-    # trained.safetensors), NTK and YaRN x128 on the base model
+    # plan's 02-finetune/model, which eval/run_ruler_1m.sh fine-tunes again: the committed run keeps
+    # no weights), NTK and YaRN x128 on the base model
     "1m": (ROOT / "results/million-smollm2/04-recover-short/search/best.json", 128, "8k,16k,32k,64k,128k"),
 }
 

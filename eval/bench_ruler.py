@@ -15,11 +15,11 @@ all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays fr
     bash eval/run_ruler_1m.sh 570                # and the 1m set: fine-tunes its model again first (~214 s)
     python eval/bench_ruler.py run --set 64k --lengths 32k --methods ntk --no-found   # some cells
     python eval/bench_ruler.py summary           # tables, heatmaps, targets: results/ruler-smollm2/README.md
+    python eval/bench_ruler.py speed             # CPU: generating 64k x 11 tasks x 20 samples
 
 The summary judges each length above 8k: the found factors' average against NTK's and YaRN's, with
 the lead's paired standard error (the same samples, scored one by one); a lead or a gap within two
 standard errors is called noise ("target met, within noise"), not a win.
-    python eval/bench_ruler.py speed             # CPU: generating 64k x 11 tasks x 20 samples
 
 (`--data` defaults to ../shared/data/books.) Everything resumes: cells (factor set, length)
 already in results/ruler-smollm2/ruler-<set>.json are kept, each finished task of a cell is

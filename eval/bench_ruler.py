@@ -210,17 +210,15 @@ def summary(args):
                     continue
                 mine = results[found]["average"][str(length)]
                 others = {m: averages[m].get(str(length)) for m in ("ntk", "yarn")}
-                pending = None in others.values()
-                verdict = all(v is not None and mine >= v for v in others.values())
-                noise, tie = ("", False) if pending else _noise(results[found], {m: results[m] for m in others},
-                                                                 length)
-                lines.append(f"- {length}: found {100 * mine:.1f} vs " + ", ".join(
-                    f"{m} {100 * v:.1f}" if v is not None else f"{m} -" for m, v in others.items())
-                    + (" (not all run yet)" if pending else f" (target {'met' if verdict else 'NOT met'}"
-                       + (", within noise)" if tie else ")")))
-                if noise:
-                    lines.append(f"  {noise}")
-                if not pending and not verdict:
+                scores = ", ".join(f"{m} {100 * v:.1f}" if v is not None else f"{m} -" for m, v in others.items())
+                if None in others.values():
+                    lines.append(f"- {length}: found {100 * mine:.1f} vs {scores} (not all run yet)")
+                    continue
+                verdict = all(mine >= v for v in others.values())
+                noise, tie = _noise(results[found], {m: results[m] for m in others}, length)
+                status = ("target met" if verdict else "target NOT met") + (", within noise" if tie else "")
+                lines += [f"- {length}: found {100 * mine:.1f} vs {scores} ({status})", f"  {noise}"]
+                if not verdict:
                     lines.append(f"  why, in part: {_beyond_training(out / found, length)}")
             lines.append("")
         wanted = parse_lengths(SETS[name][2])

@@ -11,7 +11,7 @@ import numpy as np
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
+from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
 
 
 class _Group(click.Group):
@@ -403,6 +403,12 @@ def _check_json_out(json_out, model, factor_files, data=None) -> None:
         check_output(json_out, inputs | ({"the data": data} if data else {}), "--json", folder=False)
 
 
+def _check_plots(plots) -> None:
+    """--plots can be written before the long work starts (its files come after every result)."""
+    if plots:
+        writable_folder(plots, "--plots")
+
+
 @cli.command("passkey")
 @_compare_options
 @click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
@@ -422,6 +428,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 
     lengths = parse_lengths(lengths)
     _check_json_out(json_out, model, factor_files, data)
+    _check_plots(plots)
     try:
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
@@ -471,7 +478,8 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
               "measured on the first call at each length; 1 on CPU).")
 @click.option("--max-new-tokens", type=count(1),
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
-@click.option("--resume", is_flag=True, help="Keep the factor sets, lengths and tasks already in --json; run the rest.")
+@click.option("--resume", is_flag=True, help="Keep the factor sets, lengths and tasks already in --json; run the rest "
+              "(none left: the table and plots, without loading the model).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
 def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data,
               text_field, max_batch, max_new_tokens, resume, plots):
@@ -483,19 +491,27 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
                                                 record_devices, ruler_results)
-    from ropesearch.evaluate.runs import comparison_sets, environment, parse_lengths, save_json
+    from ropesearch.evaluate.runs import comparison_sets, environment, factor_labels, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
-
     from ropesearch.validate import read_json
 
     lengths, task_names = parse_lengths(lengths), parse_tasks(tasks)
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
     _check_json_out(json_out, model, factor_files, data)
+    _check_plots(plots)
     settings = {"model": model, "data": data, "seed": seed}
     saved = (read_json(json_out, "RULER results", "run without --resume and another --json")
              if resume and Path(json_out).is_file() else {})
     check_settings(settings, saved)
+    names = [m.strip() for m in methods.split(",") if m.strip()] + list(factor_labels(factor_files))
+    if names and all(str(n) in saved.get("ruler", {}).get(name, {}).get("average", {}) for name in names for n in lengths):
+        for name in names:  # all there: the table (and plots) without loading the model
+            check_resumable(saved["ruler"][name], task_names, samples, max_new_tokens)
+        click.echo(format_ruler(saved["ruler"]))
+        _ruler_plots(saved["ruler"], plots)
+        click.echo(f"nothing left to run: every factor set, length and task is already in {json_out}")
+        return
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
     suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
@@ -525,14 +541,19 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
                                                     sizer=sizer)
             click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     click.echo(format_ruler(document["ruler"]))
+    _ruler_plots(document["ruler"], plots)
+    if json_out:
+        click.echo(f"wrote {json_out}")
+
+
+def _ruler_plots(results: dict, plots) -> None:
+    """A heatmap per factor set into the --plots folder (none without it)."""
     if plots:
         from ropesearch.report.plots import plot_ruler
 
         Path(plots).mkdir(parents=True, exist_ok=True)
-        for name, result in document["ruler"].items():
+        for name, result in results.items():
             plot_ruler(result, Path(plots) / f"ruler-{name.replace('/', '_')}.png", f"RULER: {name}")
-    if json_out:
-        click.echo(f"wrote {json_out}")
 
 
 @cli.command("lm-eval")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import tempfile
 import types
 import typing
 from dataclasses import fields
@@ -197,8 +199,28 @@ def text_problem(text: str) -> str | None:
 
 
 # ---- outputs never clobber inputs ------------------------------------------------------------------
+def writable_folder(path: str | Path, flag: str = "--out", shown: str | Path | None = None) -> None:
+    """The folder (or the nearest existing folder above it) takes new files: checked before any work,
+    so a long run never ends unable to write its results. A real probe (a nameless temporary file,
+    gone at once), since permission bits say nothing for root, /proc or a full or read-only disk.
+    `shown`: the output as the user gave it, for the message (default: `path`)."""
+    shown = path if shown is None else shown
+    probe = Path(path).expanduser()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RopesearchError(f"{flag} {shown}: {probe} is a file, not a folder: choose another {flag}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RopesearchError(f"{flag} {shown}: {probe} is not writable ({reason}): choose another {flag}") from None
+
+
 def check_output(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out", folder: bool = True) -> None:
-    """`out` is not an input and holds none (a folder output also lies inside none): one line otherwise.
+    """`out` is not an input and holds none (a folder output also lies inside none), and its folder
+    can be written (`writable_folder`): one line otherwise.
 
     `inputs` maps what an input is ("the model folder") to its path; entries that are not local
     paths (hub ids, dataset names, builtin) are skipped.
@@ -212,6 +234,7 @@ def check_output(out: str | Path, inputs: dict[str, str | Path | None], flag: st
             relation = "is" if source == target else ("holds" if target in source.parents else "lies inside")
             raise RopesearchError(f"{flag} {out} {relation} {what} ({path}), an input of this command: "
                                   f"choose another {flag}")
+    writable_folder(target if folder else target.parent, flag, shown=out)
 
 
 def read_json(path: str | Path, what: str, fix: str):

@@ -366,6 +366,30 @@ def test_read_only_output_folder_is_one_line(tmp_path):
         locked.chmod(0o755)
 
 
+# /proc takes no new files, even from root (the read-only folder above is root-proof only for users)
+UNWRITABLE = [Path("/proc")] if Path("/proc/self").is_dir() else []
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["baselines", "--model", "pocket", "--methods", "pi", "--lengths", 512, "--json"], "--json"),
+    (["eval", "--model", "pocket", "--method", "pi", "--lengths", 512, "--json"], "--json"),
+    (["passkey", "--model", "pocket", "--lengths", 512, "--json"], "--json"),
+    (["passkey", "--model", "pocket", "--lengths", 512, "--plots"], "--plots"),
+    (["ruler", "--model", "pocket", "--lengths", 512, "--json"], "--json"),
+    (["ruler", "--model", "pocket", "--lengths", 512, "--plots"], "--plots"),
+    (["lm-eval", "--model", "pocket", "--tasks", "ropesearch_passkey", "--json"], "--json"),
+    (["factors", "yarn", "--model", "pocket", "--scale", 4, "--out"], "--out"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(args, flag, tmp_path):
+    """Not after it: baselines and passkey used to score every length, then lose it all to the write."""
+    (tmp_path / "afile").write_text("x")
+    line = refused(args + [tmp_path / "afile" / "out.json"], tmp_path, "found")
+    assert f"{flag} {tmp_path / 'afile' / 'out.json'}: {tmp_path / 'afile'} is a file, not a folder" in line
+    for folder in UNWRITABLE:
+        line = refused(args + [folder / "sub" / "out.json"], tmp_path, "found")
+        assert f"{folder} is not writable" in line and f"choose another {flag}" in line
+
+
 # ---- nothing destroyed ----------------------------------------------------------------------------
 def test_overwrite_never_deletes_an_input_or_a_folder_export_did_not_write(workspace):
     model, factors = workspace / "mypocket", workspace / "pi8.json"

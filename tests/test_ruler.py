@@ -4,6 +4,7 @@ import json
 import re
 import socket
 from collections import Counter
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -198,10 +199,19 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     here = document["environment"]["device"]
     assert here.startswith("cpu") and yarn["devices"] == {"640": [here]}
     assert "average:" in result.output and "niah_single_1:" in result.output
-    # --resume keeps what is there (no new generation: the seconds are unchanged) ...
-    result = CliRunner().invoke(cli, args + ["--resume"])
+    # --resume keeps what is there: all of it, so no model is even loaded (a GPU command that only
+    # passes over finished cells costs no load), the table and heatmaps still come ...
+    with mock.patch("ropesearch.models.load_model", side_effect=AssertionError("model loaded")):
+        result = CliRunner().invoke(cli, args + ["--resume", "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
+    assert "nothing left to run" in result.output and "average:" in result.output
+    assert (tmp_path / "plots" / "ruler-yarn.png").stat().st_size > 10_000
     assert json.loads(out.read_text())["ruler"]["yarn"]["seconds"] == yarn["seconds"]
+    # (a factor set or length not in the JSON yet does load it: a pending cell is never skipped)
+    with mock.patch("ropesearch.models.load_model", side_effect=AssertionError("model loaded")):
+        for more in (["--methods", "yarn,ntk"], ["--lengths", "640,700"]):
+            result = CliRunner().invoke(cli, args + more + ["--resume"])
+            assert isinstance(result.exception, AssertionError), result.output
     # as if killed after the first task of the length: only the second runs again
     partial = json.loads(out.read_text())
     kept = partial["ruler"]["yarn"]

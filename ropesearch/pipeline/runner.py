@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.lock import LOCK_NAME, DirectoryLock
-from ropesearch.search.rundir import writable_folder
 from ropesearch.validate import read_json
 from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, load_factors, save_factors
 from ropesearch.pipeline.plan import Plan, Stage
@@ -353,8 +352,7 @@ class Pipeline:
             raise RopesearchError(f"run directory {self.out} is not empty: pass --resume to continue it, or another --out")
         if used and not (self.out / "plan.json").is_file():  # --resume of an empty folder just starts
             raise RopesearchError(f"{self.out} is not a plan's run directory (no plan.json): choose another --out")
-        self.check_inputs()
-        writable_folder(self.out)
+        self.check_inputs()  # also: the run directory can be written
         self.out.mkdir(parents=True, exist_ok=True)
         with DirectoryLock(self.out):  # one writer per run directory, released by the OS if this process dies
             return self._run(resume)

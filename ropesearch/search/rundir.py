@@ -27,6 +27,7 @@ import numpy as np
 from ropesearch.errors import RopesearchError
 from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, save_factors
 from ropesearch.lock import LOCK_NAME, DirectoryLock
+from ropesearch.validate import writable_folder
 
 CHECKPOINT_FORMAT = "ropesearch/checkpoint@1"
 NEW_RUN = "start a new run with another --out (this one's best.json and history.jsonl stay readable)"
@@ -34,17 +35,6 @@ NEW_RUN = "start a new run with another --out (this one's best.json and history.
 # what each fingerprint entry is, for the message that names a changed input
 INPUT_NAMES = {"model": "the model weights", "tokenizer": "the tokenizer", "data": "the search windows (data)",
                "space": "the search space", "seed": "the seed"}
-
-
-def writable_folder(path: Path, flag: str = "--out") -> None:
-    """The folder (or the nearest existing folder above it) can be written: checked before any work."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RopesearchError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RopesearchError(f"{flag} {path}: {probe} is not writable (permission denied): choose another {flag}")
 
 
 def _sha256(data: bytes) -> str:

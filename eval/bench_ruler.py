@@ -24,7 +24,8 @@ standard errors is called noise ("target met, within noise"), not a win.
 (`--data` defaults to ../shared/data/books.) Everything resumes: cells (factor set, length)
 already in results/ruler-smollm2/ruler-<set>.json are kept, each finished task of a cell is
 written at once, and all factor sets run one length before the next (the prompts are built once
-per length); a command killed at its limit loses at most the generate call it was in.
+per length); a command killed at its limit loses at most the generate call it was in, and a step with
+nothing left (`all` passes over finished sets) prints its table without loading the model.
 
 Measured (one H100, 2026-11-25, "seconds" in ruler-64k.json; each task's 20 samples in one
 generate call): a cell of 11 tasks took ~55 s at 8k and 16k, 85-130 s at 32k, 165-210 s at 64k
@@ -178,6 +179,25 @@ def _noise(found: dict, others: dict[str, dict], length: int) -> tuple[str, bool
     return text + (f": within two standard errors of {' and '.join(ties)}" if ties else ": beyond noise"), bool(ties)
 
 
+def _columns(name: str, out: Path) -> str:
+    """What each column of a set ran: which factors on which weights (the 1m set's differ)."""
+    factor_file = SETS[name][0].relative_to(ROOT)
+    if name != "1m":
+        extra = "; the unscaled model's 8k-64k cells come from the 64k set" if name == "128k" else ""
+        return (f"Columns: `found-{name}.json` is `{factor_file}` (searched, no fine-tuning); NTK and YaRN "
+                f"at x{SETS[name][1]}; none, the unscaled model; all on the base weights{extra}.")
+    again = out / "finetune-again-done.json"
+    loss = ""
+    if again.is_file():
+        now = json.loads(again.read_text())["outputs"]["final_loss"]
+        then = json.loads((ROOT / "results/million-smollm2/02-finetune/done.json").read_text())["outputs"]["final_loss"]
+        loss = f" (final loss {now:.4f}, the committed run's {then:.4f}: `finetune-again-done.json`)"
+    return (f"Columns: `found-1m.json` is `{factor_file}` (long factors past 8k, short ones at 8k) on the "
+            f"million plan's fine-tuned weights, fine-tuned again for this proof by `eval/run_ruler_1m.sh`{loss}, "
+            f"as the plan ships them; NTK and YaRN at x{SETS[name][1]} and the unscaled model on the base weights, "
+            "as a user without that fine-tuning runs them; the unscaled cells come from the 64k and 128k sets.")
+
+
 def summary(args):
     from ropesearch.evaluate.ruler_eval import format_ruler
     from ropesearch.evaluate.runs import parse_lengths
@@ -198,7 +218,7 @@ def summary(args):
                   f"{environment_.get('dtype', '?')}, last run {environment_.get('date', '?')}; "
                   f"essays from `{document.get('data')}`, seed {document.get('seed')}, "
                   f"{next(iter(results.values()))['samples']} samples per task and length; scores in %.", "",
-                  "```", format_ruler(results), "```", ""]
+                  _columns(name, out), "", "```", format_ruler(results), "```", ""]
         for method, result in results.items():
             image = f"ruler-{name}-{method.replace('.json', '')}.png"
             if plot_ruler(result, out / image, f"RULER {name} set: {method}"):

@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from unittest import mock
 
 from ropesearch.export import save_factors
 from ropesearch.models import load_config, resolve_model, rope_base
@@ -73,12 +74,17 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
                               "none": ["9000"]},
                      "1m": {"ntk": ["600"], "yarn": ["600"]}, "1m-found": {"found-1m.json": ["600"]}}
     assert first["1m-found"]["model"] == pocket and first["1m"]["model"] == "pocket"
-    bench_ruler.main()  # everything is there: nothing runs again
+    with mock.patch("ropesearch.models.load_model", side_effect=AssertionError("model loaded")):
+        bench_ruler.main()  # everything is there: nothing runs again, no model even loads
     again = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in names}
     assert all(again[n][m]["seconds"] == first[n]["ruler"][m]["seconds"] for n in names for m in again[n])
+    (out / "finetune-again-done.json").write_text(json.dumps({"outputs": {"final_loss": 3.5}}))
     monkeypatch.setattr(sys, "argv", ["bench_ruler.py", "summary", "--out", str(out)])
     bench_ruler.main()
     readme = (out / "README.md").read_text()
+    # each set says what its columns ran on; the 1m set's found factors had their own (fine-tuned) weights
+    assert "`found-64k.json` is `results/search-smollm2-64k/fast-v2/best.json` (searched, no fine-tuning)" in readme
+    assert "fine-tuned weights" in readme and "(final loss 3.5000, the committed run's 3.1343" in readme
     assert re.search(r"- 9000: found [\d.]+ vs ntk [\d.]+, yarn [\d.]+ \(target (met|NOT met)(, within noise)?\)\n"
                      r"  found - ntk [+-][\d.]+ ± [\d.]+; found - yarn [+-][\d.]+ ± [\d.]+ \(paired", readme)
     block = readme.split("## 1m set (x128)")[1]

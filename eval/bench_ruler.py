@@ -55,13 +55,14 @@ from ropesearch.cli import cli  # noqa: E402
 from ropesearch.evaluate.runs import save_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MILLION = ROOT / "results/million-smollm2"  # the million-token plan's committed run
 SETS = {  # name: (factor file, scale, lengths)
     "64k": (ROOT / "results/search-smollm2-64k/fast-v2/best.json", 8, "8k,16k,32k,64k"),
     "128k": (ROOT / "results/search-smollm2-128k/fast/best.json", 16, "8k,16k,32k,64k,128k"),
     # the million-token plan's model: its factors on its fine-tuned weights (--found-model: the
     # plan's 02-finetune/model, which eval/run_ruler_1m.sh fine-tunes again: the committed run keeps
     # no weights), NTK and YaRN x128 on the base model
-    "1m": (ROOT / "results/million-smollm2/04-recover-short/search/best.json", 128, "8k,16k,32k,64k,128k"),
+    "1m": (MILLION / "04-recover-short/search/best.json", 128, "8k,16k,32k,64k,128k"),
 }
 
 
@@ -190,7 +191,7 @@ def _columns(name: str, out: Path) -> str:
     loss = ""
     if again.is_file():
         now = json.loads(again.read_text())["outputs"]["final_loss"]
-        then = json.loads((ROOT / "results/million-smollm2/02-finetune/done.json").read_text())["outputs"]["final_loss"]
+        then = json.loads((MILLION / "02-finetune/done.json").read_text())["outputs"]["final_loss"]
         loss = f" (final loss {now:.4f}, the committed run's {then:.4f}: `finetune-again-done.json`)"
     return (f"Columns: `found-1m.json` is `{factor_file}` (long factors past 8k, short ones at 8k) on the "
             f"million plan's fine-tuned weights, fine-tuned again for this proof by `eval/run_ruler_1m.sh`{loss}, "

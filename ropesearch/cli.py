@@ -321,7 +321,9 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 
     Every column is one model at one scale, shown in its header.
     """
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    from ropesearch.evaluate.runs import method_names
+
+    names = method_names(methods)
     if scale and per_length_scale:
         raise RopesearchError("--scale and --per-length-scale exclude each other: choose one")
     _run_table(methods=names, factor_files=list(factor_files), scale=scale, per_length=per_length_scale,
@@ -491,7 +493,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
                                                 record_devices, ruler_results)
-    from ropesearch.evaluate.runs import comparison_sets, environment, factor_labels, parse_lengths, save_json
+    from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
     from ropesearch.validate import read_json
 
@@ -504,7 +506,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     saved = (read_json(json_out, "RULER results", "run without --resume and another --json")
              if resume and Path(json_out).is_file() else {})
     check_settings(settings, saved)
-    names = [m.strip() for m in methods.split(",") if m.strip()] + list(factor_labels(factor_files))
+    names = comparison_names(methods, factor_files)
     if names and all(str(n) in saved.get("ruler", {}).get(name, {}).get("average", {}) for name in names for n in lengths):
         for name in names:  # all there: the table (and plots) without loading the model
             check_resumable(saved["ruler"][name], task_names, samples, max_new_tokens)

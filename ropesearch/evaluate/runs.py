@@ -326,11 +326,21 @@ def failed_cells(table: dict) -> list[str]:
             if value is not None and not math.isfinite(value)]
 
 
+def method_names(methods: str | Sequence[str]) -> list[str]:
+    """--methods as a list: "none, yarn" -> ["none", "yarn"] (a list passes through)."""
+    return [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
+
+
+def comparison_names(methods: str | Sequence[str], factor_files: Sequence[str]) -> list[str]:
+    """The names `comparison_sets` gives, without loading a model: methods, then factor file labels."""
+    return method_names(methods) + list(factor_labels(factor_files))
+
+
 def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[str], scale: float | None,
                     longest: int | None) -> dict[str, RopeFactors | None]:
     """Named factor sets to compare on one model: baselines ("none" leaves it unpatched) and files."""
     base = rope_base(model.config)
-    names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
+    names = method_names(methods)
     scale = scale or max(1.0, (longest or base.original_context) / base.original_context)
     sets: dict[str, RopeFactors | None] = {}
     for name in names:

@@ -6,6 +6,8 @@
 # runs/million (the paths its done.json files name) without 02-finetune/done.json, and
 # `ropesearch run --resume` redoes that stage alone (every other stage is done). Its final loss is
 # printed beside the committed run's, and its done.json and history.json come back in $OUT.
+# `ropesearch run` imports pymoo: its wheels (and moocore's, platformdirs among them) go into
+# /root/assets/site with gguf's.
 #   bash eval/run_ruler_1m.sh 570
 START=$(date +%s)
 source "$(dirname "$0")/gpu_env.sh"
@@ -15,6 +17,7 @@ if [ ! -f $RUN/plan.json ]; then
     mkdir -p runs && cp -r results/million-smollm2 $RUN && rm $RUN/02-finetune/done.json $RUN/02-finetune/spent.json
 fi
 if ! ls $MODEL/*.safetensors >/dev/null 2>&1; then
+    python3 -c "import pymoo.algorithms.moo.nsga2" || { echo "fine-tuning again needs pymoo: install its wheels into /root/assets/site"; exit 2; }
     timeout -s INT "$1" python3 -m ropesearch.cli run search_spaces/plans/smollm2-1m.yaml --out $RUN --resume \
         2>&1 | grep --line-buffered -v "it/s]$"
     [ -f $RUN/02-finetune/done.json ] || { echo "the fine-tuning stage did not finish: run again"; exit 1; }

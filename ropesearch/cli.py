@@ -490,9 +490,10 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler import RulerSuite, parse_tasks
+    from ropesearch.evaluate.ruler import parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
                                                 record_devices, ruler_results)
+    from ropesearch.evaluate.ruler_prefetch import ruler_suite
     from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
     from ropesearch.validate import read_json
@@ -516,7 +517,9 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
         return
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
-    suite = RulerSuite(tokenizer, data, text_field=text_field, seed=seed)
+    # on a GPU a worker process builds the prompts while the model answers
+    suite = ruler_suite(tokenizer, data, text_field=text_field, seed=seed,
+                        prefetch=next(loaded.parameters()).device.type == "cuda")
     document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
                 "environment": environment(loaded)}
     if saved.get("environment"):  # cells from before devices were kept per cell ran where the file last did
@@ -535,13 +538,14 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
         if name in document["ruler"]:
             check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
     sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
-    for length in lengths:  # every factor set at one length, then the next: the samples are made once
-        for name, factors in sets.items():
-            document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length], samples,
-                                                    max_batch, document["ruler"].get(name), on_cell=save(name, length),
-                                                    name=f"{name} {length}", max_new_tokens=max_new_tokens,
-                                                    sizer=sizer)
-            click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
+    with suite:
+        for length in lengths:  # every factor set at one length, then the next: the samples are made once
+            for name, factors in sets.items():
+                document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length],
+                                                        samples, max_batch, document["ruler"].get(name),
+                                                        on_cell=save(name, length), name=f"{name} {length}",
+                                                        max_new_tokens=max_new_tokens, sizer=sizer)
+                click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     click.echo(format_ruler(document["ruler"]))
     _ruler_plots(document["ruler"], plots)
     if json_out:

@@ -457,6 +457,12 @@ class RulerSuite:
     def sample(self, task: str, length: int, index: int) -> RulerSample:
         return self.samples(task, length, 1, first=index)[0]
 
+    def __enter__(self) -> RulerSuite:  # as PrefetchedSuite (ruler_prefetch), which has a worker to stop
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
 
 def _distinct_names(rng: np.random.Generator, count: int) -> list[str]:
     names: list[str] = []

@@ -90,9 +90,30 @@ def answer_batches(model, tokenizer, samples: Sequence[RulerSample], max_batch: 
         yield [tokenizer.decode(row[tensor.shape[1]:], skip_special_tokens=True) for row in output]
 
 
-def _shape(cases: Sequence[RulerSample], max_new_tokens: int | None) -> tuple[int, int]:
-    budget = cases[0].max_new_tokens
-    return cases[0].prompt_tokens, min(budget, max_new_tokens or budget)
+def _shape(task: str, length: int, max_new_tokens: int | None) -> tuple[int, int]:
+    """Prompt tokens and answer budget of a task's samples at a length (RULER's convention), known
+    before they are made."""
+    budget = TASKS[task].max_new_tokens
+    return length - budget, min(budget, max_new_tokens or budget)
+
+
+class _Queue(Sequence):
+    """The samples of neighbouring tasks as one sequence, each task's made (or waited for, where a
+    worker builds them) when a generate call first reaches it: the GPU starts on the first task's."""
+
+    def __init__(self, tasks: Sequence[str], count: int, cases: Callable[[str], list[RulerSample]]):
+        self.tasks, self.count, self.cases = list(tasks), count, cases
+
+    def __len__(self) -> int:
+        return len(self.tasks) * self.count
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self[i] for i in range(*item.indices(len(self)))]
+        if not -len(self) <= item < len(self):
+            raise IndexError(item)
+        task, index = divmod(item % len(self), self.count)
+        return self.cases(self.tasks[task])[index]
 
 
 def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
@@ -111,27 +132,31 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
             patch.pin(length)  # prompt + new tokens never exceed the length
         sizer = sizer or BatchSizer(model)
         sizer.used.clear()  # from here: this cell's batch sizes
-        cases = {task: suite.samples(task, length, samples) for task in tasks}
+        if hasattr(suite, "plan"):  # a worker builds the prompts: all of them, in the order they are answered
+            suite.plan((task, length, samples) for task in tasks)
+
+        def cases(task: str) -> list[RulerSample]:  # made once per length: the suite keeps them
+            return suite.samples(task, length, samples)
 
         def finish(task: str, outputs: list[str]) -> None:
-            values = [score(c.metric, o, c.answers) for c, o in zip(cases[task], outputs)]
+            values = [score(c.metric, o, c.answers) for c, o in zip(cases(task), outputs)]
             scores[task] = float(np.mean(values))
             # the score of the whole answer: the kept characters alone may miss a late reference
-            predictions[task] = [[c.answers, o[:PREDICTION_CHARS], v] for c, o, v in zip(cases[task], outputs, values)]
+            predictions[task] = [[c.answers, o[:PREDICTION_CHARS], v] for c, o, v in zip(cases(task), outputs, values)]
             if on_task is not None:
                 on_task(task, scores[task], predictions[task])
             if bar is not None:
                 bar.update(1)
 
-        for _, group in groupby(tasks, key=lambda task: _shape(cases[task], max_new_tokens)):
+        for _, group in groupby(tasks, key=lambda task: _shape(task, length, max_new_tokens)):
             group, outputs = list(group), []
-            queue = [case for task in group for case in cases[task]]
+            queue = _Queue(group, samples, cases)
             for answers in answer_batches(model, tokenizer, queue, max_batch, max_new_tokens, sizer):
                 outputs += answers
-                while group and len(outputs) >= len(cases[group[0]]):  # the group's next task is answered
+                while group and len(outputs) >= samples:  # the group's next task is answered
                     task = group.pop(0)
-                    finish(task, outputs[:len(cases[task])])
-                    outputs = outputs[len(cases[task]):]
+                    finish(task, outputs[:samples])
+                    outputs = outputs[samples:]
     finally:
         if patch is not None:
             patch.restore()

@@ -405,9 +405,11 @@ def _check_json_out(json_out, model, factor_files, data=None) -> None:
         check_output(json_out, inputs | ({"the data": data} if data else {}), "--json", folder=False)
 
 
-def _check_plots(plots) -> None:
+def _check_plots(plots, json_out=None) -> None:
     """--plots can be written before the long work starts (its files come after every result)."""
     if plots:
+        if json_out and Path(plots).resolve() == Path(json_out).resolve():
+            raise RopesearchError(f"--plots {plots} is also the --json file: give the plots a folder of their own")
         writable_folder(plots, "--plots")
 
 
@@ -430,7 +432,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 
     lengths = parse_lengths(lengths)
     _check_json_out(json_out, model, factor_files, data)
-    _check_plots(plots)
+    _check_plots(plots, json_out)
     try:
         depth_values = [float(d) for d in depths.split(",")]
     except ValueError:
@@ -480,8 +482,9 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
               "measured on the first call at each length; 1 on CPU).")
 @click.option("--max-new-tokens", type=count(1),
               help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
-@click.option("--resume", is_flag=True, help="Keep the factor sets, lengths and tasks already in --json; run the rest "
-              "(none left: the table and plots, without loading the model).")
+@click.option("--resume", is_flag=True, help="Add to --json: keep the factor sets and lengths already there and run the "
+              "rest (none left: the table and plots, without loading the model). The JSON's tasks, samples, "
+              "settings and each column's factors must be the same.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
 def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data,
               text_field, max_batch, max_new_tokens, resume, plots):
@@ -490,27 +493,31 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler import parse_tasks
-    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_settings, format_ruler,
-                                                record_devices, ruler_results)
+    from ropesearch.evaluate.ruler import check_lengths, parse_tasks
+    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_ruler_json, check_settings,
+                                                format_ruler, record_devices, rope_record, ruler_results)
     from ropesearch.evaluate.ruler_prefetch import ruler_suite
     from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
     from ropesearch.validate import read_json
 
-    lengths, task_names = parse_lengths(lengths), parse_tasks(tasks)
+    lengths, task_names = check_lengths(parse_lengths(lengths)), parse_tasks(tasks)
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
+    if json_out and not resume and Path(json_out).exists():
+        raise RopesearchError(f"--json {json_out} exists: add --resume to add to its results, or give another --json")
     _check_json_out(json_out, model, factor_files, data)
-    _check_plots(plots)
-    settings = {"model": model, "data": data, "seed": seed}
+    _check_plots(plots, json_out)
+    settings = {"model": model, "data": data, "seed": seed, "text_field": text_field}
     saved = (read_json(json_out, "RULER results", "run without --resume and another --json")
              if resume and Path(json_out).is_file() else {})
+    check_ruler_json(saved, json_out)
     check_settings(settings, saved)
+    for name, result in saved.get("ruler", {}).items():  # one JSON, one setting: its tables share rows
+        check_resumable(result, task_names, samples, max_new_tokens, name=repr(name))
     names = comparison_names(methods, factor_files)
     if names and all(str(n) in saved.get("ruler", {}).get(name, {}).get("average", {}) for name in names for n in lengths):
-        for name in names:  # all there: the table (and plots) without loading the model
-            check_resumable(saved["ruler"][name], task_names, samples, max_new_tokens)
+        # all there: the table (and plots) without loading the model
         click.echo(format_ruler(saved["ruler"]))
         _ruler_plots(saved["ruler"], plots)
         click.echo(f"nothing left to run: every factor set, length and task is already in {json_out}")
@@ -522,6 +529,10 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
                         prefetch=next(loaded.parameters()).device.type == "cuda")
     document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
                 "environment": environment(loaded)}
+    if saved.get("environment", {}).get("dtype") not in (None, document["environment"]["dtype"]):
+        raise RopesearchError(f"--resume: the JSON's results ran in {saved['environment']['dtype']}, this run in "
+                              f"{document['environment']['dtype']}: give --dtype {saved['environment']['dtype']}, "
+                              "or another --json")
     if saved.get("environment"):  # cells from before devices were kept per cell ran where the file last did
         record_devices(document["ruler"], saved["environment"]["device"])
 
@@ -534,9 +545,10 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
         return write
 
     sets = comparison_sets(loaded, methods, factor_files, scale, max(lengths))
+    ropes = {name: rope_record(factors) for name, factors in sets.items()}
     for name in sets:
         if name in document["ruler"]:
-            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens)
+            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens, ropes[name], repr(name))
     sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
     with suite:
         for length in lengths:  # every factor set at one length, then the next: the samples are made once
@@ -544,7 +556,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
                 document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length],
                                                         samples, max_batch, document["ruler"].get(name),
                                                         on_cell=save(name, length), name=f"{name} {length}",
-                                                        max_new_tokens=max_new_tokens, sizer=sizer)
+                                                        max_new_tokens=max_new_tokens, sizer=sizer,
+                                                        rope=ropes[name])
                 click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     click.echo(format_ruler(document["ruler"]))
     _ruler_plots(document["ruler"], plots)
@@ -565,12 +578,14 @@ def _ruler_plots(results: dict, plots) -> None:
 @cli.command("lm-eval")
 @_compare_options
 @click.option("--tasks", required=True,
-              help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, ropesearch_ppl.")
-@click.option("--data", "-d", default="builtin", show_default=True, help="Documents for ropesearch_ppl (as for eval).")
-@click.option("--lengths", "-l", help="ropesearch_passkey prompt lengths (default: the original window) and "
-              "ropesearch_ppl document lengths (default: the extended window).")
-@click.option("--limit", type=count(1), help="About this many documents per task; offline tasks keep at least one per "
-              "length and depth.")
+              help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, "
+              "ropesearch_ppl, ropesearch_ruler (the RULER-style group) and ropesearch_ruler_<task> (e.g. _vt).")
+@click.option("--data", "-d", default="builtin", show_default=True,
+              help="Documents for ropesearch_ppl and the essay haystack of ropesearch_ruler (as for eval).")
+@click.option("--lengths", "-l", help="ropesearch_passkey prompt lengths and ropesearch_ruler lengths (default: the "
+              "original window), ropesearch_ppl document lengths (default: the extended window).")
+@click.option("--limit", type=count(1), help="About this many documents per task; offline tasks (ropesearch_*) keep "
+              "at least one per length and depth.")
 @click.option("--doc-tokens", type=_tokens(1), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
@@ -596,8 +611,8 @@ def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, ta
                                     data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens,
                                     verbose=verbose)
         for task, metrics in results[name]["results"].items():
-            shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
-                              if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len")
+            shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()  # -1: a length not run
+                              if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len" and v != -1)
             click.echo(f"{name:>24}  {task}: {shown}")
     if json_out:
         save_json({"lm_eval": results, "model": model, "command": " ".join(sys.argv)}, json_out)

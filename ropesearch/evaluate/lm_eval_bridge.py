@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler_tasks import LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, write_ruler_tasks
+from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
+                                             write_ruler_tasks)
 from ropesearch.rope import RopeFactors, patch_rope
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
@@ -55,7 +56,10 @@ def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     if any(is_ruler_task(t) for t in tasks):
-        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=ruler_samples, seed=seed,
+        # with `limit`: about that many samples per task, one per length at least (lm-eval's limit
+        # would keep the first rows, and drop the later lengths)
+        samples = ruler_samples if limit is None else min(ruler_samples, max(1, -(-limit // len(lengths))))
+        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=samples, seed=seed,
                           max_new_tokens=ruler_max_new_tokens)
     for task in tasks:
         if task not in OFFLINE_TASKS:
@@ -121,8 +125,8 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
                 limit: int | None = None, batch_size: int = 1, verbose: bool = False, **task_options) -> dict:
     """Evaluate `tasks` with lm-eval on the model as patched with `factors`; returns lm-eval's results.
 
-    Offline tasks apply `limit` themselves (every length and depth kept); registered tasks get
-    lm-eval's own limit.
+    Offline tasks (ropesearch_ruler's too) apply `limit` themselves (every length and depth kept);
+    registered tasks get lm-eval's own limit.
     """
     try:
         import lm_eval
@@ -130,11 +134,16 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise RopesearchError("lm-eval is not installed: pip install 'ropesearch[lm-eval]'") from None
-    original = factors.base.original_context if factors is not None else None
+    tasks = without_covered(tasks)
+    if not tasks:
+        raise RopesearchError("--tasks is empty: name lm-eval tasks, e.g. ropesearch_ruler or ropesearch_passkey")
+    from ropesearch.models.loading import rope_base
+
+    original = (factors.base if factors is not None else rope_base(model.config)).original_context
     max_length = max_length or (factors.target_context if factors is not None else None)
     # passkey prompts default to the original window; perplexity documents to the extended one
     ppl_lengths = tuple(lengths) or ((max_length,) if max_length else ())
-    lengths = tuple(lengths) or ((original,) if original else (2048,))
+    lengths = tuple(lengths) or (original,)
     include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, limit=limit,
                                     ppl_lengths=ppl_lengths, **task_options)
     quiet_lm_eval(verbose)
@@ -147,14 +156,15 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
     manager = TaskManager(include_path=str(include), metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise RopesearchError(f"lm-eval does not know task {unknown[0]!r} (offline tasks: {', '.join(OFFLINE_TASKS)})")
+        raise RopesearchError(f"lm-eval does not know task {unknown[0]!r} (offline tasks: {', '.join(OFFLINE_TASKS)}, "
+                              "ropesearch_ruler and ropesearch_ruler_<task>)")
     device = str(next(model.parameters()).device)
     lm = pinned_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
                            device=device)
     patch = patch_rope(model, factors) if factors is not None else None
     lm.rope_patch = patch
     try:
-        registered = [t for t in tasks if t not in OFFLINE_TASKS]
+        registered = [t for t in tasks if t not in OFFLINE_TASKS and not is_ruler_task(t)]
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
                                               limit=limit if registered else None, log_samples=False,

@@ -83,6 +83,18 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+MAX_LENGTH = 1 << 24  # 16M tokens, 8x the paper's 2048k: a prompt is held as text, and 16M tokens is ~70 MB of it
+
+
+def check_lengths(lengths: Sequence[int]) -> list[int]:
+    """RULER lengths this suite builds prompts for."""
+    for length in lengths:
+        if length > MAX_LENGTH:
+            raise RopesearchError(f"--lengths: {length} tokens is past the longest RULER prompt built here "
+                                  f"({MAX_LENGTH} tokens): give shorter lengths")
+    return list(lengths)
+
+
 def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
     """`all` (or nothing), or comma-separated names of TASKS."""
     names = list(TASKS) if text in (None, "", "all") else (
@@ -91,7 +103,7 @@ def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
     if unknown or not names:
         raise RopesearchError(f"--tasks: unknown RULER task {unknown[0] if unknown else text!r}; choose from all, "
                               + ", ".join(TASKS))
-    return names
+    return list(dict.fromkeys(names))  # a task named twice runs (and counts in the average) once
 
 
 @dataclass(frozen=True)
@@ -239,17 +251,38 @@ class RulerSuite:
         units = self._essay_units()
         return [units[i % len(units)] for i in range(n)]  # RULER repeats the essays when too short
 
-    def _room(self, layout: _Layout, budget: int, what: str) -> int:
-        """Tokens left for the filler once head, inserts, tail and special tokens are counted."""
+    def _room(self, layout: _Layout, budget: int, what: str, answer: int = 0) -> int:
+        """Tokens left for the filler once head, inserts, tail and special tokens are counted (`answer`:
+        the answer budget, to name the shortest length in an error)."""
         head = [] if layout.head_tokens is not None else [layout.head]
         fixed = self._count(head + [layout.tail] + layout.inserts).sum() + (layout.head_tokens or 0)
         room = budget - int(fixed) - self.special_tokens
         if room < 8:
-            raise RopesearchError(f"{what}: too short for this task (needs > {budget - room + 8} prompt tokens)")
+            raise RopesearchError(f"{what}: too short for this task (needs a length of about "
+                                  f"{budget - room + 8 + answer} tokens or more)")
         return room
 
-    def _fill(self, layout: _Layout, room: int) -> str:
-        """head + `room` tokens of filler (inserts at their depths, the last unit cut to fit) + tail."""
+    def _cut(self, units: Sequence[str], tokens: int, skip: int = 0) -> str:
+        """The start of one of `units` that ends between two characters (a cut among one character's
+        byte tokens decodes to U+FFFD, which the tokenizer reads as other tokens) and is `tokens`
+        tokens read alone: the first unit that has such a cut after `skip` of them (another try picks
+        another unit, whose neighbours merge otherwise), else the first unit's cut."""
+        cuts = []
+        for unit in units:
+            offsets = self.tokenizer(unit, add_special_tokens=False, return_offsets_mapping=True,
+                                     return_attention_mask=False, verbose=False)["offset_mapping"]
+            if len(offsets) >= tokens:
+                end = offsets[tokens - 1][1]
+                if (len(offsets) == tokens or offsets[tokens][0] >= end) and len(self._ids(unit[:end])) == tokens:
+                    if skip == 0:
+                        return unit[:end]
+                    skip -= 1
+                cuts.append(unit[:end])
+        return cuts[0] if cuts else ""
+
+    def _fill(self, layout: _Layout, room: int, clean: bool = False, skip: int = 0) -> str:
+        """head + `room` tokens of filler (inserts at their depths, the last unit cut to fit) + tail;
+        `clean` cuts between characters (text beyond ASCII: see _cut), else by decoding the tokens."""
         per_unit = max(1.0, float(self._count(layout.units(16), layout.cache_units).mean()))
         n = int(room / per_unit * 1.1) + 4
         units = layout.units(n)
@@ -261,25 +294,33 @@ class RulerSuite:
         cumulative = np.cumsum(counts)
         whole = int(np.searchsorted(cumulative, room, side="right"))  # units that fit entirely
         left = room - (int(cumulative[whole - 1]) if whole else 0)
-        partial = self.tokenizer.decode(self._ids(units[whole])[:left]) if left else ""
+        if not left:
+            partial = ""
+        elif clean:
+            partial = self._cut(layout.units(whole + 33)[whole:], left, skip)
+        else:
+            partial = self.tokenizer.decode(self._ids(units[whole])[:left])
         pieces = list(units[:whole])
         slots = sorted(zip((int(round(d * whole)) for d in layout.depths), range(len(layout.inserts))), reverse=True)
         for slot, order in slots:
             pieces.insert(slot, layout.inserts[order])
         return layout.head + "".join(pieces) + partial + layout.tail
 
-    def _exact(self, layout: _Layout, budget: int, what: str, text: str, got: int) -> str:
+    def _exact(self, layout: _Layout, budget: int, what: str, text: str, got: int, answer: int = 0) -> str:
         """Refill until the whole prompt is `budget` tokens: counts of pieces add up exactly unless
         tokens merge across a boundary, which the next try corrects."""
-        room = self._room(layout, budget, what)
-        for _ in range(6):
+        room = self._room(layout, budget, what, answer)
+        # cut by decoding first (every prompt of ASCII text, as made so far), then between characters
+        for attempt in range(12):
             if got == budget:
                 return text
             room += budget - got
-            text = self._fill(layout, room)
+            text = self._fill(layout, room, clean=attempt >= 6, skip=max(0, attempt - 6))
             got = self.prompt_tokens(text)
         raise RopesearchError(f"{what}: could not build a prompt of exactly {budget} tokens with this tokenizer "
-                              f"(last try {got}); please report the tokenizer")
+                              f"(last try {got}): the haystack text of --data {self.data} does not cut to an exact "
+                              "length here (characters of several tokens each, such as emoji, at every cut); "
+                              "give other --data (e.g. builtin) or another length")
 
     # ------------------------------------------------------------ task families
 
@@ -380,7 +421,9 @@ class RulerSuite:
                   + rare_repeats * rare_sums)
         low = int(np.searchsorted(totals, budget - 24, side="right")) - 1
         if low < 0:
-            raise RopesearchError(f"{what}: too short for this task")
+            raise RopesearchError(f"{what}: too short for this task (needs a length of about "
+                                  f"{int(totals[0]) + 24 + spec.max_new_tokens} tokens or more: this sample's "
+                                  "words; other samples' a few more or fewer)")
         entries, common = listing(low)
         head_tokens = int(self._count([head])[0] + totals[low] - fixed)
         spare = [words[i] for i in order[o["common"] + low:]]
@@ -417,7 +460,7 @@ class RulerSuite:
                 high = mid - 1
         counts = counts_for(low)
         if counts[3] < 1:
-            raise RopesearchError(f"{what}: {budget} tokens is too short for this task")
+            raise RopesearchError(f"{what}: too short for this task (its word frequencies need a longer length)")
         words = np.repeat(np.arange(len(vocabulary)), counts)
         words = words[rng.permutation(len(words))]
         text = "".join(" " + vocabulary[i] for i in words)  # the first word's space ends the head
@@ -446,11 +489,13 @@ class RulerSuite:
         for index in range(first, first + count):
             rng = np.random.default_rng([self.seed, list(TASKS).index(task), length, index])
             layout, answers = getattr(self, f"_{spec.family}")(rng, spec, budget, what)
-            drafts.append((index, layout, answers, self._fill(layout, self._room(layout, budget, what))))
+            room = self._room(layout, budget, what, spec.max_new_tokens)
+            drafts.append((index, layout, answers, self._fill(layout, room)))
         # one batched tokenisation checks every draft (the tokenizer runs it on all cores)
         checked = self.tokenizer([d[3] for d in drafts], add_special_tokens=True, return_attention_mask=False,
                                  verbose=False)["input_ids"]
-        return [RulerSample(task, length, index, self._exact(layout, budget, what, text, len(ids)), list(answers),
+        return [RulerSample(task, length, index, self._exact(layout, budget, what, text, len(ids), spec.max_new_tokens),
+                            list(answers),
                             spec.max_new_tokens, spec.metric, budget)
                 for (index, layout, answers, text), ids in zip(drafts, checked)]
 

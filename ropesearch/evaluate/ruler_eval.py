@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from itertools import groupby
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
+from ropesearch.fingerprint import data_fingerprint
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
@@ -166,17 +168,20 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
 def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
                   lengths: Sequence[int], samples: int, max_batch: int | None = None, previous: dict | None = None,
                   on_cell: Callable[[dict], None] | None = None, progress: bool = True, name: str = "",
-                  max_new_tokens: int | None = None, sizer: BatchSizer | None = None) -> dict:
+                  max_new_tokens: int | None = None, sizer: BatchSizer | None = None, rope: dict | None = None) -> dict:
     """Tasks x lengths for one factor set; scores present in `previous` (same settings) are kept, and
     `on_cell(result)` is called after each task, so a killed run loses at most the generate call it
     was in (which may hold several tasks' samples: see ruler_cell).
     A length's average and its place in "lengths" come when all its tasks are scored; "batch_sizes"
     records the samples per generate call (bf16 greedy answers may depend on it). `sizer`: one
-    BatchSizer shared by the factor sets of a run (default: a new one)."""
+    BatchSizer shared by the factor sets of a run (default: a new one); `rope` (rope_record) is kept
+    with the results."""
     sizer = sizer or BatchSizer(model)
     result = previous or {"lengths": [], "tasks": list(tasks), "samples": samples, "max_new_tokens": max_new_tokens,
                           "scores": {t: {} for t in tasks},
                           "average": {}, "predictions": {t: {} for t in tasks}, "seconds": {}}
+    if rope is not None:
+        result["rope"] = rope
     todo = [n for n in lengths if str(n) not in result["average"]]
     left = {n: [t for t in tasks if str(n) not in result["scores"][t]] for n in todo}
     bar = tqdm(total=sum(len(v) for v in left.values()), desc=f"ruler {name}".strip(),
@@ -208,11 +213,52 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
 
 
 def check_settings(settings: dict, saved: dict) -> None:
-    """A --resume may only add to results made with the same model, data and seed."""
+    """A --resume may only add to results made with the same model, data, seed and text field (a
+    setting the JSON does not hold, written before it was kept, is taken as given)."""
     for key, value in settings.items():
-        if saved and saved.get(key) != value:
-            raise RopesearchError(f"--resume: the JSON was made with {key} {saved.get(key)!r}, not {value!r}: "
+        if saved and key in saved and saved[key] != value:
+            raise RopesearchError(f"--resume: the JSON was made with {key} {saved[key]!r}, not {value!r}: "
                                   "give the same settings, or another --json")
+
+
+def check_ruler_json(saved: dict, path) -> None:
+    """The shape `--resume` builds on, checked before any work: a damaged file is one error."""
+    def damaged(what: str) -> RopesearchError:
+        return RopesearchError(f"RULER results {path} are damaged ({what}): run without --resume and another --json")
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("ruler", {}), dict):
+        raise damaged("no 'ruler' table")
+    for name, result in saved.get("ruler", {}).items():
+        if not isinstance(result, dict):
+            raise damaged(f"{name!r} is not a table")
+        for key, kind in (("tasks", list), ("samples", int), ("lengths", list), ("scores", dict), ("average", dict),
+                          ("predictions", dict), ("seconds", dict)):
+            if not isinstance(result.get(key), kind):
+                raise damaged(f"{name!r} has no {key} {'list' if kind is list else 'table' if kind is dict else 'count'}")
+        numbers = [result["average"]] + [result["scores"].get(task) for task in result["tasks"]]
+        if not all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in numbers):
+            raise damaged(f"{name!r} has a score that is not a number")
+        if any(not isinstance(result["predictions"].get(task), dict) for task in result["tasks"]):
+            raise damaged(f"{name!r} lacks the answers of a task")
+
+
+def rope_record(factors: RopeFactors | None) -> dict:
+    """What a column ran with, kept beside its results so that a resume gives the same: the method,
+    the target context and a fingerprint of every factor (a changed --scale or factor file shows)."""
+    if factors is None:
+        return {"method": "none"}
+
+    def rounded(value):  # the same factors on any machine: no last-bit differences
+        if isinstance(value, float):
+            return float(f"{value:.9g}")
+        if isinstance(value, (list, tuple)):
+            return [rounded(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return value
+
+    return {"method": factors.method, "target_context": factors.target_context,
+            "fingerprint": data_fingerprint(rounded(asdict(factors)))}
 
 
 def record_devices(results: dict[str, dict], device: str, lengths: Sequence[int] | None = None) -> None:
@@ -226,12 +272,25 @@ def record_devices(results: dict[str, dict], device: str, lengths: Sequence[int]
                 devices[key] = sorted(set(devices.get(key, [])) | {device})
 
 
-def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_tokens: int | None = None) -> None:
-    """A factor set's results may only gain lengths if made with the same tasks, samples and budgets."""
-    if (previous.get("samples"), previous.get("tasks"), previous.get("max_new_tokens")) != (samples, list(tasks),
-                                                                                         max_new_tokens):
-        raise RopesearchError("--resume: the JSON holds other --tasks, --samples or --max-new-tokens; give the same, "
-                              "or another --json")
+def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_tokens: int | None = None,
+                    rope: dict | None = None, name: str = "") -> None:
+    """A factor set's results may only gain lengths if made with the same tasks, samples, budgets and
+    (where the JSON records them) factors."""
+    held = {"--tasks": previous.get("tasks"), "--samples": previous.get("samples"),
+            "--max-new-tokens": previous.get("max_new_tokens")}
+    asked = {"--tasks": list(tasks), "--samples": samples, "--max-new-tokens": max_new_tokens}
+    for option in held:
+        if held[option] != asked[option]:
+            shown = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
+            raise RopesearchError(f"--resume: {name or 'a factor set'} in the JSON has {option} {shown(held[option])}, "
+                                  f"this run {shown(asked[option])} (one JSON holds one setting): give the same, "
+                                  "or another --json")
+    if rope is not None and previous.get("rope") not in (None, rope):
+        def said(r):
+            return "the unscaled model" if r["method"] == "none" else \
+                f"{r['method']} to {r['target_context']} tokens (factors {r['fingerprint']})"
+        raise RopesearchError(f"--resume: {name} in the JSON ran with {said(previous['rope'])}, this run gives "
+                              f"{said(rope)}: give the same --scale or factor file, or another --json")
 
 
 def _sample_scores(result: dict, task: str, key: str) -> list[tuple[list, float]]:
@@ -277,4 +336,5 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["answer_batches", "check_resumable", "check_settings", "format_ruler", "paired_difference", "record_devices", "ruler_cell", "ruler_results"]
+__all__ = ["answer_batches", "check_resumable", "check_ruler_json", "check_settings", "format_ruler", "paired_difference", "record_devices", "rope_record", "ruler_cell",
+           "ruler_results"]

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ropesearch.evaluate.ruler import TASKS, RulerSuite, score
+from ropesearch.evaluate.ruler import TASKS, RulerSuite, check_lengths, score
 
 GROUP = "ropesearch_ruler"
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
@@ -26,6 +26,13 @@ LM_EVAL_RULER = {"ruler", "niah_single_1", "niah_single_2", "niah_single_3", "ni
 
 def is_ruler_task(name: str) -> bool:
     return name == GROUP or name.removeprefix(GROUP + "_") in TASKS and name.startswith(GROUP + "_")
+
+
+def without_covered(names: Sequence[str]) -> list[str]:
+    """lm-eval task names without duplicates, and without ropesearch_ruler_<task> where the group
+    ropesearch_ruler (which holds them all) is asked for: lm-eval refuses a task named twice."""
+    names = list(dict.fromkeys(names))
+    return [n for n in names if not (GROUP in names and n != GROUP and is_ruler_task(n))]
 
 
 def tasks_of(names: Sequence[str]) -> list[str]:
@@ -41,6 +48,7 @@ def tasks_of(names: Sequence[str]) -> list[str]:
 def write_ruler_tasks(workdir: Path, tokenizer, names: Sequence[str], lengths: Sequence[int], data: str | None,
                       samples: int = 20, seed: int = 0, max_new_tokens: int | None = None) -> list[str]:
     """Data and filled-in task files for the ropesearch_ruler tasks in `names`; returns the lm-eval task names."""
+    check_lengths(lengths)
     suite = RulerSuite(tokenizer, data or "builtin", seed=seed)
     template = (TASKS_DIR / "ropesearch_ruler_task.yaml").read_text()
     metrics = "".join(f'  - metric: "{n}"\n    aggregation: !function ropesearch_ruler_utils.mean_present\n'

@@ -176,6 +176,8 @@ def factor_labels(factor_files: Sequence[str]) -> dict[str, str]:
         if sep and label and not Path(spec).exists():
             if label in named:
                 raise RopesearchError(f"--factors label {label!r} is given twice: choose another name")
+            if not path:
+                raise RopesearchError(f"--factors {spec}: no file after the label: give LABEL=PATH")
             named[label] = path
         else:
             plain.append(spec)
@@ -333,7 +335,12 @@ def method_names(methods: str | Sequence[str]) -> list[str]:
 
 def comparison_names(methods: str | Sequence[str], factor_files: Sequence[str]) -> list[str]:
     """The names `comparison_sets` gives, without loading a model: methods, then factor file labels."""
-    return method_names(methods) + list(factor_labels(factor_files))
+    names, labels = method_names(methods), factor_labels(factor_files)
+    for label in labels:
+        if label in names:
+            raise RopesearchError(f"--factors: the label {label!r} is also a --methods name, and one column would "
+                                  f"hide the other: name the file's column (OTHER={labels[label]})")
+    return names + list(labels)
 
 
 def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[str], scale: float | None,
@@ -341,6 +348,7 @@ def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[
     """Named factor sets to compare on one model: baselines ("none" leaves it unpatched) and files."""
     base = rope_base(model.config)
     names = method_names(methods)
+    comparison_names(names, factor_files)  # no label hides a method
     scale = scale or max(1.0, (longest or base.original_context) / base.original_context)
     sets: dict[str, RopeFactors | None] = {}
     for name in names:

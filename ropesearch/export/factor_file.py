@@ -183,6 +183,9 @@ def factors_from_dict(document: Any, source: str = "factor file") -> tuple[RopeF
 def load_factors(path: str | Path, expect: RopeBase | None = None) -> RopeFactors:
     """Read and validate a factor file; with `expect`, also check it fits that model."""
     path = Path(path)
+    if path.is_dir():
+        raise RopesearchError(f"factor file {path} is a folder: give the factor file in it (a run's best.json, "
+                              "or an exported model's ropesearch_factors.json)")
     if not path.is_file():
         raise RopesearchError(f"factor file {path} does not exist")
     try:

@@ -79,6 +79,7 @@ def test_an_existing_json_is_kept_without_resume(made):
     (lambda d: d["ruler"]["yarn"].pop("predictions"), "'yarn' has no predictions"),
     (lambda d: d["ruler"]["yarn"].update(average=5), "'yarn' has no average"),
     (lambda d: d["ruler"]["yarn"]["scores"]["niah_single_1"].update({"600": "0.5"}), "not a number"),
+    (lambda d: d["ruler"].update(ntk={**d["ruler"]["yarn"], "samples": 2}), "do not line up"),
 ])
 def test_a_damaged_json_is_one_error_before_the_model_loads(made, tmp_path, damage, says):
     path = copy(made, tmp_path, damage)
@@ -155,3 +156,16 @@ def test_without_covered_drops_a_groups_own_tasks():
     assert without_covered(["ropesearch_ruler", "ropesearch_ruler_vt", "hellaswag", "hellaswag"]) == \
         ["ropesearch_ruler", "hellaswag"]
     assert without_covered(["ropesearch_ruler_vt", "ropesearch_ruler_cwe"]) == ["ropesearch_ruler_vt", "ropesearch_ruler_cwe"]
+
+
+def test_report_leaves_out_a_damaged_ruler_json_and_reads_on(made, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "good.json").write_text(made.read_text())
+    copy(made, folder, lambda d: d["ruler"]["yarn"].pop("samples")).rename(folder / "bad.json")
+    (folder / "latin1.json").write_bytes("{\"x\": \"caf\xe9\"}".encode("latin-1"))
+    result = ruler("report", str(folder))
+    assert result.exit_code == 0, result.output
+    report = next(folder.rglob("*.md")).read_text()
+    assert "RULER (bad.json): left out" in report and "'yarn' has no samples count" in report
+    assert "RULER (good.json): model `pocket`" in report

@@ -240,6 +240,8 @@ def check_ruler_json(saved: dict, path) -> None:
             raise damaged(f"{name!r} has a score that is not a number")
         if any(not isinstance(result["predictions"].get(task), dict) for task in result["tasks"]):
             raise damaged(f"{name!r} lacks the answers of a task")
+    if len({(tuple(r["tasks"]), r["samples"]) for r in saved.get("ruler", {}).values()}) > 1:
+        raise damaged("its columns ran other --tasks or --samples, and their tables do not line up")
 
 
 def rope_record(factors: RopeFactors | None) -> dict:

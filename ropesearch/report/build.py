@@ -28,7 +28,7 @@ def _skipped(relative: Path) -> bool:
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
@@ -119,8 +119,12 @@ def _lm_eval_lines(path: Path, results: dict) -> list[str]:
 
 
 def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
-    from ropesearch.evaluate.ruler_eval import format_ruler
+    from ropesearch.evaluate.ruler_eval import check_ruler_json, format_ruler
 
+    try:
+        check_ruler_json(document, path)
+    except RopesearchError as error:  # the rest of the report still comes
+        return [f"RULER ({path.name}): left out, {error}", ""]
     results = document["ruler"]
     environment = document.get("environment", {})
     lines = [f"RULER ({path.name}): model `{document.get('model')}`, essays from `{document.get('data')}`, seed "

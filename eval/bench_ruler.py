@@ -36,8 +36,8 @@ cache, between 22% faster and 30% slower: noise, as the default's 111 and 94 ms 
 two runs), and RULER's budgets ask 1,224 steps of a cell's calls, so short cells are mostly
 decoding. Since then the eight NIAH tasks (one budget, one prompt length) share generate calls
 (up to 160 samples a call where memory allows, instead of 20) and each call's prompts are
-tokenized in one batch: from the 64k set's 64k cells on; not yet timed. From the 1m set's found
-factors on, a worker process builds the prompts while the GPU answers (ruler_prefetch), and a cell
+tokenized in one batch: from the 64k set's 64k cells on; not yet timed. From the 1m set's remaining
+cells on, a worker process builds the prompts while the GPU answers (ruler_prefetch), and a cell
 starts on its first task's: the build (~45 s at 64k) no longer idles the GPU; not yet timed.
 """
 

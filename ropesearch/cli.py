@@ -486,8 +486,10 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
               "rest (none left: the table and plots, without loading the model). The JSON's tasks, samples, "
               "settings and each column's factors must be the same.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write a heatmap per factor set into this folder.")
+@click.option("--prefetch/--no-prefetch", default=None, help="Build the prompts in a worker process while the model "
+              "answers (default: on a GPU; on a CPU the worker takes the model's cores). The samples are the same.")
 def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, tasks, samples, seed, data,
-              text_field, max_batch, max_new_tokens, resume, plots):
+              text_field, max_batch, max_new_tokens, resume, plots, prefetch):
     """RULER-style long-context suite: NIAH, variable tracking, common/frequent words; greedy, RULER's scoring.
 
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
@@ -495,7 +497,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     """
     from ropesearch.evaluate.ruler import check_lengths, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_ruler_json, check_settings,
-                                                format_ruler, record_devices, rope_record, ruler_results)
+                                                format_ruler, pending_tasks, record_devices, rope_record,
+                                                ruler_results)
     from ropesearch.evaluate.ruler_prefetch import ruler_suite
     from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
@@ -504,7 +507,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     lengths, task_names = check_lengths(parse_lengths(lengths)), parse_tasks(tasks)
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
-    if json_out and not resume and Path(json_out).exists():
+    if json_out and not resume and Path(json_out).is_file():
         raise RopesearchError(f"--json {json_out} exists: add --resume to add to its results, or give another --json")
     _check_json_out(json_out, model, factor_files, data)
     _check_plots(plots, json_out)
@@ -524,9 +527,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
         return
     ref = resolve_model(model)
     loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
-    # on a GPU a worker process builds the prompts while the model answers
-    suite = ruler_suite(tokenizer, data, text_field=text_field, seed=seed,
-                        prefetch=next(loaded.parameters()).device.type == "cuda")
+    on_gpu = next(loaded.parameters()).device.type == "cuda"
+    suite = ruler_suite(tokenizer, data, text_field=text_field, seed=seed, prefetch=on_gpu if prefetch is None else prefetch)
     document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
                 "environment": environment(loaded)}
     if saved.get("environment", {}).get("dtype") not in (None, document["environment"]["dtype"]):
@@ -551,7 +553,10 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
             check_resumable(document["ruler"][name], task_names, samples, max_new_tokens, ropes[name], repr(name))
     sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
     with suite:
-        for length in lengths:  # every factor set at one length, then the next: the samples are made once
+        for index, length in enumerate(lengths):  # every factor set at one length, then the next: samples made once
+            if hasattr(suite, "plan"):  # a worker builds this length's prompts, then the next length's meanwhile
+                suite.plan((task, n, samples) for n in lengths[index:index + 2]
+                           for task in pending_tasks(document["ruler"], sets, task_names, n))
             for name, factors in sets.items():
                 document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length],
                                                         samples, max_batch, document["ruler"].get(name),

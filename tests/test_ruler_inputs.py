@@ -169,3 +169,20 @@ def test_report_leaves_out_a_damaged_ruler_json_and_reads_on(made, tmp_path):
     report = next(folder.rglob("*.md")).read_text()
     assert "RULER (bad.json): left out" in report and "'yarn' has no samples count" in report
     assert "RULER (good.json): model `pocket`" in report
+
+
+def test_lm_eval_refuses_a_limit_that_would_cut_ruler_lengths_beside_its_own_tasks(tmp_path):
+    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
+    from ropesearch.models import load_model
+
+    ref = resolve_model("pocket")
+    model, tokenizer = load_model(ref, device="cpu"), load_tokenizer(ref)
+    with pytest.raises(RopesearchError, match="give --limit 3 or more"):
+        run_lm_eval(model, tokenizer, None, ["ropesearch_ruler_vt", "hellaswag"], tmp_path, lengths=[600, 700, 800],
+                    limit=2)
+    assert not any(tmp_path.iterdir())  # refused before any task data was written
+
+
+def test_a_json_that_is_a_folder_is_named_as_one(tmp_path):
+    result = ruler(*BASE, "--methods", "none", "--json", str(tmp_path))
+    assert result.exit_code != 0 and "add --resume" not in result.output and str(tmp_path) in result.output

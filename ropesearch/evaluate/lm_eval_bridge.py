@@ -144,6 +144,13 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
     # passkey prompts default to the original window; perplexity documents to the extended one
     ppl_lengths = tuple(lengths) or ((max_length,) if max_length else ())
     lengths = tuple(lengths) or (original,)
+    if limit is not None and limit < len(lengths) and any(is_ruler_task(t) for t in tasks) and \
+            any(t not in OFFLINE_TASKS and not is_ruler_task(t) for t in tasks):
+        # lm-eval's limit, there for its own tasks, also cuts ropesearch_ruler's rows (a sample index's
+        # lengths, then the next index's)
+        raise RopesearchError(f"--limit {limit} with lm-eval's own tasks keeps fewer RULER rows than the "
+                              f"{len(lengths)} lengths: give --limit {len(lengths)} or more, or run "
+                              "ropesearch_ruler in a command of its own")
     include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, limit=limit,
                                     ppl_lengths=ppl_lengths, **task_options)
     quiet_lm_eval(verbose)

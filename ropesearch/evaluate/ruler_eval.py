@@ -212,6 +212,13 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
     return result
 
 
+def pending_tasks(results: dict[str, dict], names, tasks: Sequence[str], length: int) -> list[str]:
+    """The tasks some factor set of `names` has not scored at `length` yet (in `results`, by name)."""
+    key = str(length)
+    return [task for task in tasks
+            if any(key not in results.get(name, {}).get("scores", {}).get(task, {}) for name in names)]
+
+
 def check_settings(settings: dict, saved: dict) -> None:
     """A --resume may only add to results made with the same model, data, seed and text field (a
     setting the JSON does not hold, written before it was kept, is taken as given)."""
@@ -338,5 +345,5 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["answer_batches", "check_resumable", "check_ruler_json", "check_settings", "format_ruler", "paired_difference", "record_devices", "rope_record", "ruler_cell",
+__all__ = ["answer_batches", "check_resumable", "check_ruler_json", "check_settings", "format_ruler", "paired_difference", "pending_tasks", "record_devices", "rope_record", "ruler_cell",
            "ruler_results"]

@@ -554,9 +554,9 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
     with suite:
         for index, length in enumerate(lengths):  # every factor set at one length, then the next: samples made once
-            if hasattr(suite, "plan"):  # a worker builds this length's prompts, then the next length's meanwhile
-                suite.plan((task, n, samples) for n in lengths[index:index + 2]
-                           for task in pending_tasks(document["ruler"], sets, task_names, n))
+            # a worker (--prefetch) builds this length's prompts, then the next length's meanwhile
+            suite.plan((task, n, samples) for n in lengths[index:index + 2]
+                       for task in pending_tasks(document["ruler"], sets, task_names, n))
             for name, factors in sets.items():
                 document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length],
                                                         samples, max_batch, document["ruler"].get(name),

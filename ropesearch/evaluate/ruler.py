@@ -22,7 +22,7 @@ import json
 import re
 import string
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -502,7 +502,11 @@ class RulerSuite:
     def sample(self, task: str, length: int, index: int) -> RulerSample:
         return self.samples(task, length, 1, first=index)[0]
 
-    def __enter__(self) -> RulerSuite:  # as PrefetchedSuite (ruler_prefetch), which has a worker to stop
+    # as PrefetchedSuite (ruler_prefetch), whose worker builds planned samples ahead and stops on exit
+    def plan(self, requests: Iterable[tuple[str, int, int]]) -> None:
+        """Nothing to do ahead here: samples are made when asked for."""
+
+    def __enter__(self) -> RulerSuite:
         return self
 
     def __exit__(self, *exc) -> None:

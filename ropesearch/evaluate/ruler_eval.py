@@ -134,8 +134,7 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
             patch.pin(length)  # prompt + new tokens never exceed the length
         sizer = sizer or BatchSizer(model)
         sizer.used.clear()  # from here: this cell's batch sizes
-        if hasattr(suite, "plan"):  # a worker builds the prompts: all of them, in the order they are answered
-            suite.plan((task, length, samples) for task in tasks)
+        suite.plan((task, length, samples) for task in tasks)  # a worker builds them ahead, in answering order
 
         def cases(task: str) -> list[RulerSample]:  # made once per length: the suite keeps them
             return suite.samples(task, length, samples)
@@ -288,9 +287,9 @@ def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_
     held = {"--tasks": previous.get("tasks"), "--samples": previous.get("samples"),
             "--max-new-tokens": previous.get("max_new_tokens")}
     asked = {"--tasks": list(tasks), "--samples": samples, "--max-new-tokens": max_new_tokens}
+    shown = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
     for option in held:
         if held[option] != asked[option]:
-            shown = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
             raise RopesearchError(f"--resume: {name or 'a factor set'} in the JSON has {option} {shown(held[option])}, "
                                   f"this run {shown(asked[option])} (one JSON holds one setting): give the same, "
                                   "or another --json")

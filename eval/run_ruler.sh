@@ -4,11 +4,21 @@
 # staged at $ROPESEARCH_CACHE/models/smollm2-135m, the books at /root/assets/books, the gguf
 # wheel installed into /root/assets/site; the JSON of earlier commands comes with the working
 # tree (results/ruler-smollm2/, copied back here after each command) and every cell resumes.
+# The JSON is also copied to $OUT every 15 s while it runs (each is written whole, by a rename), so
+# a call cut short by the device (a limit below the one asked for, when little device time is
+# left) still brings back every task finished before the cut.
 #   bash eval/run_ruler.sh 540 [more options of `bench_ruler.py all`]
 source "$(dirname "$0")/gpu_env.sh"
+copy_out() {  # each file whole: a copy cut off by the device's kill is a .part beside the last whole one
+    [ -n "$OUT" ] || return 0
+    for f in results/ruler-smollm2/ruler-*.json; do
+        cp "$f" "$OUT/${f##*/}.part" && mv "$OUT/${f##*/}.part" "$OUT/${f##*/}"
+    done
+}
+( while sleep 15; do copy_out; done ) &
+COPIER=$!
 timeout -s INT "$1" python3 eval/bench_ruler.py all "${@:2}" 2>&1 | grep --line-buffered -v "it/s]$"
 echo "exit: ${PIPESTATUS[0]}"
-if [ -n "$OUT" ]; then
-    cp results/ruler-smollm2/ruler-*.json "$OUT"/ 2>/dev/null
-    ls -la "$OUT"
-fi
+kill $COPIER
+copy_out
+[ -z "$OUT" ] || ls -la "$OUT"

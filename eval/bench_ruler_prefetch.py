@@ -1,0 +1,106 @@
+"""`ropesearch ruler` with and without --prefetch, in the same run: what building the prompts in a
+worker process (while the model answers) saves on one cell of all 11 tasks.
+
+    python eval/bench_ruler_prefetch.py --length 32k --out results/bench-ruler-prefetch.json
+
+(SmolLM2-135M, YaRN at --scale, 20 samples per task; on an H100 about 75 s a run at 32k; essays
+from --data, default ../shared/data/books, else builtin.) `--quick` runs the pocket model on the
+CPU at 2k in seconds (a test of the script, not a timing: there the worker shares the cores).
+
+First a warm-up (one task, one sample: CUDA start, kernel choice), then `--rounds` pairs of runs,
+off then on, each a fresh `ropesearch ruler` into its own JSON: `cell s` is the cell's `seconds`
+(its tasks' prompts built, tokenized, answered; without the worker the build is inside it), `wall s`
+the whole command (model load and the worker's start too). The speed-up is the mean of the off
+runs over the mean of the on runs; the samples are the same, so the answers must be too
+(`same predictions`: greedy decoding with the same batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ropesearch.cli import cli  # noqa: E402
+from ropesearch.evaluate.runs import save_json  # noqa: E402
+from ropesearch.export.factor_file import atomic_write_text  # noqa: E402
+from ropesearch.units import parse_token_list  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOKS = ROOT.parent / "shared/data/books"
+
+
+def ruler(args, json_out: Path, prefetch: bool, tasks: str, samples: int) -> tuple[dict, float]:
+    """One `ropesearch ruler` command: its result column and wall seconds."""
+    command = ["ruler", "--model", args.model, "--methods", "yarn", "--scale", str(args.scale), "--lengths",
+               str(args.length), "--tasks", tasks, "--samples", str(samples), "--data", args.data,
+               "--json", str(json_out), "--prefetch" if prefetch else "--no-prefetch"]
+    if args.device:
+        command += ["--device", args.device]
+    started = time.perf_counter()
+    cli.main(command, prog_name="ropesearch", standalone_mode=False)
+    wall = time.perf_counter() - started
+    document = json.loads(json_out.read_text())
+    return {**document["ruler"]["yarn"], "environment": document["environment"]}, wall
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| run | prefetch | cell s | wall s | average % |", "|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {'on' if r['prefetch'] else 'off'} | {r['cell_seconds']:.1f} | {r['wall_seconds']:.1f} | "
+              f"{r['average']:.1f} |" for i, r in enumerate(runs)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--length", default="32k", help="one length in tokens")
+    parser.add_argument("--scale", type=float, default=8.0, help="YaRN's scale")
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs (off, on)")
+    parser.add_argument("--data", default=str(BOOKS) if BOOKS.is_dir() else "builtin")
+    parser.add_argument("--device")
+    parser.add_argument("--quick", action="store_true", help="pocket model on the CPU at 2k, 2 samples")
+    parser.add_argument("--out", default="results/bench-ruler-prefetch.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.length, args.samples, args.device, args.scale = "pocket", "2k", 2, "cpu", 2.0
+    (args.length,) = parse_token_list(args.length)
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        ruler(args, Path(scratch) / "warm-up.json", True, "niah_single_1", 1)
+        for index, prefetch in enumerate([False, True] * args.rounds):
+            result, wall = ruler(args, Path(scratch) / f"run-{index}.json", prefetch, "all", args.samples)
+            runs.append({"prefetch": prefetch, "cell_seconds": result["seconds"][str(args.length)],
+                         "wall_seconds": wall, "average": 100 * result["average"][str(args.length)],
+                         "predictions": result["predictions"], "environment": result["environment"]})
+            print(f"prefetch {'on ' if prefetch else 'off'}: cell {runs[-1]['cell_seconds']:.1f} s, "
+                  f"wall {wall:.1f} s", flush=True)
+    mean = {flag: sum(r["cell_seconds"] for r in runs if r["prefetch"] == flag) / args.rounds for flag in (False, True)}
+    same = all(r["predictions"] == runs[0]["predictions"] for r in runs)
+    environment = runs[0]["environment"]
+    document = {"model": args.model, "length": args.length, "method": f"yarn x{args.scale:g}",
+                "samples": args.samples, "tasks": 11, "data": args.data, "speedup": mean[False] / mean[True],
+                "same_predictions": same,
+                "runs": [{k: v for k, v in r.items() if k not in ("predictions", "environment")} for r in runs],
+                "command": " ".join(["python eval/bench_ruler_prefetch.py", *(argv if argv is not None else sys.argv[1:])]),
+                "environment": environment}
+    save_json(document, args.out)
+    summary = (f"cell of 11 tasks x {args.samples} samples at {args.length:,} tokens, {args.model}, yarn "
+               f"x{args.scale:g}: prefetch off {mean[False]:.1f} s, on {mean[True]:.1f} s (mean of {args.rounds}), "
+               f"speed-up {document['speedup']:.2f}x; same predictions: {same}")
+    print(table(document["runs"]) + "\n\n" + summary)
+    atomic_write_text(Path(args.out).with_suffix(".md"),
+                      f"# RULER prompts built ahead (--prefetch) or in the cell\n\n`{document['command']}`; "
+                      f"{environment.get('device')}, {environment.get('date')}\n\n{table(document['runs'])}\n\n"
+                      f"{summary}\n")
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -495,7 +495,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler import check_lengths, parse_tasks
+    from ropesearch.evaluate.ruler import TASKS, check_lengths, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_ruler_json, check_settings,
                                                 format_ruler, pending_tasks, record_devices, rope_record,
                                                 ruler_results)
@@ -505,6 +505,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     from ropesearch.validate import read_json
 
     lengths, task_names = check_lengths(parse_lengths(lengths)), parse_tasks(tasks)
+    if max_new_tokens is not None and max_new_tokens >= max(TASKS[task].max_new_tokens for task in task_names):
+        max_new_tokens = None  # caps no task's budget: the answers of no cap, so a --resume with either matches
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
     if json_out and not resume and Path(json_out).is_file():

@@ -186,3 +186,15 @@ def test_lm_eval_refuses_a_limit_that_would_cut_ruler_lengths_beside_its_own_tas
 def test_a_json_that_is_a_folder_is_named_as_one(tmp_path):
     result = ruler(*BASE, "--methods", "none", "--json", str(tmp_path))
     assert result.exit_code != 0 and "add --resume" not in result.output and str(tmp_path) in result.output
+
+
+def test_a_cap_above_every_budget_resumes_a_run_without_one(made, tmp_path):
+    def uncapped(document):
+        for column in document["ruler"].values():
+            column["max_new_tokens"] = None
+    path = copy(made, tmp_path, uncapped)
+    budget = TASKS["niah_single_1"].max_new_tokens
+    result = ruler(*BASE[:-1], str(budget), "--methods", "yarn", "--scale", "4", "--json", str(path), "--resume")
+    assert result.exit_code == 0 and "nothing left to run" in result.output, result.output
+    result = ruler(*BASE[:-1], str(budget - 1), "--methods", "yarn", "--scale", "4", "--json", str(path), "--resume")
+    assert result.exit_code != 0 and "--max-new-tokens" in result.output

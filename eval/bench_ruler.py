@@ -11,8 +11,9 @@ all 11 synthetic tasks, greedy generation with RULER's answer budgets, essays fr
                     eval/run_ruler_1m.sh fine-tunes it again); NTK and YaRN x128 on the base model
 
     python eval/bench_ruler.py all [--found-model RUN/02-finetune/model]  # every remaining cell, in order
+                                                 # (the 1m set's found factors need --found-model)
     bash eval/run_ruler.sh 540                   # the same on the GPU machine for at most 540 s
-    bash eval/run_ruler_1m.sh 570                # and the 1m set: fine-tunes its model again first (~214 s)
+    bash eval/run_ruler_1m.sh 570                # with the 1m set's found factors: fine-tunes again first
     python eval/bench_ruler.py run --set 64k --lengths 32k --methods ntk --no-found   # some cells
     python eval/bench_ruler.py summary           # tables, heatmaps, targets: results/ruler-smollm2/README.md
     python eval/bench_ruler.py speed             # CPU: generating 64k x 11 tasks x 20 samples
@@ -100,15 +101,15 @@ def run(args):
 
 def run_all(args):
     """Every cell of the proof in order, each kept as it finishes: the 64k set with all methods,
-    the 128k set with NTK, YaRN and the found factors at every length, the 1m set (with
-    --found-model), and last the unscaled model at 128k (its shorter lengths come from the 64k set,
-    where it scores 0 from 16k on). Run it again after a kill to continue."""
+    the 128k set with NTK, YaRN and the found factors at every length, the 1m set (its baselines
+    on the base model; its found factors too with --found-model), and last the unscaled model at
+    128k (its shorter lengths come from the 64k set, where it scores 0 from 16k on). Run it again
+    after a kill to continue."""
     short_128k, last_128k = args.lengths_128k.rsplit(",", 1) if "," in args.lengths_128k else ("", args.lengths_128k)
     steps = [("64k", args.lengths_64k, "none,ntk,yarn", True)]
     steps += [("128k", short_128k, "ntk,yarn", True)] if short_128k else []
     steps += [("128k", last_128k, "ntk,yarn", True)]
-    if args.found_model:
-        steps += [("1m", args.lengths_1m, "ntk,yarn", True)]
+    steps += [("1m", args.lengths_1m, "ntk,yarn", bool(args.found_model))]
     steps += [("128k", last_128k, "none", False)]
     for name, lengths, methods, found in steps:
         print(f"== {name} set at {lengths}: {methods}{' and the found factors' if found else ''}", flush=True)
@@ -299,7 +300,8 @@ def main():
     all_parser.add_argument("--factors", help="one factor file for every set (tests: another model)")
     all_parser.set_defaults(function=run_all)
     for sub in (run_parser, all_parser):
-        sub.add_argument("--found-model", help="the 1m set's fine-tuned model folder (all: runs the 1m set too)")
+        sub.add_argument("--found-model",
+                         help="the 1m set's fine-tuned model folder (all: runs the 1m set's found factors too)")
         for flag, kwargs in (("--samples", {"type": int, "default": 20}), ("--seed", {"type": int, "default": 0}),
                              ("--data", {"default": "../shared/data/books", "help": "essay haystack documents"}),
                              ("--model", {"default": "smollm2-135m"}),

@@ -123,3 +123,16 @@ def test_a_lead_within_two_standard_errors_is_called_noise():
     text, tie = bench_ruler._noise(ten, {"ntk": none, "yarn": one}, 9000)
     assert not tie and text.startswith("found - ntk +50.0 ± 11.5; found - yarn +45.0 ± ")
     assert text.endswith("beyond noise")
+
+
+def test_all_without_the_million_model_runs_the_1m_baselines(tmp_path, monkeypatch):
+    factors = tmp_path / "pocket-yarn.json"
+    save_factors(make_factors("yarn", rope_base(load_config(resolve_model("pocket"))), 4), factors)
+    out = tmp_path / "ruler"
+    monkeypatch.setattr(sys, "argv", [
+        "bench_ruler.py", "all", "--lengths-64k", "600", "--lengths-128k", "600", "--lengths-1m", "600",
+        "--model", "pocket", "--factors", str(factors), "--tasks", "niah_single_1", "--samples", "1",
+        "--max-new-tokens", "2", "--data", "builtin", "--out", str(out)])
+    bench_ruler.main()
+    assert sorted(json.loads((out / "ruler-1m.json").read_text())["ruler"]) == ["ntk", "yarn"]
+    assert not (out / "ruler-1m-found.json").exists()

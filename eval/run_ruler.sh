@@ -12,13 +12,20 @@ source "$(dirname "$0")/gpu_env.sh"
 copy_out() {  # each file whole: a copy cut off by the device's kill is a .part beside the last whole one
     [ -n "$OUT" ] || return 0
     for f in results/ruler-smollm2/ruler-*.json; do
-        cp "$f" "$OUT/${f##*/}.part" && mv "$OUT/${f##*/}.part" "$OUT/${f##*/}"
+        [ -f "$f" ] && cp "$f" "$OUT/${f##*/}.part" && mv "$OUT/${f##*/}.part" "$OUT/${f##*/}"
     done
 }
-( while sleep 15; do copy_out; done ) &
+copier() {  # until this script ends; stopped between copies (the trap waits for a cp), no sleep left behind
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    while kill -0 $$ 2>/dev/null; do sleep 15 & nap=$!; wait $nap; copy_out; done
+}
+copier &
 COPIER=$!
 timeout -s INT "$1" python3 eval/bench_ruler.py all "${@:2}" 2>&1 | grep --line-buffered -v "it/s]$"
-echo "exit: ${PIPESTATUS[0]}"
+RC=${PIPESTATUS[0]}
+echo "exit: $RC"
 kill $COPIER
+wait $COPIER
 copy_out
 [ -z "$OUT" ] || ls -la "$OUT"
+exit $RC

@@ -481,7 +481,8 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 @click.option("--max-batch", type=count(1), help="Samples per generate call (default on a GPU: as many as its memory holds, "
               "measured on the first call at each length; 1 on CPU).")
 @click.option("--max-new-tokens", type=count(1),
-              help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length.")
+              help="Cap each task's answer budget (RULER's: NIAH 128, vt 30, cwe 120, fwe 50); prompts keep their length. "
+              "A cap at or above every chosen task's budget is the same as none.")
 @click.option("--resume", is_flag=True, help="Add to --json: keep the factor sets and lengths already there and run the "
               "rest (none left: the table and plots, without loading the model). The JSON's tasks, samples, "
               "settings and each column's factors must be the same.")
@@ -495,7 +496,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler import TASKS, check_lengths, parse_tasks
+    from ropesearch.evaluate.ruler import answer_cap, check_lengths, parse_tasks
     from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_ruler_json, check_settings,
                                                 format_ruler, pending_tasks, record_devices, rope_record,
                                                 ruler_results)
@@ -505,8 +506,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     from ropesearch.validate import read_json
 
     lengths, task_names = check_lengths(parse_lengths(lengths)), parse_tasks(tasks)
-    if max_new_tokens is not None and max_new_tokens >= max(TASKS[task].max_new_tokens for task in task_names):
-        max_new_tokens = None  # caps no task's budget: the answers of no cap, so a --resume with either matches
+    max_new_tokens = answer_cap(max_new_tokens, task_names)  # kept as none where it caps no task
     if resume and not json_out:
         raise RopesearchError("--resume needs --json (the results to continue)")
     if json_out and not resume and Path(json_out).is_file():

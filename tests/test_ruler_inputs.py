@@ -198,3 +198,14 @@ def test_a_cap_above_every_budget_resumes_a_run_without_one(made, tmp_path):
     assert result.exit_code == 0 and "nothing left to run" in result.output, result.output
     result = ruler(*BASE[:-1], str(budget - 1), "--methods", "yarn", "--scale", "4", "--json", str(path), "--resume")
     assert result.exit_code != 0 and "--max-new-tokens" in result.output
+
+
+def test_a_saved_cap_above_every_budget_resumes_with_the_same_cap_or_none(made, tmp_path):
+    budget = TASKS["niah_single_1"].max_new_tokens
+    path = copy(made, tmp_path, lambda d: [c.update(max_new_tokens=budget + 50) for c in d["ruler"].values()])
+    for cap in ([str(budget + 50)], [str(budget)], []):
+        args = [*BASE[:-2], *(["--max-new-tokens", *cap] if cap else []), "--methods", "yarn", "--scale", "4"]
+        result = ruler(*args, "--json", str(path), "--resume")
+        assert result.exit_code == 0 and "nothing left to run" in result.output, (cap, result.output)
+    result = ruler(*BASE, "--methods", "yarn", "--scale", "4", "--json", str(path), "--resume")  # a real cap: 2
+    assert result.exit_code != 0 and "has --max-new-tokens none, this run 2" in result.output

@@ -95,6 +95,12 @@ def check_lengths(lengths: Sequence[int]) -> list[int]:
     return list(lengths)
 
 
+def answer_cap(cap: int | None, tasks: Sequence[str]) -> int | None:
+    """--max-new-tokens as it acts on these tasks: one at or above every task's answer budget caps
+    nothing, and is the same as none."""
+    return None if cap is None or cap >= max(TASKS[task].max_new_tokens for task in tasks) else cap
+
+
 def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
     """`all` (or nothing), or comma-separated names of TASKS."""
     names = list(TASKS) if text in (None, "", "all") else (

@@ -23,7 +23,7 @@ from ropesearch.fingerprint import data_fingerprint
 from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
-from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, score
+from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, answer_cap, score
 from ropesearch.rope import RopeFactors, patch_rope
 
 PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers (with the sample's score)
@@ -284,10 +284,11 @@ def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_
                     rope: dict | None = None, name: str = "") -> None:
     """A factor set's results may only gain lengths if made with the same tasks, samples, budgets and
     (where the JSON records them) factors."""
+    cap = previous.get("max_new_tokens")  # as it acts on these tasks (a damaged one as it is: refused below)
     held = {"--tasks": previous.get("tasks"), "--samples": previous.get("samples"),
-            "--max-new-tokens": previous.get("max_new_tokens")}
-    asked = {"--tasks": list(tasks), "--samples": samples, "--max-new-tokens": max_new_tokens}
-    shown = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
+            "--max-new-tokens": answer_cap(cap, tasks) if isinstance(cap, int) else cap}
+    asked = {"--tasks": list(tasks), "--samples": samples, "--max-new-tokens": answer_cap(max_new_tokens, tasks)}
+    shown = lambda v: ",".join(v) if isinstance(v, list) else "none" if v is None else v  # noqa: E731
     for option in held:
         if held[option] != asked[option]:
             raise RopesearchError(f"--resume: {name or 'a factor set'} in the JSON has {option} {shown(held[option])}, "

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.cli import cli  # noqa: E402
+from ropesearch.evaluate.ruler import TASKS  # noqa: E402
 from ropesearch.evaluate.runs import save_json  # noqa: E402
 from ropesearch.export.factor_file import atomic_write_text  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
@@ -111,13 +112,13 @@ def main(argv=None) -> dict:
     same_batches = all(r["batch_sizes"] == runs[0]["batch_sizes"] for r in runs)
     environment = runs[0]["environment"]
     document = {"model": args.model, "length": args.length, "method": f"yarn x{args.scale:g}",
-                "samples": args.samples, "tasks": 11, "data": args.data, "speedup": speedup,
+                "samples": args.samples, "tasks": len(TASKS), "data": args.data, "speedup": speedup,
                 "pair_speedups": pair_speedups, "same_predictions": same, "same_batches": same_batches,
                 "runs": [{k: v for k, v in r.items() if k not in ("predictions", "environment")} for r in runs],
                 "command": " ".join(["python eval/bench_ruler_prefetch.py", *(argv if argv is not None else sys.argv[1:])]),
                 "environment": environment}
     save_json(document, args.out)
-    summary = (f"cell of 11 tasks x {args.samples} samples at {args.length:,} tokens, {args.model}, yarn "
+    summary = (f"cell of {len(TASKS)} tasks x {args.samples} samples at {args.length:,} tokens, {args.model}, yarn "
                f"x{args.scale:g}: prefetch off {mean[False]:.1f} s, on {mean[True]:.1f} s (mean of {args.rounds}), "
                f"speed-up {document['speedup']:.2f}x (pairs: "
                f"{', '.join(f'{x:.2f}x' for x in document['pair_speedups'])}); same predictions: {same}, "

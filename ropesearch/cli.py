@@ -497,9 +497,9 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
     from ropesearch.evaluate.ruler import answer_cap, check_lengths, parse_tasks
-    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_ruler_json, check_settings,
-                                                format_ruler, pending_tasks, record_devices, rope_record,
-                                                ruler_results)
+    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_rope, check_ruler_json,
+                                                check_settings, format_ruler, pending_tasks, record_devices,
+                                                rope_record, ruler_results)
     from ropesearch.evaluate.ruler_prefetch import ruler_suite
     from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
     from ropesearch.models import load_model, load_tokenizer, resolve_model
@@ -552,7 +552,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     ropes = {name: rope_record(factors) for name, factors in sets.items()}
     for name in sets:
         if name in document["ruler"]:
-            check_resumable(document["ruler"][name], task_names, samples, max_new_tokens, ropes[name], repr(name))
+            check_rope(document["ruler"][name], ropes[name], repr(name))  # its other settings: checked above
     sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
     with suite:
         for index, length in enumerate(lengths):  # every factor set at one length, then the next: samples made once

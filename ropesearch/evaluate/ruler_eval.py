@@ -281,9 +281,8 @@ def record_devices(results: dict[str, dict], device: str, lengths: Sequence[int]
 
 
 def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_tokens: int | None = None,
-                    rope: dict | None = None, name: str = "") -> None:
-    """A factor set's results may only gain lengths if made with the same tasks, samples, budgets and
-    (where the JSON records them) factors."""
+                    name: str = "") -> None:
+    """A factor set's results may only gain lengths if made with the same tasks, samples and budgets."""
     cap = previous.get("max_new_tokens")  # as it acts on these tasks (a damaged one as it is: refused below)
     held = {"--tasks": previous.get("tasks"), "--samples": previous.get("samples"),
             "--max-new-tokens": answer_cap(cap, tasks) if isinstance(cap, int) else cap}
@@ -294,7 +293,12 @@ def check_resumable(previous: dict, tasks: Sequence[str], samples: int, max_new_
             raise RopesearchError(f"--resume: {name or 'a factor set'} in the JSON has {option} {shown(held[option])}, "
                                   f"this run {shown(asked[option])} (one JSON holds one setting): give the same, "
                                   "or another --json")
-    if rope is not None and previous.get("rope") not in (None, rope):
+
+
+def check_rope(previous: dict, rope: dict, name: str) -> None:
+    """A factor set's results may only gain lengths if made with the same factors, where the JSON
+    records them (rope_record)."""
+    if previous.get("rope") not in (None, rope):
         def said(r):
             return "the unscaled model" if r["method"] == "none" else \
                 f"{r['method']} to {r['target_context']} tokens (factors {r['fingerprint']})"
@@ -345,5 +349,5 @@ def format_ruler(results: dict[str, dict]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["answer_batches", "check_resumable", "check_ruler_json", "check_settings", "format_ruler", "paired_difference", "pending_tasks", "record_devices", "rope_record", "ruler_cell",
+__all__ = ["answer_batches", "check_resumable", "check_rope", "check_ruler_json", "check_settings", "format_ruler", "paired_difference", "pending_tasks", "record_devices", "rope_record", "ruler_cell",
            "ruler_results"]

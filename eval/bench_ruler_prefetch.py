@@ -16,8 +16,9 @@ inside it), `wall s` the whole command (model load and the worker's start too). 
 the mean of the off runs over the mean of the on runs, and each pair's ratio shows its spread. This
 is the first cell of a command, where the worker also starts and builds the first task while the
 GPU waits: in a run of several lengths it builds the next length meanwhile, so later cells can
-gain more. The samples are the same either way (tests/test_ruler_prefetch.py; also checked for all
-11 tasks x 20 samples at 32k of the books), but greedy bf16 answers on a GPU need not be: a batch
+gain more. The samples are the same either way (tests/test_ruler_prefetch.py; `--prompts-only`
+checks every task's at --length without a model: all 11 x 20 at 32k of the books on this CPU,
+results/bench-ruler-prefetch-prompts.json), but greedy bf16 answers on a GPU need not be: a batch
 size is measured from free memory (`same batches`), and even with the same batches two runs can
 differ, so `same predictions` is reported, not required.
 
@@ -83,6 +84,28 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def same_prompts(args, argv) -> dict:
+    """Every task's samples at --length built by the worker and in this process, compared (no model)."""
+    from ropesearch.evaluate.ruler import RulerSuite
+    from ropesearch.evaluate.ruler_prefetch import PrefetchedSuite
+    from ropesearch.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(args.model))
+    here, started = RulerSuite(tokenizer, args.data), time.perf_counter()
+    with PrefetchedSuite(tokenizer, args.data) as ahead:
+        ahead.plan((task, args.length, args.samples) for task in TASKS)
+        same = {task: ahead.samples(task, args.length, args.samples) == here.samples(task, args.length, args.samples)
+                for task in TASKS}
+    document = {"model": args.model, "length": args.length, "samples": args.samples, "data": args.data,
+                "same_prompts": same, "seconds": time.perf_counter() - started,
+                "command": " ".join(["python eval/bench_ruler_prefetch.py", *argv]),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_json(document, args.out)
+    print(f"{sum(same.values())} of {len(same)} tasks: the same {args.samples} samples at {args.length:,} tokens "
+          f"with and without the worker ({document['seconds']:.0f} s)")
+    return document
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -95,13 +118,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="instead of --model, --length, --samples, --scale, --device: the pocket model on the "
                              "CPU at 2k, 1 sample, YaRN x2")
+    parser.add_argument("--prompts-only", action="store_true",
+                        help="no timing and no model: check that the worker builds the samples this process builds")
     parser.add_argument("--out", default="results/bench-ruler-prefetch.json")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds: give 1 or more")
     if args.quick:
         args.model, args.length, args.samples, args.device, args.scale = "pocket", "2k", 1, "cpu", 2.0
     (args.length,) = parse_token_list(args.length)
+    if args.prompts_only:
+        return same_prompts(args, argv)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         ruler(args, Path(scratch) / "warm-up.json", True, "niah_single_1", 1)
@@ -121,7 +149,7 @@ def main(argv=None) -> dict:
                 "samples": args.samples, "tasks": len(TASKS), "data": args.data, "speedup": speedup,
                 "pair_speedups": pair_speedups, "same_predictions": same, "same_batches": same_batches,
                 "runs": [{k: v for k, v in r.items() if k not in ("predictions", "environment")} for r in runs],
-                "command": " ".join(["python eval/bench_ruler_prefetch.py", *(argv if argv is not None else sys.argv[1:])]),
+                "command": " ".join(["python eval/bench_ruler_prefetch.py", *argv]),
                 "environment": environment}
     save_json(document, args.out)
     summary = (f"cell of {len(TASKS)} tasks x {args.samples} samples at {args.length:,} tokens, {args.model}, yarn "

@@ -27,3 +27,11 @@ def test_rounds_alternate_which_way_runs_first_and_pairs_give_their_ratio():
     runs = [{"prefetch": p, "cell_seconds": s} for p, s in zip(bench.run_order(2), (10.0, 8.0, 9.0, 12.0))]
     mean, speedup, pairs = bench.speedups(runs)
     assert mean == {False: 11.0, True: 8.5} and speedup == 11.0 / 8.5 and pairs == [10.0 / 8.0, 12.0 / 9.0]
+
+
+def test_prompts_only_compares_every_task_built_both_ways(tmp_path):
+    out = tmp_path / "prompts.json"
+    document = bench.main(["--quick", "--prompts-only", "--data", "builtin", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["same_prompts"] == {task: True for task in bench.TASKS} == document["same_prompts"]
+    assert saved["command"].endswith("--quick --prompts-only --data builtin --out " + str(out))

@@ -53,7 +53,8 @@ DTYPE_OPTION = click.option("--dtype", type=click.Choice(["auto", "float32", "bf
                             show_default=True, help="Weights and compute dtype (auto: bfloat16 on a GPU, float32 on "
                             "the CPU).")
 
-MODEL_HELP = "Model: pocket (shipped), smollm2-135m (fetched), a transformers folder or hub id, or a .gguf file."
+MODEL_HELP = ("Model: pocket (shipped), smollm2-135m or qwen2.5-coder-0.5b (fetched), a transformers folder or hub id, "
+              "or a .gguf file.")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -14,8 +14,32 @@ from ropesearch.errors import RopesearchError
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
 
 
+class _Command(click.Command):
+    """Ctrl-C says what was kept and how to go on (click alone prints `Aborted!`); exit status 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(f"\n{_interrupted(ctx.params)}", err=True)
+            ctx.exit(130)
+
+
+def _interrupted(params: dict) -> str:
+    """What an interrupted command kept: commands with --resume save as they go (into --out or --json)."""
+    if "resume" not in params:
+        return "Interrupted: this command keeps nothing until it finishes; run it again to start over."
+    if params.get("json_out", "") is None:  # results are kept only in --json
+        return "Interrupted: nothing was saved without --json; give --json FILE to keep results as they come."
+    where = params.get("out") or params.get("json_out")
+    return (f"Interrupted: the work finished so far is saved{f' in {where}' if where else ''}; run the same "
+            "command again with --resume to continue from there.")
+
+
 class _Group(click.Group):
     """Turns RopesearchError into one line on stderr and exit status 1, no traceback."""
+
+    command_class = _Command
 
     def invoke(self, ctx):
         try:

@@ -66,3 +66,22 @@ def test_b_an_empty_item_in_lengths_is_an_error_naming_the_fix(lengths):
     from ropesearch.units import parse_token_list
 
     assert parse_token_list("256, 1k") == [256, 1024]
+
+
+def test_c_ctrl_c_says_the_work_is_saved_and_resume_continues(monkeypatch, tmp_path):
+    from ropesearch.search import session
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "run_search", interrupted)
+    result = run("search", "--model", "pocket", "--target-length", "2k", "--out", tmp_path / "run")
+    assert result.exit_code == 130
+    assert "Aborted" not in result.output
+    assert f"saved in {tmp_path / 'run'}" in result.output and "again with --resume" in result.output
+
+    from ropesearch.evaluate import runs
+
+    monkeypatch.setattr(runs, "setup", interrupted)  # a command without --resume keeps nothing
+    result = run("eval", "--model", "pocket", "--method", "none", "--lengths", "256")
+    assert result.exit_code == 130 and "keeps nothing until it finishes" in result.output

@@ -660,12 +660,10 @@ def run_cmd(plan, out, resume):
     Each stage writes into its own folder of the run directory; --resume skips completed
     stages. Example plans: search_spaces/plans/.
     """
-    from ropesearch.pipeline.runner import run_plan
+    from ropesearch.pipeline.runner import run_plan, summary
 
     outputs = run_plan(plan, out, resume=resume, log=lambda m: click.echo(m, err=True))
-    for stage, values in outputs.items():
-        shown = {k: v for k, v in values.items() if k in ("factors", "model", "report", "table", "values")}
-        click.echo(f"{stage}: {json.dumps(shown)}")
+    click.echo("\n".join(summary(outputs)))
 
 
 @cli.command("report")

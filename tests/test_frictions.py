@@ -1,5 +1,6 @@
 """Issue 34's smaller frictions: each a one-line fix a first user should not have to find out about."""
 
+import json
 import time
 
 import pytest
@@ -85,3 +86,46 @@ def test_c_ctrl_c_says_the_work_is_saved_and_resume_continues(monkeypatch, tmp_p
     monkeypatch.setattr(runs, "setup", interrupted)  # a command without --resume keeps nothing
     result = run("eval", "--model", "pocket", "--method", "none", "--lengths", "256")
     assert result.exit_code == 130 and "keeps nothing until it finishes" in result.output
+
+
+def test_d_plan_summary_is_readable_and_a_finished_run_shows_its_result_again(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    space = yaml.safe_load(open("search_spaces/fast.yaml"))
+    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    plan = {"name": "frictions", "model": "pocket", "data": "builtin", "stages": [
+        {"search": {"target": 512, "space": str(tmp_path / "space.yaml"), "samples": 1, "max_evals": 4}},
+        {"export": {"formats": ["csv"]}},
+        {"evaluate": {"lengths": [256, 512], "methods": ["yarn"], "samples": 1}},
+    ]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    out = tmp_path / "run"
+    first = run("run", tmp_path / "plan.yaml", "--out", out)
+    assert first.exit_code == 0, first.output
+    summary = first.stdout.splitlines()
+    assert len(summary) == 3 and "{}" not in first.stdout and "[" not in first.stdout, first.stdout
+    assert summary[0].startswith("01-search: best ppl@512 ") and "best.json" in summary[0]
+    assert summary[1].startswith("02-export: exported csv in ")  # was `02-export: {}`
+    assert summary[2].startswith("03-evaluate: perplexity at 512 tokens: none ")
+    import re
+
+    assert not re.search(r"\d\.\d{3}", first.stdout), "numbers rounded"
+
+    again = run("run", tmp_path / "plan.yaml", "--out", out, "--resume")
+    assert again.exit_code == 0 and again.output.count("done earlier, skipped") == 3
+    from ropesearch.evaluate.runs import format_table
+
+    table = format_table(json.loads((out / "03-evaluate" / "perplexity.json").read_text()))
+    assert table in again.stderr and again.stdout == first.stdout  # the result again, and the same summary
+
+
+def test_i_screening_rank_correlations_are_rounded():
+    from ropesearch.search.screening import screen_rank_correlation
+
+    screens, full = [3, 1, 4, 1.5, 5, 9, 2.6], [2, 7, 1, 8, 2.8, 1.8, 2.9]  # Spearman -0.7857142857...
+    history = [{"genome": [i], "fidelity": "screen", "metrics": {"screen_ppl": s}} for i, s in enumerate(screens)]
+    history += [{"genome": [i], "fidelity": "full", "metrics": {"ppl@9": f}} for i, f in enumerate(full)]
+    rank = screen_rank_correlation(history)
+    assert rank["spearman"] == -0.786 and rank["kendall"] == round(rank["kendall"], 3) != 0

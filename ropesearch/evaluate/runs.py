@@ -314,12 +314,16 @@ def format_table(table: dict) -> str:
         cells = [str(length), f"{length / original:g}" if original else ""]
         for name in names:
             value = table["ppl"][name].get(str(length))
-            cells.append("-" if value is None else "failed" if not math.isfinite(value)
-                         else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
+            cells.append("-" if value is None else format_ppl(value))
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_ppl(value: float) -> str:
+    """A perplexity as tables show it: 2 decimals, 4 significant digits above 1000, failed if not finite."""
+    return "failed" if not math.isfinite(value) else f"{value:.4g}" if value >= 1000 else f"{value:.2f}"
 
 
 def failed_cells(table: dict) -> list[str]:

@@ -280,8 +280,8 @@ def _eval_options(function):
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
-    from ropesearch.evaluate.runs import (baseline_table, failed_cells, format_table, parse_lengths, save_json,
-                                          searched_documents, setup)
+    from ropesearch.evaluate.runs import (baseline_table, describe_windows, failed_cells, format_table, parse_lengths,
+                                          save_json, searched_documents, setup)
 
     workers = _workers(table_args, _torch_dtype(dtype))
     lengths = parse_lengths(lengths)
@@ -292,6 +292,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
                 dtype=_torch_dtype(dtype), pack=pack, config_only=workers is not None)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
+    click.echo(describe_windows(run, heldout_of), err=True)
     failed = failed_cells(table)
     if failed:
         raise RopesearchError(f"non-finite perplexity (shown as failed) for {', '.join(failed)}: those factors "

@@ -129,3 +129,21 @@ def test_i_screening_rank_correlations_are_rounded():
     history += [{"genome": [i], "fidelity": "full", "metrics": {"ppl@9": f}} for i, f in enumerate(full)]
     rank = screen_rank_correlation(history)
     assert rank["spearman"] == -0.786 and rank["kendall"] == round(rank["kendall"], 3) != 0
+
+
+def test_e_eval_says_which_windows_it_scored(tmp_path):
+    result = run("eval", "--model", "pocket", "--method", "as-is", "--lengths", "128", "--samples", 2)
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stderr.splitlines() if line.startswith("scored "))
+    assert line.startswith("scored 2 windows of builtin (offset start, seed 0): ") and "@0" in line
+    assert "not held out of any search" in line
+
+    from ropesearch.evaluate.runs import setup
+
+    names = [w.name.split("@")[0] for w in setup("pocket", "builtin", 128, samples=1).windows]
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "config.json").write_text(json.dumps({"windows": [f"{names[0]}@0"]}))
+    result = run("eval", "--model", "pocket", "--method", "as-is", "--lengths", "128", "--samples", 1,
+                 "--heldout-of", tmp_path / "search")
+    line = next(line for line in result.stderr.splitlines() if line.startswith("scored "))
+    assert f"held out of {tmp_path / 'search'} (1 document left out)" in line and names[0] not in line

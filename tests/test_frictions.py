@@ -92,11 +92,8 @@ def test_d_plan_summary_is_readable_and_a_finished_run_shows_its_result_again(tm
     import yaml
 
     monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
-    space = yaml.safe_load(open("search_spaces/fast.yaml"))
-    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     plan = {"name": "frictions", "model": "pocket", "data": "builtin", "stages": [
-        {"search": {"target": 512, "space": str(tmp_path / "space.yaml"), "samples": 1, "max_evals": 4}},
+        {"search": {"target": 512, "space": str(small_space(tmp_path)), "samples": 1, "max_evals": 4}},
         {"export": {"formats": ["csv"]}},
         {"evaluate": {"lengths": [256, 512], "methods": ["yarn"], "samples": 1}},
     ]}
@@ -147,3 +144,27 @@ def test_e_eval_says_which_windows_it_scored(tmp_path):
                  "--heldout-of", tmp_path / "search")
     line = next(line for line in result.stderr.splitlines() if line.startswith("scored "))
     assert f"held out of {tmp_path / 'search'} (1 document left out)" in line and names[0] not in line
+
+
+def small_space(tmp_path):
+    import yaml
+
+    space = yaml.safe_load(open("search_spaces/fast.yaml"))
+    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    return tmp_path / "space.yaml"
+
+
+def test_f_the_wall_time_holds_the_evaluator_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "search"
+    result = run("search", "--model", "pocket", "--target-length", 512, "--space", small_space(tmp_path),
+                 "--samples", 1, "--max-evals", 4, "--out", out)
+    assert result.exit_code == 0, result.output
+    last = json.loads((out / "progress.json").read_text())[-1]
+    assert 0 < last["evaluator_seconds"] <= last["elapsed"]  # the baselines before generation 0 count in both
+
+    from ropesearch.report import build_report
+
+    report = build_report(out, tmp_path / "report").read_text()
+    assert "min wall over all sessions" in report and "min of it in the evaluator" in report

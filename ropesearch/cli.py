@@ -14,8 +14,32 @@ from ropesearch.errors import RopesearchError
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
 
 
+class _Command(click.Command):
+    """Ctrl-C says what was kept and how to go on (click alone prints `Aborted!`); exit status 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(f"\n{_interrupted(ctx.params)}", err=True)
+            ctx.exit(130)
+
+
+def _interrupted(params: dict) -> str:
+    """What an interrupted command kept: commands with --resume save as they go (into --out or --json)."""
+    if "resume" not in params:
+        return "Interrupted: this command keeps nothing until it finishes; run it again to start over."
+    if params.get("json_out", "") is None:  # results are kept only in --json
+        return "Interrupted: nothing was saved without --json; give --json FILE to keep results as they come."
+    where = params.get("out") or params.get("json_out")
+    return (f"Interrupted: the work finished so far is saved{f' in {where}' if where else ''}; run the same "
+            "command again with --resume to continue from there.")
+
+
 class _Group(click.Group):
     """Turns RopesearchError into one line on stderr and exit status 1, no traceback."""
+
+    command_class = _Command
 
     def invoke(self, ctx):
         try:
@@ -257,8 +281,8 @@ def _eval_options(function):
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
-    from ropesearch.evaluate.runs import (baseline_table, failed_cells, format_table, parse_lengths, save_json,
-                                          searched_documents, setup)
+    from ropesearch.evaluate.runs import (baseline_table, describe_windows, failed_cells, format_table, parse_lengths,
+                                          save_json, searched_documents, setup)
 
     workers = _workers(table_args, _torch_dtype(dtype))
     lengths = parse_lengths(lengths)
@@ -269,6 +293,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
                 dtype=_torch_dtype(dtype), pack=pack, config_only=workers is not None)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
+    click.echo(describe_windows(run, heldout_of), err=True)
     failed = failed_cells(table)
     if failed:
         raise RopesearchError(f"non-finite perplexity (shown as failed) for {', '.join(failed)}: those factors "
@@ -637,12 +662,10 @@ def run_cmd(plan, out, resume):
     Each stage writes into its own folder of the run directory; --resume skips completed
     stages. Example plans: search_spaces/plans/.
     """
-    from ropesearch.pipeline.runner import run_plan
+    from ropesearch.pipeline.runner import run_plan, summary
 
     outputs = run_plan(plan, out, resume=resume, log=lambda m: click.echo(m, err=True))
-    for stage, values in outputs.items():
-        shown = {k: v for k, v in values.items() if k in ("factors", "model", "report", "table", "values")}
-        click.echo(f"{stage}: {json.dumps(shown)}")
+    click.echo("\n".join(summary(outputs)))
 
 
 @cli.command("report")

@@ -29,7 +29,11 @@ def parse_tokens(value: str | int, what: str = "a token count") -> int:
 
 def parse_token_list(text: str | Iterable, what: str = "--lengths") -> list[int]:
     """Comma-separated token counts (or a list of them), sorted, duplicates removed, each >= 2."""
-    items = [x for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    items = text.split(",") if isinstance(text, str) else list(text)
+    if isinstance(text, str) and text.strip() and not all(x.strip() for x in items):
+        fixed = ",".join(x.strip() for x in items if x.strip())
+        raise RopesearchError(f"{what} has an empty item in {text!r} (a doubled or trailing comma): "
+                              f"give {fixed or 'token counts like 16384,32k'}")
     try:
         lengths = sorted({parse_tokens(x, what) for x in items})
     except RopesearchError:

@@ -19,7 +19,7 @@ def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
     result = run("baselines", "--model", model, "--data", docs, "--lengths", "64,256", "--samples", 2,
                  "--methods", "none,pi,yarn", "--json", out)
     assert result.exit_code == 0, result.output
-    header = result.output.splitlines()[0].split()
+    header = result.stdout.splitlines()[0].split()
     assert header == ["length", "x_window", "none@x1", "pi@x4", "yarn@x4"]
     table = json.loads(out.read_text())
     assert table["lengths"] == [64, 256] and len(table["windows"]) == 2
@@ -31,7 +31,7 @@ def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
     result = run("baselines", "--model", model, "--data", docs, "--lengths", "64,256", "--samples", 2,
                  "--methods", "none,pi", "--per-length-scale", "--json", tmp_path / "per.json")
     per = json.loads((tmp_path / "per.json").read_text())
-    assert result.output.splitlines()[0].split()[2:] == ["none@x1", "pi@per-length"]
+    assert result.stdout.splitlines()[0].split()[2:] == ["none@x1", "pi@per-length"]
     assert per["ppl"]["pi@per-length"]["64"] == per["ppl"]["none"]["64"]
     assert per["ppl"]["pi@per-length"]["256"] == table["ppl"]["pi"]["256"]
     assert table["environment"]["device"].startswith("cpu") and "command" in table
@@ -59,7 +59,7 @@ def test_baselines_table_and_json(tiny_model_dir, tmp_path, monkeypatch):
     assert files["original_window"]["mine"]["ratio"] > 1.01
     # the method form: one factor set (scale 4 = 256/64) at both lengths
     result = run("eval", "--model", model, "--data", docs, "--lengths", "128,256", "--samples", 2, "--method", "yarn")
-    assert result.exit_code == 0 and result.output.splitlines()[-1].split()[-1] == f"{value:.2f}"
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1].split()[-1] == f"{value:.2f}"
 
 
 def test_eval_errors(tiny_model_dir, tmp_path, monkeypatch):

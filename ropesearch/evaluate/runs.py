@@ -73,6 +73,21 @@ def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 
     return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
 
 
+def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 4) -> str:
+    """Which text a table scores, in one line: the same factors score differently on other documents
+    (a search's own windows against held-out ones), so a number needs its windows beside it."""
+    names = [w.name for w in run.windows]
+    shown = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+    packed = {part[0] for w in run.windows for part in w.parts}
+    if packed:
+        shown += f" (packed from {len(packed)} documents)"
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
+    where = (f"held out of {heldout_of} ({plural(len(run.options.get('excluded_documents', [])), 'document')} "
+             "left out)" if heldout_of else "not held out of any search (--heldout-of RUN leaves a run's documents out)")
+    return (f"scored {plural(len(names), 'window')} of {run.data_spec} "
+            f"(offset {run.options.get('offset', 'start')}, seed {run.options.get('seed', 0)}): {shown}; {where}")
+
+
 def searched_documents(run_dir: str | Path) -> list[str]:
     """The documents a run used: a search run's windows (packed ones with all their parts), or
     for a plan's run directory every document its search and fine-tuning stages read."""
@@ -314,12 +329,16 @@ def format_table(table: dict) -> str:
         cells = [str(length), f"{length / original:g}" if original else ""]
         for name in names:
             value = table["ppl"][name].get(str(length))
-            cells.append("-" if value is None else "failed" if not math.isfinite(value)
-                         else (f"{value:.4g}" if value >= 1000 else f"{value:.2f}"))
+            cells.append("-" if value is None else format_ppl(value))
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_ppl(value: float) -> str:
+    """A perplexity as tables show it: 2 decimals, 4 significant digits above 1000, failed if not finite."""
+    return "failed" if not math.isfinite(value) else f"{value:.4g}" if value >= 1000 else f"{value:.2f}"
 
 
 def failed_cells(table: dict) -> list[str]:

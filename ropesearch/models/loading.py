@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import os
 import shutil
@@ -21,10 +23,12 @@ class ModelRef:
     spec: str  # what the user typed
     path: str
     gguf_file: str | None = None
+    local_only: bool = False  # a hub id read from the local cache (the hub cannot be reached)
 
     @property
     def kwargs(self) -> dict:
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        return ({"gguf_file": self.gguf_file} if self.gguf_file else {}) | (
+            {"local_files_only": True} if self.local_only else {})
 
 
 def resolve_model(spec: str, fetch: bool = True) -> ModelRef:
@@ -49,14 +53,54 @@ def resolve_model(spec: str, fetch: bool = True) -> ModelRef:
         return ModelRef(spec, str(path))
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise RopesearchError(f"model {spec!r} is neither a model folder nor a .gguf file")
-    return ModelRef(spec, spec)  # a Hugging Face hub id
+    if "/" not in spec:  # hub ids are owner/name: a bare name close to one of ours is a typo of it
+        close = difflib.get_close_matches(spec.lower(), _NAMES, n=1, cutoff=0.6)
+        if close:
+            raise RopesearchError(f"unknown model {spec!r}: did you mean {close[0]}? (shipped and demo models: "
+                                  f"{', '.join(_NAMES)}; else a model folder, a .gguf file or a Hugging Face id)")
+    return _hub_model(spec)
+
+
+_NAMES = [*PACKAGED_MODELS, *DEMO_MODELS]
+
+
+def _hub_model(spec: str) -> ModelRef:
+    """A Hugging Face hub id. Where the hub cannot be reached, read from the local cache only, or fail
+    at once: the hub client would otherwise retry for tens of seconds, a line per retry."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or _reachable(constants.ENDPOINT):
+        return ModelRef(spec, spec)
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except ValueError:  # not a valid repo id
+        cached = None
+    if not isinstance(cached, str):
+        raise RopesearchError(f"model {spec!r} is not a shipped or demo model ({', '.join(_NAMES)}), a model "
+                              f"folder or a .gguf file, and as a Hugging Face id it is not in the local cache "
+                              f"while {constants.ENDPOINT} cannot be reached from this machine")
+    return ModelRef(spec, spec, local_only=True)
+
+
+@functools.cache
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether `url` answers at all (any HTTP status counts; proxies as the environment sets them)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _not_found(ref: ModelRef, exc: Exception) -> RopesearchError:
-    names = ", ".join([*PACKAGED_MODELS, *DEMO_MODELS])
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RopesearchError(
-        f"could not load model {ref.spec!r} ({first}); give a demo name ({names}), a model folder, "
+        f"could not load model {ref.spec!r} ({first}); give a demo name ({', '.join(_NAMES)}), a model folder, "
         "a .gguf file, or a Hugging Face id reachable from this machine"
     )
 

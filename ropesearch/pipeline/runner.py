@@ -90,7 +90,8 @@ class Pipeline:
 
         rank = screen_rank_correlation(RunDir(folder / "search").history())
         if rank["pairs"]:
-            self.log(f"screen vs full score over {rank['pairs']} candidates: Spearman {rank['spearman']}")
+            shown = "n/a (fewer than 3)" if rank["spearman"] is None else f"{rank['spearman']:.2f} (Kendall {rank['kendall']:.2f})"
+            self.log(f"screen vs full score over {rank['pairs']} candidates: Spearman {shown}")
         return {"factors": str(folder / "search" / "best.json"), "values": result.values,
                 "search_dir": str(folder / "search"), "screen_rank": rank}
 
@@ -395,6 +396,11 @@ class Pipeline:
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
                 self.log(f"[{number}/{total}] {stage.name}: done earlier, skipped")
+                again = f"remove {done} to run {stage.name} again"
+                if stage.kind == "evaluate" and Path(outputs.get("table", "")).is_file():
+                    from ropesearch.evaluate.runs import format_table
+
+                    self.log(format_table(read_json(outputs["table"], "the evaluation table", again)))  # the result again
                 continue
             self.log(f"[{number}/{total}] {stage.name}")
             folder.mkdir(parents=True, exist_ok=True)
@@ -434,6 +440,45 @@ def _same_stage(before: dict, now: dict) -> bool:
         if any(old[k] != settings[k] for k in old):
             return False
     return True
+
+
+def summary(outputs: dict[str, dict]) -> list[str]:
+    """One line per stage of `run_plan`'s outputs saying what it produced, numbers rounded."""
+    return [f"{stage}: {_produced(values)}" for stage, values in outputs.items()]
+
+
+def _produced(outputs: dict) -> str:
+    from ropesearch.evaluate.runs import format_ppl
+
+    if "exports" in outputs:
+        written = ", ".join(f"{fmt} in {path}" for fmt, path in outputs["exports"].items())
+        return f"exported {written}" if written else "nothing exported"
+    if "table" in outputs:
+        table = read_json(outputs["table"], "the evaluation table", "remove the stage's done.json to run it again") \
+            if Path(outputs["table"]).is_file() else {}
+        if not table.get("lengths"):
+            return f"perplexity table in {outputs['table']}"
+        longest = str(max(table["lengths"]))
+        scores = ", ".join(f"{name} {format_ppl(row[longest])}" for name, row in table["ppl"].items()
+                           if row.get(longest) is not None)
+        return f"perplexity at {longest} tokens: {scores} (table in {outputs['table']})"
+    if "report" in outputs:
+        return f"report in {outputs['report']}"
+    if "passkey" in outputs:
+        return f"passkey accuracy in {outputs['passkey']}"
+    if "final_loss" in outputs:
+        loss = "" if outputs["final_loss"] is None else f", final loss {outputs['final_loss']:.3f}"
+        return f"fine-tuned model in {outputs['model']}{loss}"
+    if "factors" in outputs:
+        best = Path(outputs["factors"])
+        scores = (read_json(best, "the found factors", "remove the stage's done.json to run it again")
+                  .get("provenance") or {}).get("scores") if best.is_file() else None
+        if not isinstance(scores, dict):  # without its file: the values alone
+            scores = {"score": outputs["values"][0]} if outputs.get("values") else {}
+        shown = ", ".join(f"{name} {format_ppl(value)}" for name, value in scores.items())
+        return f"best {shown} on its search windows; factors in {best}" if shown else f"factors in {best}"
+    shown = ", ".join(f"{key} {value}" for key, value in outputs.items() if value not in (None, {}, [], ""))
+    return shown or "done"
 
 
 def run_plan(plan: Plan | str | Path, out: str | Path | None = None, resume: bool = False, log=print) -> dict:

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 
 def screen_rank_correlation(history: Iterable[dict]) -> dict:
-    """{"pairs": n, "spearman": rho, "kendall": tau} over genomes with a screen and a full score."""
+    """{"pairs": n, "spearman": rho, "kendall": tau} (rounded to 3 decimals) over genomes with a screen and
+    a full score."""
     from scipy.stats import kendalltau, spearmanr
 
     screened, full = {}, {}
@@ -32,6 +33,7 @@ def screen_rank_correlation(history: Iterable[dict]) -> dict:
     result = {"pairs": len(both), "spearman": None, "kendall": None}
     if len(both) >= 3:
         x, y = [screened[k] for k in both], [full[k] for k in both]
-        result["spearman"] = float(spearmanr(x, y).statistic)
-        result["kendall"] = float(kendalltau(x, y).statistic)
+        # 3 decimals: a rank correlation over a few dozen pairs is not known better than that
+        result["spearman"] = round(float(spearmanr(x, y).statistic), 3)
+        result["kendall"] = round(float(kendalltau(x, y).statistic), 3)
     return result

@@ -7,14 +7,15 @@ history (history.json) or perplexity tables (JSON with "ppl" and "lengths") gets
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
 from ropesearch.export import load_factors
 from ropesearch.export.factor_file import atomic_write_text
-from ropesearch.report.plots import (plot_factors, plot_loss, plot_passkey, plot_perplexity, plot_progress,
-                                     plot_relative, plot_ruler)
+from ropesearch.report.plots import (is_baseline, plot_factors, plot_loss, plot_passkey, plot_perplexity,
+                                     plot_progress, plot_relative, plot_ruler, spoken, windows_of)
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv"}
@@ -47,7 +48,12 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         plot_factors({"found": factors, **baselines}, out / f"{tag}factors.png")
         lines += ["Scores on the search windows: " + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items())
                   + f"; attention factor {factors.attention_factor:.4f}, start tokens {factors.start_tokens}, "
-                  f"{provenance.get('full_evaluations', '?')} full evaluations.", "",
+                  f"{provenance.get('full_evaluations', '?')} full evaluations.", ""]
+        if scores and provenance.get("baselines"):
+            target = next(iter(scores))
+            lines += [f"On the search windows ({target}, lower is better) the found factors score "
+                      f"{comparison(next(iter(scores.values())), _ordered(provenance['baselines'], TARGET_ORDER))}.", ""]
+        lines += [
                   f"![factors per dimension]({tag}factors.png)", "",
                   "| i | found long | found short | " + " | ".join(baselines) + " |",
                   "|---" * (len(baselines) + 3) + "|"]
@@ -57,7 +63,7 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
         lines.append("")
     progress = _json(folder / "progress.json")
     if progress:
-        plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])))
+        plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])), search_baselines(folder))
         last = progress[-1]
         wall, evaluator = last["elapsed"] / 60, last.get("evaluator_seconds", last.get("gpu_seconds", 0)) / 60
         # more in the evaluator than on the wall clock: workers scoring side by side, or a run from before the
@@ -72,15 +78,82 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
     return lines
 
 
+def _history(folder: Path) -> list[dict]:
+    path = folder / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def search_baselines(folder: Path) -> dict[str, float]:
+    """The baselines' scores at the target on the search windows (the search's first objective): the true
+    methods best.json's provenance records, else (runs that scored none: progressive, short regime) the
+    seed rows of the history (origin seed:yarn...), which are the methods as the search space encodes them."""
+    recorded = ((_json(folder / "best.json") or {}).get("provenance") or {}).get("baselines")
+    if recorded:
+        return dict(recorded)
+    seeds = {}
+    for record in _history(folder):
+        origin, metrics = record.get("origin", ""), record.get("metrics") or {}
+        if origin.startswith("seed:") and metrics and record.get("fidelity", "full") == "full":
+            seeds.setdefault(origin.removeprefix("seed:"), next(iter(metrics.values())))
+    return seeds
+
+
+TARGET_ORDER = ("yarn", "ntk", "pi", "dynamic-ntk", "llama3", "none")  # the rival to beat first
+ORIGINAL_ORDER = ("none", "yarn", "ntk", "pi", "dynamic-ntk", "llama3")  # at the original window: the unscaled model
+
+
+def _ordered(scores: dict[str, float], order: tuple[str, ...]) -> dict[str, float]:
+    """Finite scores, the named methods in `order` first (a failed baseline, inf, is no comparison)."""
+    rank = {name: i for i, name in enumerate(order)}
+    return {name: scores[name] for name in sorted(scores, key=lambda n: rank.get(n, len(order)))
+            if isinstance(scores[name], (int, float)) and math.isfinite(scores[name])}
+
+
+def _ratio(ratio: float) -> str:
+    """Three decimals, four where three would round a real difference to 1.000x."""
+    return f"{ratio:.3f}x" if round(ratio, 3) != 1 or ratio == 1 else f"{ratio:.4f}x"
+
+
+def comparison(score: float, baselines: dict[str, float]) -> str:
+    """'20.65: below YaRN (20.84, 0.991x) and above the unscaled model (...)' for perplexities."""
+    parts = [f"{'below' if score < value else 'above' if score > value else 'level with'} {spoken(name)} "
+             f"({value:.2f}, {_ratio(score / value)})" for name, value in baselines.items() if value > 0]
+    if not parts:
+        return f"{score:.2f}"
+    return f"{score:.2f}: " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
+def verdict_lines(table: dict) -> list[str]:
+    """One sentence per found model of a perplexity table: below or above each baseline, with the ratio,
+    at the target window and at the original window (the lengths the table has of the two)."""
+    lengths = {str(n) for n in table["lengths"]}
+    ppl = table["ppl"]
+    baselines = {name: values for name, values in ppl.items() if is_baseline(name)}
+    windows = windows_of(table)
+    places = [(windows.get("target window"), "the target", TARGET_ORDER),
+              (windows.get("original window"), "the original window", ORIGINAL_ORDER)]
+    places = [(n, role, order) for n, role, order in places if n is not None and str(n) in lengths]
+    lines = []
+    for name, values in ppl.items():
+        if is_baseline(name) or not baselines:
+            continue
+        clauses = [f"at {n} tokens ({role}) {spoken(name)} score "
+                   + comparison(values[str(n)], _ordered({b: v[str(n)] for b, v in baselines.items()}, order))
+                   for n, role, order in places]
+        if not clauses:
+            continue
+        sentence = "; ".join(clauses)
+        lines += [sentence[0].upper() + sentence[1:] + " (perplexity, lower is better).", ""]
+    return lines
+
+
 def _screen_lines(folder: Path) -> list[str]:
     """How well the screen ranked the candidates that were also scored in full."""
     from ropesearch.search.screening import screen_rank_correlation
 
-    history = folder / "history.jsonl"
-    if not history.is_file():
-        return []
-    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-    rank = screen_rank_correlation(records)
+    rank = screen_rank_correlation(_history(folder))
     if not rank["pairs"]:
         return []
     if rank["spearman"] is None:
@@ -164,7 +237,7 @@ def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
         lines += [f"Perplexity ({path.name}): data `{table.get('data')}`, windows "
                   f"{', '.join(table.get('windows', []))}; {environment.get('device', '?')}, "
                   f"{environment.get('date', '?')}.", "", "```", format_table(table), "```", "",
-                  f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""]
+                  f"![perplexity by length]({tag}ppl-{path.stem}.png)", ""] + verdict_lines(table)
         if plot_relative(table, out / f"{tag}ppl-relative-{path.stem}.png"):
             lines += [f"![perplexity relative to YaRN]({tag}ppl-relative-{path.stem}.png)", ""]
     return lines

@@ -244,9 +244,11 @@ def read_json(path: str | Path, what: str, fix: str):
         raise RopesearchError(f"{what} {path} is damaged (not valid JSON: {exc}); {fix}") from None
 
 
-def read_text(path: str | Path, what: str) -> str:
-    """A text input (YAML, CSV, JSON lines) as str; binary content is one line, not a UnicodeDecodeError."""
+def read_text(path, what: str) -> str:
+    """A text input (YAML, CSV, JSON lines) as str; binary content is one line, not a UnicodeDecodeError.
+
+    `path`: a str, a Path, or an importlib.resources Traversable (a shipped file)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return (Path(path) if isinstance(path, str) else path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RopesearchError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a text file") from None

@@ -75,7 +75,7 @@ def test_bad_spaces_are_named(tmp_path, change, message):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(RopesearchError, match=message):
         load_space(path)
-    with pytest.raises(RopesearchError, match="neither a file nor a shipped space"):
+    with pytest.raises(RopesearchError, match="neither a file nor shipped .shipped search spaces, usable by name: fast, longrope"):
         load_space("no-such-space")
 
 

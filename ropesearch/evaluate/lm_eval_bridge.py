@@ -1,6 +1,6 @@
 """lm-evaluation-harness on a patched in-memory model: any task by name, plus ropesearch's offline tasks.
 
-The offline tasks live in eval/tasks/ as YAML templates: `ropesearch_passkey` (passkey retrieval
+The offline tasks live in eval/tasks/ as YAML templates (shipped as ropesearch.lm_eval_tasks): `ropesearch_passkey` (passkey retrieval
 over data generated here), `ropesearch_ppl` (rolling perplexity over the user's documents) and
 `ropesearch_ruler` (the RULER-style suite, ropesearch.evaluate.ruler_tasks).
 Their data is written to a working folder and the templates are filled with its path, so no
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ropesearch import resources
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
 from ropesearch.rope import RopeFactors, patch_rope
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
 OFFLINE_TASKS = ("ropesearch_passkey", "ropesearch_ppl")
 
 
@@ -93,7 +93,7 @@ def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: 
                              for name, ids in long_enough])
             rows = _round_robin(grid)
         data_file = _write_jsonl(workdir / f"{task}.jsonl", rows)
-        template = (TASKS_DIR / f"{task}.yaml").read_text()
+        template = resources.file(resources.LM_EVAL_TASKS, f"{task}.yaml").read_text(encoding="utf-8")
         (workdir / f"{task}.yaml").write_text(template.replace("__DATA_FILE__", str(data_file)))
     return workdir
 

@@ -10,14 +10,13 @@ ruler_vt, ...) needs its data from the network (essays, NLTK punkt_tab, SQuAD, H
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ropesearch import resources
 from ropesearch.evaluate.ruler import TASKS, RulerSuite, check_lengths, score
 
 GROUP = "ropesearch_ruler"
-TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
 # lm-eval's own RULER: the group and its tasks (they download their data when built)
 LM_EVAL_RULER = {"ruler", "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
                  "niah_multikey_3", "niah_multiquery", "niah_multivalue", "ruler_vt", "ruler_cwe", "ruler_fwe",
@@ -50,7 +49,7 @@ def write_ruler_tasks(workdir: Path, tokenizer, names: Sequence[str], lengths: S
     """Data and filled-in task files for the ropesearch_ruler tasks in `names`; returns the lm-eval task names."""
     check_lengths(lengths)
     suite = RulerSuite(tokenizer, data or "builtin", seed=seed)
-    template = (TASKS_DIR / "ropesearch_ruler_task.yaml").read_text()
+    template = resources.file(resources.LM_EVAL_TASKS, "ropesearch_ruler_task.yaml").read_text(encoding="utf-8")
     metrics = "".join(f'  - metric: "{n}"\n    aggregation: !function ropesearch_ruler_utils.mean_present\n'
                       "    higher_is_better: true\n" for n in lengths)
     written = []
@@ -73,7 +72,8 @@ def write_ruler_tasks(workdir: Path, tokenizer, names: Sequence[str], lengths: S
         group = [f"group: {GROUP}", "task:"] + [f"  - {n}" for n in written] + ["aggregate_metric_list:"]
         group += [f'  - metric: "{n}"\n    weight_by_size: false' for n in lengths]
         (workdir / f"{GROUP}.yaml").write_text("\n".join(group + ["metadata:", "  version: 1.0"]) + "\n")
-    shutil.copy(TASKS_DIR / "ropesearch_ruler_utils.py", workdir / "ropesearch_ruler_utils.py")
+    utils = resources.file(resources.LM_EVAL_TASKS, "ropesearch_ruler_utils.py")
+    (workdir / "ropesearch_ruler_utils.py").write_bytes(utils.read_bytes())
     return written
 
 

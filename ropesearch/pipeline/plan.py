@@ -27,11 +27,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ropesearch import resources
 from ropesearch.errors import RopesearchError
 from ropesearch.pipeline.finetune import FinetuneConfig
-from ropesearch.validate import check_device, check_fields, read_text
+from ropesearch.validate import check_device, check_fields
 
 
 @dataclass(frozen=True)
@@ -283,17 +282,5 @@ def _check_order(stages: list[Stage], where: str) -> None:
 
 def load_plan(path: str | Path) -> Plan:
     """A plan by file path, or by the name of a shipped plan (pocket-quickstart, ...) from any directory."""
-    from ropesearch.search.space import SPACES_DIR
-
-    path = Path(path)
-    if not path.is_file():
-        shipped = SPACES_DIR / "plans" / f"{path.name.removesuffix('.yaml')}.yaml"
-        if path.parent != Path(".") and path.parts[:2] != ("search_spaces", "plans") or not shipped.is_file():
-            names = ", ".join(sorted(p.stem for p in (SPACES_DIR / "plans").glob("*.yaml")))
-            raise RopesearchError(f"plan file {path} does not exist (shipped plans, usable by name: {names})")
-        path = shipped
-    try:
-        data = yaml.safe_load(read_text(path, "plan"))
-    except yaml.YAMLError as exc:
-        raise RopesearchError(f"plan {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return plan_from_dict(data, where=f"plan {path}")
+    data, where = resources.load_yaml(path, resources.PLANS)
+    return plan_from_dict(data, where=f"plan {where}")

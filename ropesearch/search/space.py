@@ -6,13 +6,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ropesearch import resources
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import check_fields, read_text
-
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-
+from ropesearch.validate import check_fields
 
 @dataclass(frozen=True)
 class FactorGenes:
@@ -180,19 +176,8 @@ def space_from_dict(data: Any, where: str = "search space") -> SearchSpace:
 
 def load_space(spec: str | Path) -> SearchSpace:
     """A space by file path or by the name of a shipped space (fast, longrope, longrope2)."""
-    path = Path(spec)
-    if not path.is_file():
-        shipped = SPACES_DIR / f"{spec}.yaml"
-        if shipped.is_file():
-            path = shipped
-        else:
-            names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-            raise RopesearchError(f"search space {spec} is neither a file nor a shipped space ({names})")
-    try:
-        data = yaml.safe_load(read_text(path, "search space"))
-    except yaml.YAMLError as exc:
-        raise RopesearchError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return space_from_dict(data, where=f"search space {path}")
+    data, where = resources.load_yaml(spec, resources.SPACES)
+    return space_from_dict(data, where=f"search space {where}")
 
 
 def space_to_dict(space: SearchSpace) -> dict:

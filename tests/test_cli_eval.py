@@ -106,3 +106,25 @@ def test_vllm_backend_loads_only_the_config(tiny_model_dir):
     assert not isinstance(vllm_run.model, torch.nn.Module) and vllm_run.base == torch_run.base
     assert [w.name for w in vllm_run.windows] == [w.name for w in torch_run.windows]
     assert environment(vllm_run.model)["dtype"] == environment(torch_run.model)["dtype"] == "float32"
+
+
+def test_the_original_window_warning_names_the_remedy_for_a_guarded_and_an_unguarded_file(tiny_model_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A guarded search's file needs a tighter guard (recover-short cannot undo an attention factor);
+    a file from an unguarded search, or from no search, needs the guard or recover-short."""
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    free = tmp_path / "free.json"
+    assert run("factors", "yarn", "--model", model, "--scale", 4, "--out", free).exit_code == 0
+    document = json.loads(free.read_text())
+    document["provenance"]["short_guard"] = {"tolerance": 0.01, "length": 64, "unscaled_ppl": 9.0,
+                                             "attention_cap": 1.02, "capped_ppl": 9.06, "margin": 0.75, "windows": 16}
+    guarded = tmp_path / "guarded.json"
+    guarded.write_text(json.dumps(document))
+    result = run("baselines", "--model", model, "--data", docs, "--lengths", "128", "--samples", 2, "--methods", "none",
+                 "--factors", f"free={free}", "--factors", f"guarded={guarded}")
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("warning:")}
+    assert "smaller --short-tolerance" in lines["guarded"] and "16 windows" in lines["guarded"]
+    assert "recover-short" not in lines["guarded"] and "search with the short guard" not in lines["guarded"]
+    assert "not found by a guarded search" in lines["free"] and "recover-short stage" in lines["free"]

@@ -292,3 +292,25 @@ def test_cli_search_refuses_to_clobber_and_checks_resume_settings(tiny_model_dir
 def test_space_from_dict_needs_a_name():
     with pytest.raises(RopesearchError, match="missing key 'name'"):
         space_from_dict({"budget": {}})
+
+
+def test_the_demo_search_is_budgeted_in_evaluations_so_a_slow_machine_finds_the_same(loaded, tmp_path, monkeypatch):
+    """`make demo` counts its search in evaluations (its time cap is only a safety net), and nothing in
+    the loop decides by wall time: a clock that makes every generation look 30 s slower changes nothing."""
+    import time
+    from pathlib import Path
+
+    from ropesearch.pipeline.plan import load_plan
+
+    plan = load_plan(Path(__file__).parents[1] / "search_spaces" / "plans" / "pocket-quickstart.yaml")
+    stage = next(s.settings for s in plan.stages if s.kind == "search")
+    assert stage.max_evals is not None and stage.time_minutes is not None and stage.time_minutes >= 15
+    budget = {"max_evals": 30, "time_minutes": stage.time_minutes}  # the plan's time cap, a tiny model's evaluations
+    quick = search(loaded, tmp_path / "quick", tiny_space(generations=50), **budget)
+    real_clock, calls = time.perf_counter, iter(range(10**9))
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + 15.0 * next(calls))  # each call: 15 s later
+    slow = search(loaded, tmp_path / "slow", tiny_space(generations=50), **budget)
+    assert slow.state.elapsed > quick.state.elapsed + 60  # it did look slow
+    assert slow.factors == quick.factors and slow.values == quick.values
+    assert history_without_timing(tmp_path / "slow") == history_without_timing(tmp_path / "quick")
+    assert slow.state.stop_reason == quick.state.stop_reason == "evaluation budget (30) spent"

@@ -2,14 +2,20 @@
 it stands: baselines before generation 0, the best as a ratio to YaRN, where every candidate came from."""
 
 import json
+import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from ropesearch.evaluate import make_evaluator
+from ropesearch.data import Window
+from ropesearch.evaluate import Score, make_evaluator
+from ropesearch.evaluate.runs import prefix_windows, setup
 from ropesearch.export import load_factors
-from ropesearch.rope import make_factors
+from ropesearch.models import rope_base
+from ropesearch.rope import RopeBase, make_factors
 from ropesearch.search.session import run_search, search_windows
-from ropesearch.search.short_guard import short_windows
+from ropesearch.search.short_guard import GUARD_MARGIN, guard_windows, measure_guard
 
 TARGET = 1024
 
@@ -23,9 +29,10 @@ def pocket():
 
 
 def original_window_ratio(pocket, factors):
-    """Perplexity at the original window with these factors (transformers' switch) / unscaled."""
+    """Perplexity at the original window with these factors (transformers' switch) / unscaled, on the
+    text the guard measures: every 256-token window of the search window."""
     model, tokenizer = pocket
-    windows = short_windows(search_windows(tokenizer, "builtin", TARGET, 1, 0, False), 256)
+    windows = guard_windows(search_windows(tokenizer, "builtin", TARGET, 1, 0, False), 256)
     scores = make_evaluator(model, progress=False).score([make_factors("none", factors.base, 1), factors], windows, [256])
     return scores[1].ppl[256] / scores[0].ppl[256]
 
@@ -54,3 +61,48 @@ def test_unguarded_search_is_worse_at_the_original_window(pocket, tmp_path):
     found = load_factors(tmp_path / "free" / "best.json")
     assert found.short_factor == found.long_factor
     assert original_window_ratio(pocket, found) > 1.01
+
+
+def test_the_guard_keeps_held_out_documents_within_its_tolerance(pocket):
+    """The demo's setting (two 2048-token search windows): the cap is measured on every 256-token
+    window of them, within a margin of the tolerance, and the documents the evaluate stage holds out
+    stay within the tolerance at it: their starts (what the demo's table scores) and text from
+    their whole length."""
+    model, tokenizer = pocket
+    base = rope_base(model.config)
+    windows = search_windows(tokenizer, "builtin", 2048, 2, 0, False)
+    evaluator = make_evaluator(model, progress=False)
+    guard = measure_guard(evaluator, windows, base, 2048, 0.01, 1.5)
+    assert guard.windows == 16 and guard.margin == GUARD_MARGIN < 1
+    assert guard.capped_ppl <= guard.unscaled_ppl * (1 + GUARD_MARGIN * 0.01)
+    searched = sorted({w.name.rsplit("@", 1)[0] for w in windows})
+    held_out = setup("pocket", "builtin", 2048, samples=6, seed=0, loaded=pocket, exclude=searched).windows
+    capped = replace(make_factors("none", base, 1), attention_factor=guard.attention_cap)
+    starts = prefix_windows(held_out, 256)
+    spread = [Window(f"{w.name}+{at}", w.ids[at : at + 256]) for w in held_out for at in range(0, 2048, 256)]
+    for text in (starts, spread):
+        unscaled, found = evaluator.score([make_factors("none", base, 1), capped], text, [256])
+        assert found.ppl[256] <= unscaled.ppl[256] * 1.01, (len(text), found.ppl[256] / unscaled.ppl[256])
+
+
+def test_the_cap_is_measured_at_a_margin_of_the_tolerance():
+    """A model whose perplexity at the original window grows 1% per 0.05 of attention factor: at a
+    tolerance of 2% the cap is where the cost is the margin's share of 2%, not 2% itself."""
+    base = RopeBase(10_000.0, 8, 64)
+
+    class Linear:
+        def score(self, candidates, windows, lengths):
+            scores = []
+            for candidate in candidates:
+                score = Score(candidate)
+                ppl = 10 * (1 + 0.2 * (candidate.attention_factor - 1))
+                score.add(64, math.log(ppl) * 63, 63)
+                scores.append(score)
+            return scores
+
+    windows = [Window(f"doc@{k}", np.arange(256) % 50) for k in range(2)]
+    guard = measure_guard(Linear(), windows, base, 256, 0.02, 1.5)
+    expected = 1 + GUARD_MARGIN * 0.02 / 0.2
+    assert expected - 0.011 <= guard.attention_cap <= expected + 1e-9
+    assert guard.windows == 8 and guard.as_dict()["margin"] == GUARD_MARGIN
+    assert "margin" in guard.describe() and "8 windows" in guard.describe()

@@ -17,7 +17,7 @@ from ropesearch import __version__
 from ropesearch.data import Window, build_windows, document_of, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
-from ropesearch.export.factor_file import atomic_write_text, check_fits, load_factors
+from ropesearch.export.factor_file import atomic_write_text, check_fits, factor_provenance, load_factors
 from ropesearch.models import config_of, dtype_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
@@ -224,7 +224,8 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
     del fixed_scale  # every column has a fixed scale now unless per_length asks otherwise
     longest_scale = max(1.0, max(lengths) / run.base.original_context)
     scale = scale or longest_scale
-    files = {label: load_factors(path) for label, path in factor_labels(factor_files).items()}
+    paths = factor_labels(factor_files)
+    files = {label: load_factors(path) for label, path in paths.items()}
     for name, factors in files.items():
         check_fits(factors, run.base, source=f"factor file {name}")
     label_of = {m: f"{m}@per-length" if per_length and m not in ("none", "as-is") else m for m in methods}
@@ -282,15 +283,17 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
             "environment": environment(run.model),
         }
         if files:
-            table["original_window"] = _original_window(run, evaluator, files)
+            guards = {label: factor_provenance(path).get("short_guard") for label, path in paths.items()}
+            table["original_window"] = _original_window(run, evaluator, files, guards)
         return table
     finally:
         if workers is not None and evaluator is not workers:  # a pool we started (not one handed in)
             evaluator.close()
 
 
-def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors]) -> dict:
-    """Each factor file at the original window (its short factors there) against the unscaled model."""
+def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors], guards: dict[str, dict | None]) -> dict:
+    """Each factor file at the original window (its short factors there) against the unscaled model,
+    with the short guard its search measured (None: an unguarded search, or not made by a search)."""
     original = run.base.original_context
     if run.windows[0].length < original:
         return {}
@@ -298,7 +301,8 @@ def _original_window(run: EvalSetup, evaluator, files: dict[str, RopeFactors]) -
     scores = _scored(evaluator.score(sets, prefix_windows(run.windows, original), [original]),
                      f"the original window ({original} tokens)")
     unscaled = scores[0].ppl[original]
-    return {name: {"length": original, "ppl": s.ppl[original], "unscaled": unscaled, "ratio": s.ppl[original] / unscaled}
+    return {name: {"length": original, "ppl": s.ppl[original], "unscaled": unscaled, "ratio": s.ppl[original] / unscaled,
+                   "short_guard": guards.get(name)}
             for name, s in zip(files, scores[1:])}
 
 
@@ -308,9 +312,22 @@ def original_window_warnings(table: dict, tolerance: float = 0.01) -> list[str]:
     for name, row in (table.get("original_window") or {}).items():
         if row["ratio"] > 1 + tolerance:
             lines.append(f"warning: {name} is {row['ratio'] - 1:.1%} worse than the unscaled model at the original "
-                         f"window ({row['ppl']:.2f} vs {row['unscaled']:.2f} at {row['length']} tokens): search with "
-                         "the short guard (the default) or add a recover-short stage")
+                         f"window ({row['ppl']:.2f} vs {row['unscaled']:.2f} at {row['length']} tokens): "
+                         + short_remedy(row.get("short_guard")))
     return lines
+
+
+def short_remedy(guard) -> str:
+    """What to change, by how the factors were found. A guarded search already kept short_factor = 1
+    and capped the attention factor on its own text: only a tighter cap helps (recover-short tunes
+    short factors, which cannot undo an attention factor). Without the guard, the guard is missing."""
+    if isinstance(guard, dict) and isinstance(guard.get("attention_cap"), (int, float)):
+        where = f" on {guard['windows']} windows of its search text" if guard.get("windows") else " on its search windows"
+        return (f"its search's short guard capped the attention factor at {guard['attention_cap']:.3f}{where}, "
+                "where it cost less than on this text; search again with a smaller --short-tolerance (a plan "
+                "search stage's short_tolerance) to lower the cap")
+    return ("it was not found by a guarded search: search with the short guard (the default: no "
+            "--no-short-guard, and no short_tolerance: null in a plan) or add a recover-short stage")
 
 
 def _header(name: str, scale) -> str:

@@ -198,6 +198,12 @@ def load_factors(path: str | Path, expect: RopeBase | None = None) -> RopeFactor
     return factors
 
 
+def factor_provenance(path: str | Path) -> dict:
+    """The provenance of a factor file that load_factors accepted (empty where it has none)."""
+    provenance = json.loads(Path(path).read_text()).get("provenance")
+    return provenance if isinstance(provenance, dict) else {}
+
+
 def check_fits(factors: RopeFactors, base: RopeBase, source: str = "factors") -> None:
     """The factors were made for a model with this RoPE (count, base, window)."""
     got = factors.base

@@ -591,7 +591,7 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
                                                         on_cell=save(name, length), name=f"{name} {length}",
                                                         max_new_tokens=max_new_tokens, sizer=sizer,
                                                         rope=ropes[name])
-                click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
+                click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}", err=True)  # progress; the table is the result
     click.echo(format_ruler(document["ruler"]))
     _ruler_plots(document["ruler"], plots)
     if json_out:

@@ -168,3 +168,35 @@ def test_f_the_wall_time_holds_the_evaluator_time(tmp_path, monkeypatch):
 
     report = build_report(out, tmp_path / "report").read_text()
     assert "min wall over all sessions" in report and "min of it in the evaluator" in report
+
+
+def _rope_warnings(extra: dict) -> list[str]:
+    """What transformers' RoPE logger says when a config with our exported rope_parameters is built."""
+    import logging
+
+    import transformers
+
+    import ropesearch.export.transformers_config  # noqa: F401  (installs the filter, as every command does)
+
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("transformers.modeling_rope_utils"), Collect()
+    logger.addHandler(handler)
+    try:
+        params = {"rope_type": "longrope", "rope_theta": 1e4, "long_factor": [2.0] * 32, "short_factor": [1.0] * 32,
+                  "original_max_position_embeddings": 256, "factor": 8.0, "attention_factor": 1.1, **extra}
+        transformers.LlamaConfig(rope_parameters=params, max_position_embeddings=2048, hidden_size=256,
+                                 num_attention_heads=4)
+    finally:
+        logger.removeHandler(handler)
+    return messages
+
+
+def test_vllm_mscale_keys_do_not_warn_but_other_unknown_keys_do():
+    assert _rope_warnings({"long_mscale": 1.1, "short_mscale": 1.1}) == []
+    warned = _rope_warnings({"long_mscale": 1.1, "bogus": 1})
+    assert len(warned) == 1 and "bogus" in warned[0]

@@ -199,6 +199,8 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     here = document["environment"]["device"]
     assert here.startswith("cpu") and yarn["devices"] == {"640": [here]}
     assert "average:" in result.output and "niah_single_1:" in result.output
+    # the result on stdout is the table alone: the per-length progress line goes to stderr
+    assert "yarn  640:" not in result.stdout and "yarn  640:" in result.stderr
     # --resume keeps what is there: all of it, so no model is even loaded (a GPU command that only
     # passes over finished cells costs no load), the table and heatmaps still come ...
     with mock.patch("ropesearch.models.load_model", side_effect=AssertionError("model loaded")):

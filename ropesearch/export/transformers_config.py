@@ -2,8 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from ropesearch.errors import RopesearchError
 from ropesearch.rope.factors import RopeBase, RopeFactors
+
+VLLM_ONLY_KEYS = frozenset({"long_mscale", "short_mscale"})  # written for vLLM; transformers ignores them
+
+
+class _VllmKeysFilter(logging.Filter):
+    """Drops transformers' 'Unrecognized keys in `rope_parameters`' warning when the keys are only the
+    vLLM ones we write on purpose (every export and eval printed it); any other unknown key still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Unrecognized keys in `rope_parameters`"):
+            return True
+        return not set(re.findall(r"'(\w+)'", message.partition(":")[2])) <= VLLM_ONLY_KEYS
+
+
+def quiet_vllm_keys_warning() -> None:
+    """Install the filter once on transformers' RoPE logger."""
+    logger = logging.getLogger("transformers.modeling_rope_utils")
+    if not any(isinstance(f, _VllmKeysFilter) for f in logger.filters):
+        logger.addFilter(_VllmKeysFilter())
+
+
+quiet_vllm_keys_warning()
 
 
 def rope_parameters(factors: RopeFactors, partial_rotary_factor: float | None = None, allow_start_tokens: bool = False) -> dict:

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints-cpu.txt
 
-.PHONY: install demo test clean install-vllm test-vllm install-tf4 test-tf4
+.PHONY: install demo test clean install-vllm test-vllm install-tf4 test-tf4 test-wheel
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,8 @@ install-tf4: $(TF4_BIN)/.installed
 
 test-tf4: install install-tf4
 	ROPESEARCH_PYTHON=$(BIN)/python $(TF4_BIN)/python -m pytest -q -p no:cacheprovider tests_tf4
+
+# The wheel lane: the built wheel in a fresh venv outside the source tree runs a shipped plan, search,
+# lm-eval, ruler and report (everything the package reads at run time must be in the wheel).
+test-wheel:
+	PYTHON=$(PYTHON) sh .ci/wheel_lane.sh

@@ -40,7 +40,8 @@ def folder(kind: Kind) -> Traversable:
     """The folder of shipped files of this kind.
 
     A checkout's own folder wins where the code runs from a checkout (PYTHONPATH or an editable
-    install): another install's mapping of the package must not serve a different copy.
+    install): another install's mapping of the package must not serve a different copy, and
+    setuptools' editable finder does not import these folders (they have no __init__.py).
     """
     checkout = _CODE_ROOT / kind.checkout
     if (_CODE_ROOT / "pyproject.toml").is_file() and checkout.is_dir():

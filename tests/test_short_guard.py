@@ -66,8 +66,8 @@ def test_unguarded_search_is_worse_at_the_original_window(pocket, tmp_path):
 def test_the_guard_keeps_held_out_documents_within_its_tolerance(pocket):
     """The demo's setting (two 2048-token search windows): the cap is measured on every 256-token
     window of them, within a margin of the tolerance, and the documents the evaluate stage holds out
-    stay within the tolerance at it: their starts (what the demo's table scores) and text from
-    their whole length."""
+    stay within the tolerance at it: their starts (what the demo's table scores) and every 256
+    tokens of their first 2048."""
     model, tokenizer = pocket
     base = rope_base(model.config)
     windows = search_windows(tokenizer, "builtin", 2048, 2, 0, False)

@@ -186,6 +186,8 @@ def _rope_warnings(extra: dict) -> list[str]:
 
     logger, handler = logging.getLogger("transformers.modeling_rope_utils"), Collect()
     logger.addHandler(handler)
+    level = transformers.logging.get_verbosity()  # loading a model elsewhere sets it to errors only
+    transformers.logging.set_verbosity_warning()
     try:
         params = {"rope_type": "longrope", "rope_theta": 1e4, "long_factor": [2.0] * 32, "short_factor": [1.0] * 32,
                   "original_max_position_embeddings": 256, "factor": 8.0, "attention_factor": 1.1, **extra}
@@ -193,6 +195,7 @@ def _rope_warnings(extra: dict) -> list[str]:
                                  num_attention_heads=4)
     finally:
         logger.removeHandler(handler)
+        transformers.logging.set_verbosity(level)
     return messages
 
 

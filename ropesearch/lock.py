@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
+from ropesearch.own_files import open_own
 
 LOCK_NAME = ".lock"
 _held: dict[str, list] = {}  # real path of the folder -> [fd, count]
@@ -30,8 +31,18 @@ class DirectoryLock:
         if key in _held:
             _held[key][1] += 1
         else:
-            path = self.folder / LOCK_NAME
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._locked_fd(self.folder / LOCK_NAME)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _held[key] = [fd, 1]
+        self.held = True
+        return self
+
+    def _locked_fd(self, path: Path) -> int:
+        """A descriptor of PATH holding the lock. Never through a link (`open_own`); and the file locked
+        is the one at PATH now (a lock file removed and made again meanwhile is locked anew)."""
+        for _ in range(10):
+            fd = open_own(path, os.O_RDWR | os.O_CREAT, "a ropesearch lock file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -39,11 +50,15 @@ class DirectoryLock:
                 os.close(fd)
                 raise RopesearchError(f"{self.folder} is in use by another ropesearch process (pid {owner}): "
                                       "wait for it to finish, or use another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            _held[key] = [fd, 1]
-        self.held = True
-        return self
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and current.st_ino == os.fstat(fd).st_ino:
+                return fd
+            os.close(fd)
+        raise RopesearchError(f"{self.folder} is in use by another ropesearch process: wait for it to finish, "
+                              "or use another --out")
 
     def release(self) -> None:
         if not self.held:
@@ -63,3 +78,22 @@ class DirectoryLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def held_elsewhere(lock_file: str | Path) -> str | None:
+    """The pid (or "unknown") of another process holding the lock LOCK_FILE, or None when it is free
+    (or is not a lock file: a link, a missing or special file)."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.path.realpath(Path(lock_file).parent) in _held:
+            return None  # this process holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)

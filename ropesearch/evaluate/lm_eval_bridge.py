@@ -19,13 +19,14 @@ from ropesearch import resources
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
+from ropesearch.export.factor_file import atomic_write_text
 from ropesearch.rope import RopeFactors, patch_rope
 
 OFFLINE_TASKS = ("ropesearch_passkey", "ropesearch_ppl")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
@@ -94,7 +95,7 @@ def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: 
             rows = _round_robin(grid)
         data_file = _write_jsonl(workdir / f"{task}.jsonl", rows)
         template = resources.file(resources.LM_EVAL_TASKS, f"{task}.yaml").read_text(encoding="utf-8")
-        (workdir / f"{task}.yaml").write_text(template.replace("__DATA_FILE__", str(data_file)))
+        atomic_write_text(workdir / f"{task}.yaml", template.replace("__DATA_FILE__", str(data_file)))
     return workdir
 
 

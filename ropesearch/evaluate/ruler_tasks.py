@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ropesearch import resources
 from ropesearch.evaluate.ruler import TASKS, RulerSuite, check_lengths, score
+from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text
 
 GROUP = "ropesearch_ruler"
 # lm-eval's own RULER: the group and its tasks (they download their data when built)
@@ -62,18 +63,18 @@ def write_ruler_tasks(workdir: Path, tokenizer, names: Sequence[str], lengths: S
                              "length": length, "lengths": list(lengths), "index": index})
         name = f"{GROUP}_{task}"
         data_file = workdir / f"{name}.jsonl"
-        data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(data_file, "".join(json.dumps(row) + "\n" for row in rows))
         budget = min(TASKS[task].max_new_tokens, max_new_tokens or TASKS[task].max_new_tokens)
-        (workdir / f"{name}.yaml").write_text(
-            template.replace("__TASK__", name).replace("__DATA_FILE__", str(data_file))
+        atomic_write_text(
+            workdir / f"{name}.yaml", template.replace("__TASK__", name).replace("__DATA_FILE__", str(data_file))
             .replace("__MAX_NEW_TOKENS__", str(budget)).replace("__METRICS__\n", metrics))
         written.append(name)
     if GROUP in names:
         group = [f"group: {GROUP}", "task:"] + [f"  - {n}" for n in written] + ["aggregate_metric_list:"]
         group += [f'  - metric: "{n}"\n    weight_by_size: false' for n in lengths]
-        (workdir / f"{GROUP}.yaml").write_text("\n".join(group + ["metadata:", "  version: 1.0"]) + "\n")
+        atomic_write_text(workdir / f"{GROUP}.yaml", "\n".join(group + ["metadata:", "  version: 1.0"]) + "\n")
     utils = resources.file(resources.LM_EVAL_TASKS, "ropesearch_ruler_utils.py")
-    (workdir / "ropesearch_ruler_utils.py").write_bytes(utils.read_bytes())
+    atomic_write_bytes(workdir / "ropesearch_ruler_utils.py", utils.read_bytes())
     return written
 
 
@@ -103,6 +104,13 @@ def scores_by_length(results: dict) -> dict[str, dict[str, float]]:
 
 def lm_eval_metadata(tokenizer, workdir: Path, lengths: Sequence[int]) -> dict:
     """What lm-eval's own RULER tasks need to build their data: the lengths and a tokenizer by path."""
+    import os
+    import tempfile
+
     folder = workdir / "tokenizer"
-    tokenizer.save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=".tokenizer.") as staging:
+        tokenizer.save_pretrained(staging)  # then renamed into place: a planted link is replaced, never written through
+        for item in sorted(Path(staging).iterdir()):
+            os.replace(item, folder / item.name)
     return {"max_seq_lengths": list(lengths), "tokenizer": str(folder), "pretrained": str(folder)}

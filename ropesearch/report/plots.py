@@ -57,8 +57,14 @@ def spoken(label: str) -> str:
 
 
 def _save(figure, path: Path) -> Path:
+    import io
+
+    from ropesearch.export.factor_file import atomic_write_bytes
+
     figure.tight_layout()
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format=Path(path).suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, image.getvalue())  # never through a link planted at PATH
     plt.close(figure)
     return path
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,12 +26,16 @@ import numpy as np
 from ropesearch.errors import RopesearchError
 from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, save_factors
 from ropesearch.lock import LOCK_NAME, DirectoryLock
+from ropesearch.own_files import append_own, refuse_links
 from ropesearch.validate import writable_folder
 
 CHECKPOINT_FORMAT = "ropesearch/checkpoint@1"
 NEW_RUN = "start a new run with another --out (this one's best.json and history.jsonl stay readable)"
 
 # what each fingerprint entry is, for the message that names a changed input
+# the files of a run, for the message that names one that is a link
+RUN_FILES = {"config.json": "the config", "history.jsonl": "the history", "checkpoint.json": "the checkpoint",
+             "best.json": "the best factors", "progress.json": "the progress record"}
 INPUT_NAMES = {"model": "the model weights", "tokenizer": "the tokenizer", "data": "the search windows (data)",
                "space": "the search space", "seed": "the seed"}
 
@@ -71,6 +74,8 @@ class RunDir:
             writable_folder(self.path)
             self.lock.acquire()
             try:
+                refuse_links(self.path, RUN_FILES | {p.name: "the search state" for p in
+                                                     self.path.glob("checkpoint-g*.npz")})
                 self._saved = self._read_checkpoint()
             except BaseException:
                 self.lock.release()
@@ -123,7 +128,7 @@ class RunDir:
         self.prepare(resume)
         if not resume:
             atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
-            self.history_file.touch()
+            append_own(self.history_file, b"", "the history")
             return None
         try:
             saved = json.loads(self.config_file.read_text())
@@ -220,11 +225,7 @@ class RunDir:
             return sum(1 for _ in handle)
 
     def append_history(self, records: list[dict]) -> None:
-        with open(self.history_file, "a") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_own(self.history_file, "".join(json.dumps(record) + "\n" for record in records).encode(), "the history")
 
     def save_progress(self, progress: list[dict]) -> None:
         """Best-so-far per generation (evaluations, seconds), readable without the checkpoint."""

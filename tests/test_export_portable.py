@@ -33,5 +33,5 @@ def test_moved_export_loads_with_the_factors_and_describes_itself(tmp_path):
     card = (folder / "README.md").read_text()
     assert "256 -> 1024" in card and "ppl@1024" in card and "vllm serve" in card and "4.51.0" in card
     serve = (folder / "serve.sh").read_text()
-    assert str(tmp_path) not in serve and '"$(dirname "$0")"' in serve
+    assert str(tmp_path) not in serve and 'dirname -- "$0"' in serve and 'vllm serve "$here"' in serve
     assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"

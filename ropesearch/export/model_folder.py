@@ -4,56 +4,42 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export.csv_factors import write_factor_csv
-from ropesearch.export.factor_file import atomic_write_text, check_fits, save_factors
-from ropesearch.export.portable import (add_legacy_rope_keys, model_card, place_file, portable_tokenizer_config,
-                                        serve_script)
+from ropesearch.export.factor_file import atomic_write_text, check_fits, current_umask, save_factors
+from ropesearch.export.out_folder import export_folder
+from ropesearch.export.portable import (add_legacy_rope_keys, model_card, model_files, place_file,
+                                        portable_tokenizer_config, serve_script)
 from ropesearch.export.transformers_config import apply_to_config, partial_rotary_factor, rope_parameters
 from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
 from ropesearch.rope.factors import RopeFactors
-from ropesearch.validate import check_output
 
 FORMATS = ("hf", "vllm", "csv")
 
 
-MARKER = ".ropesearch-export"  # written first into every export folder: --overwrite may replace only these
-
-
-def _prepare_out(out: Path, overwrite: bool, protect: dict | None = None) -> None:
-    """An empty output folder. --overwrite removes an existing one only if an export made it and
-    it holds no input of this export: never a model, a run directory or anything else."""
-    check_output(out, protect or {})
-    if out.exists() and not out.is_dir():
-        raise RopesearchError(f"--out {out} is a file, not a folder: choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RopesearchError(f"output folder {out} is not empty: choose another or pass --overwrite")
-        if not (out / MARKER).is_file():
-            raise RopesearchError(f"--overwrite replaces only folders that `ropesearch export` wrote, and {out} "
-                                  f"was not (no {MARKER} in it): remove it yourself, or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by ropesearch export; --overwrite may replace this folder\n")
-
-
-def _local_folder(ref: ModelRef) -> Path | None:
-    """The folder holding a non-GGUF model's files, downloading a hub id into the HF cache if needed."""
+def _local_folder(ref: ModelRef) -> tuple[Path, Path] | None:
+    """The folder holding a non-GGUF model's files (a hub id is downloaded into the HF cache if needed),
+    and the folder its links may point into: itself, or for a hub cache snapshot its repository folder."""
     if ref.gguf_file:
         return None
     path = Path(ref.path)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(ref.path))
-    except Exception as exc:  # the hub client raises many kinds; all mean "not reachable"
-        raise RopesearchError(f"could not fetch {ref.path!r} from the Hugging Face hub: {exc}") from None
+        try:
+            path = Path(snapshot_download(ref.path))
+        except Exception as exc:  # the hub client raises many kinds; all mean "not reachable"
+            raise RopesearchError(f"could not fetch {ref.path!r} from the Hugging Face hub: {exc}") from None
+    in_hub_cache = path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--")
+    return path, path.parent.parent if in_hub_cache else path
+
+
+def _left_out(name: str) -> bool:
+    """Whether a top-level file of the source model folder is left out of the export."""
+    # config.json is rewritten; the source's card describes another model, ours replaces it
+    return name in ("config.json", "README.md") or name.startswith(".")
 
 
 def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool = False, overwrite: bool = False,
@@ -64,31 +50,34 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
 
     Weights and tokenizer of a model folder are hard-linked (copied where that fails, or with
     copy=True / link="copy"; link="symlink" ties the folder to the source); a GGUF model is
-    de-quantised and saved as safetensors with its tokenizer.
+    de-quantised and saved as safetensors with its tokenizer. Only the model's regular files are
+    carried over: a link out of the model folder is refused (`model_files`). The folder is built
+    aside and swapped in whole (`export_folder`).
     """
     out = Path(out)
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     apply_to_config(config, factors, allow_start_tokens)
-    _prepare_out(out, overwrite, protect)
-    source = _local_folder(ref)
-    if source is None:
-        save_model_folder(load_model(ref, dtype=None, device="cpu"), load_tokenizer(ref), config, out)
-    else:
-        for item in sorted(source.iterdir()):
-            if item.name == "config.json" or item.name.startswith("."):
-                continue
-            if item.name == "README.md":
-                continue  # the source's card describes another model; ours replaces it
-            place_file(item, out / item.name, "copy" if copy else link)
-        config.save_pretrained(out)
-    add_legacy_rope_keys(out)
-    portable_tokenizer_config(out)
-    provenance = dict(provenance or {})
-    save_factors(factors, out / "ropesearch_factors.json", provenance=provenance)
-    atomic_write_text(out / "README.md", model_card(factors, ref.spec, provenance, factor_file))
-    atomic_write_text(out / "serve.sh", serve_script(factors.target_context))
-    (out / "serve.sh").chmod(0o755)
+    with export_folder(out, overwrite, protect) as staging:
+        source = _local_folder(ref)
+        if source is None:
+            try:
+                save_model_folder(load_model(ref, dtype=None, device="cpu"), load_tokenizer(ref), config, staging)
+            except Exception as exc:  # safetensors' own error type for a failed write (a full disk)
+                if type(exc).__name__ != "SafetensorError":
+                    raise
+                raise OSError(None, str(exc), str(staging / "model.safetensors")) from None
+        else:
+            for relative, item in model_files(*source, skip=_left_out):
+                place_file(item, staging / relative, "copy" if copy else link)
+            config.save_pretrained(staging)
+        add_legacy_rope_keys(staging)
+        portable_tokenizer_config(staging)
+        provenance = dict(provenance or {})
+        save_factors(factors, staging / "ropesearch_factors.json", provenance=provenance)
+        atomic_write_text(staging / "README.md", model_card(factors, ref.spec, provenance, factor_file))
+        atomic_write_text(staging / "serve.sh", serve_script(factors.target_context))
+        (staging / "serve.sh").chmod(0o777 & ~current_umask())
     return out
 
 
@@ -120,27 +109,21 @@ def export_vllm(factors: RopeFactors, ref: ModelRef, out: str | Path, overwrite:
     config = load_config(ref)
     check_fits(factors, rope_base(config))
     overrides = vllm_overrides(factors, partial_rotary_factor(config), allow_start_tokens)
-    _prepare_out(out, overwrite, protect)
-    atomic_write_text(out / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
-    model_arg = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
-    if Path(model_arg).exists():  # a local model: where it is from serve.sh's folder, never an absolute path
-        model_arg = "$here/" + os.path.relpath(Path(model_arg).resolve(), out.resolve())
-    hf_overrides = shlex.quote(json.dumps(overrides["hf_overrides"]))
-    atomic_write_text(
-        out / "serve.sh",
-        "#!/bin/sh\n# vLLM uses long_factor at every length once max_model_len exceeds the original window.\n"
-        "# Set MODEL to serve a model from elsewhere (default: where it was when this was exported).\n"
-        'here="$(cd "$(dirname "$0")" && pwd)"\n'
-        f'exec vllm serve "${{MODEL:-{model_arg}}}" --max-model-len {factors.target_context} '
-        f"--hf-overrides {hf_overrides} \"$@\"\n",
-    )
-    (out / "serve.sh").chmod(0o755)
+    model = str(Path(ref.path) / ref.gguf_file) if ref.gguf_file else ref.path
+    local = Path(model).exists()
+    if local:  # a local model: where it is from serve.sh's folder, never an absolute path
+        model = os.path.relpath(Path(model).resolve(), out.resolve())
+    with export_folder(out, overwrite, protect) as staging:
+        atomic_write_text(staging / "vllm_overrides.json", json.dumps(overrides, indent=2) + "\n")
+        atomic_write_text(staging / "serve.sh", serve_script(factors.target_context, model, from_here=local,
+                                                             hf_overrides=overrides["hf_overrides"]))
+        (staging / "serve.sh").chmod(0o777 & ~current_umask())
     return out
 
 
 def export_csv(factors: RopeFactors, out: str | Path, overwrite: bool = False, protect: dict | None = None) -> Path:
     out = Path(out)
-    _prepare_out(out, overwrite, protect)
-    write_factor_csv(factors.long_factor, out / "long_factor.csv")
-    write_factor_csv(factors.short_factor, out / "short_factor.csv")
+    with export_folder(out, overwrite, protect) as staging:
+        write_factor_csv(factors.long_factor, staging / "long_factor.csv")
+        write_factor_csv(factors.short_factor, staging / "short_factor.csv")
     return out

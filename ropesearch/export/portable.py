@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -58,28 +59,64 @@ def portable_tokenizer_config(folder: Path) -> None:
         atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def model_files(folder: Path, root: Path | None = None, skip=lambda name: False) -> list[tuple[str, Path]]:
+    """The files of model folder FOLDER that an export carries over, as (path inside it, file to place):
+    regular files only, top-level names for which SKIP is true left out. A link to a file inside ROOT
+    (the folder itself; for a hub cache snapshot, its repository folder, whose blobs the snapshot links
+    to) stands for that file; any other link (to a folder, out of ROOT, dangling) and any special file
+    is refused: an export never follows a link out of the model."""
+    root = (root or folder).resolve()
+    found: list[tuple[str, Path]] = []
+
+    def refuse(relative: str, problem: str) -> RopesearchError:
+        return RopesearchError(f"model folder {folder}: {relative} {problem}: an export copies only the model's own "
+                               "regular files and never follows a link out of it; put the file itself there (or "
+                               "remove it) and export again")
+
+    def visit(directory: Path, prefix: str) -> None:
+        for item in sorted(directory.iterdir()):
+            relative = prefix + item.name
+            if not prefix and skip(item.name):
+                continue
+            if item.is_symlink():
+                real = item.resolve()
+                if not real.exists():
+                    raise refuse(relative, f"is a symbolic link to {real}, which does not exist")
+                if real.is_dir():
+                    raise refuse(relative, f"is a symbolic link to the folder {real}")
+                if root not in real.parents or not real.is_file():
+                    raise refuse(relative, f"is a symbolic link to {real}, outside the model folder")
+                found.append((relative, real))
+            elif item.is_dir():
+                visit(item, relative + "/")
+            elif item.is_file():
+                found.append((relative, item))
+            else:
+                raise refuse(relative, "is not a regular file (a FIFO, socket or device)")
+
+    visit(folder, "")
+    return found
+
+
 def place_file(source: Path, target: Path, mode: str) -> None:
-    """Put SOURCE at TARGET: a hard link (a copy where the file system cannot link), a copy, or a symlink."""
+    """Put the regular file SOURCE at TARGET: a hard link (a copy where the file system cannot link),
+    a copy, or a symlink. A failed copy (a full disk) is an OSError naming TARGET, not SOURCE."""
     if mode not in LINK_MODES:
         raise RopesearchError(f"link mode {mode!r} is not one of {', '.join(LINK_MODES)}")
-    if source.is_dir():
-        if mode == "symlink":
-            os.symlink(source.resolve(), target)
-            return
-        target.mkdir()
-        for item in sorted(source.iterdir()):
-            place_file(item, target / item.name, mode)
-        return
+    target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "symlink":
         os.symlink(source.resolve(), target)
         return
     if mode == "hardlink":
         try:
-            os.link(source.resolve(), target)
+            os.link(source, target)
             return
         except OSError:  # another file system, or links not allowed: copy instead
             pass
-    shutil.copy2(source, target)
+    try:
+        shutil.copy2(source, target, follow_symlinks=False)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
 
 
 def original_window_caveat(factors: RopeFactors, provenance: dict | None = None) -> str | None:
@@ -155,8 +192,28 @@ def model_card(factors: RopeFactors, model_spec: str, provenance: dict, factor_f
     return "\n".join(lines)
 
 
-def serve_script(target_context: int) -> str:
-    """serve.sh for an exported folder: serves the folder it sits in, wherever it was moved."""
-    return ("#!/bin/sh\n# Serve this folder with vLLM (long_factor at every length once max-model-len exceeds "
-            "the original window).\n"
-            f"exec vllm serve \"$(dirname \"$0\")\" --max-model-len {target_context} \"$@\"\n")
+# sh lines that set $here to the folder the script is in, whatever its name holds (spaces, quotes,
+# $, backticks, newlines): no path is ever part of the script's code. `&& echo .` then `%??` keeps
+# the trailing newlines a command substitution drops; CDPATH= stops cd from printing a path.
+_HERE = ('dir=$(dirname -- "$0" && echo .) || exit 1\n'
+         'here=$(CDPATH= cd -- "${dir%??}" && pwd && echo .) || exit 1\n'
+         'here=${here%??}\n')
+
+
+def serve_script(target_context: int, model: str | None = None, from_here: bool = True,
+                 hf_overrides: dict | None = None) -> str:
+    """serve.sh for an exported folder: serves the folder it sits in, wherever it was moved; or MODEL
+    (a path relative to that folder when FROM_HERE, else a hub id), unless $MODEL names another, with
+    vLLM's --hf-overrides. Every path and value is one shell-quoted word: none is ever run as code."""
+    lines = ["#!/bin/sh"]
+    if model is None:
+        lines += ["# Serve this folder with vLLM (long_factor at every length once max-model-len exceeds the original "
+                  "window).", _HERE.rstrip("\n"), f'exec vllm serve "$here" --max-model-len {int(target_context)} "$@"']
+    else:
+        quoted = f'"$here"/{shlex.quote(model)}' if from_here else shlex.quote(model)
+        overrides = f" --hf-overrides {shlex.quote(json.dumps(hf_overrides))}" if hf_overrides else ""
+        lines += ["# vLLM uses long_factor at every length once max_model_len exceeds the original window.",
+                  "# Set MODEL to serve a model from elsewhere (default: where it was when this was exported).",
+                  _HERE.rstrip("\n"), "model=${MODEL:-}", f'if [ -z "$model" ]; then model={quoted}; fi',
+                  f'exec vllm serve "$model" --max-model-len {int(target_context)}{overrides} "$@"']
+    return "\n".join(lines) + "\n"

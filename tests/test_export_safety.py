@@ -121,6 +121,9 @@ def test_overwrite_replaces_exactly_the_listed_files(factor_files, tmp_path):
     assert "older ropesearch" in one_error_line("export", factor_files["pi"], "--model", "pocket", "--out", out,
                                                 "--format", "csv", "--overwrite")
     assert (out / "long_factor.csv").is_file()
+    (tmp_path / "linked").symlink_to(out)  # a link to an export is refused, as before, never written through
+    assert "is a symbolic link" in one_error_line("export", factor_files["pi"], "--model", "pocket", "--out",
+                                                  tmp_path / "linked", "--format", "csv", "--overwrite")
 
 
 # ---- item 3: one writer at a time, nothing lost, a full disk named ---------------------------------------

@@ -15,6 +15,7 @@ refused and left untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from ropesearch.validate import check_output
 MARKER = ".ropesearch-export"  # the list of what the export in this folder wrote
 MANIFEST_FORMAT = "ropesearch/export@1"
 STAGING_PREFIX = ".ropesearch-staging-"  # an export under way (or one killed: removed by the next)
+FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def _entries(out: Path, skip: Path | None = None) -> tuple[list[str], list[Path]]:
@@ -108,11 +110,8 @@ def _remove(out: Path, entries: list[str]) -> None:
 
 
 def _shown(exc: OSError, staging: Path, out: Path) -> str:
-    """The file an OSError names, as it will be in OUT (not the staging folder)."""
-    name = Path(exc.filename) if exc.filename else None
-    if name is not None and staging in name.parents:
-        name = out / name.relative_to(staging)
-    return str(name or out)
+    """The file in the staging folder an OSError names, as it will be in OUT."""
+    return str(out / Path(exc.filename).relative_to(staging))
 
 
 @contextmanager
@@ -120,10 +119,14 @@ def export_folder(out: str | Path, overwrite: bool, protect: dict | None = None)
     """Yields the folder to write a new export into; on success it becomes OUT (see module doc)."""
     out = Path(out)
     check_output(out, protect or {})
+    if out.is_symlink():
+        raise RopesearchError(f"--out {out} is a symbolic link: an export writes only into a folder of its own, never "
+                              "through a link; give the folder itself, or another --out")
     if out.exists() and not out.is_dir():
         raise RopesearchError(f"--out {out} is a file, not a folder: choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    own_lock_file = not (out / LOCK_NAME).exists()  # else another command's (a run's): left in place
     lock = DirectoryLock(out).acquire()  # a second export into OUT stops here: "in use"
     staging = None
     try:
@@ -132,10 +135,13 @@ def export_folder(out: str | Path, overwrite: bool, protect: dict | None = None)
         staging.chmod(0o777 & ~current_umask())
         try:
             yield staging
-        except OSError as exc:  # a full disk, a file too large...: named as it would be in OUT
+        except OSError as exc:  # a full disk, a file too large...: named as it will be in OUT, not the source
+            if not (exc.filename and staging in Path(exc.filename).parents):
+                raise
+            fix = "free some space or choose another --out" if exc.errno in FULL else "choose another --out"
             raise RopesearchError(f"could not write {_shown(exc, staging, out)}: {exc.strerror or exc}; nothing of "
-                                  f"this export was kept (an earlier one in {out} is unchanged): free some space or "
-                                  "choose another --out, and export again") from None
+                                  f"this export was kept (an earlier one in {out} is unchanged): {fix}, and export "
+                                  "again") from None
         written, _ = _entries(staging)
         old, stale = _previous(out, overwrite, staging)
         _write_list(out, [*old, *written])  # a kill from here on leaves only listed entries
@@ -149,12 +155,12 @@ def export_folder(out: str | Path, overwrite: bool, protect: dict | None = None)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:  # the folder this export made, unused
-            (out / LOCK_NAME).unlink()
+            out.joinpath(LOCK_NAME).unlink()
             out.rmdir()
         raise
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-        # an exported folder carries no lock file; one who opened it meanwhile locks a new one (`DirectoryLock`)
-        (out / LOCK_NAME).unlink(missing_ok=True)
+        if own_lock_file:  # an exported folder carries no lock file; one who opened it meanwhile locks anew
+            (out / LOCK_NAME).unlink(missing_ok=True)
         lock.release()

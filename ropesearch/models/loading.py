@@ -130,7 +130,13 @@ def load_tokenizer(ref: ModelRef):
     except (OSError, ValueError) as exc:
         raise _not_found(ref, exc) from None
     if cached is not None:
-        staging = cached.with_name(f".{cached.name}.{os.getpid()}")
+        import tempfile
+
+        from ropesearch.export.factor_file import current_umask
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at
+        staging.chmod(0o777 & ~current_umask())
         tokenizer.save_pretrained(staging)
         shutil.rmtree(cached, ignore_errors=True)
         os.replace(staging, cached)

@@ -3,7 +3,8 @@
 `fcntl.flock` on `.lock`: held while the command works on the folder, released by the OS
 the moment the process ends, however it ends (kill -9 included), so a stale lock never
 needs cleaning up. Nested use in one process (a plan's search stage inside the plan's
-own run directory) counts up instead of blocking itself.
+own run directory) counts up instead of blocking itself. The lock file is opened without
+following links (`own_files.open_own`): a planted `.lock -> elsewhere` is refused, never written.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ class _Group(click.Group):
             # a bad option value is one line and exit status 1 too, with where to look for help
             where = f"ropesearch {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "ropesearch --help"
             raise click.ClickException(f"{exc.format_message().rstrip('.')} (see {where})") from None
+        except RecursionError:  # a backstop: every reader bounds the nesting it parses (validate.read_json)
+            raise click.ClickException("an input file is nested too deeply to read (JSON or YAML nested past "
+                                       "Python's recursion limit): give a file ropesearch wrote, or fix it") from None
         except OSError as exc:  # a file that cannot be read or written (permissions, a full disk...)
             target = f" {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"cannot access{target}: {exc.strerror or exc}") from None

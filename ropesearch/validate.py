@@ -347,8 +347,7 @@ def require(mapping: dict, key: str, kind, source: str, fix: str, default=_REQUI
         raise damaged(source, f"field {prefix}{key} is missing", fix)
     value = mapping[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    ok = any(isinstance(value, k) and not (isinstance(value, bool) and k in (int, float)) for k in kinds) or (
-        float in kinds and isinstance(value, int) and not isinstance(value, bool))
+    ok = _fits(value, kinds)
     if ok and finite and isinstance(value, float) and not math.isfinite(value):
         ok = False
     if not ok:
@@ -368,3 +367,75 @@ def read_text(path, what: str, fix: str = "give a text file", limit: int = MAX_F
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RopesearchError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a text file") from None
+
+
+# ---- the shape of a parsed document --------------------------------------------------------------------
+class ListOf:
+    """A schema: a list whose every item fits `item` (`nonempty`: at least one)."""
+
+    def __init__(self, item, nonempty: bool = False):
+        self.item, self.nonempty = item, nonempty
+
+
+class MapOf:
+    """A schema: a JSON object whose every value fits `value` (`nonempty`: at least one key)."""
+
+    def __init__(self, value, nonempty: bool = False):
+        self.value, self.nonempty = value, nonempty
+
+
+def _fits(value, kinds: tuple) -> bool:
+    return any(isinstance(value, k) and not (isinstance(value, bool) and k in (int, float)) for k in kinds) or (
+        float in kinds and isinstance(value, int) and not isinstance(value, bool))
+
+
+def _wanted(schema) -> str:
+    if isinstance(schema, ListOf):
+        return f"a{' non-empty' if schema.nonempty else ''} list"
+    if isinstance(schema, (MapOf, dict)):
+        return f"a{' non-empty' if isinstance(schema, MapOf) and schema.nonempty else ''} JSON object"
+    kinds = schema if isinstance(schema, tuple) else (schema,)
+    return " or ".join(_KINDS.get(type(None) if k is None else k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def conform(value, schema, source: str, fix: str, where: str = "") -> None:
+    """`value` (parsed JSON) fits `schema`, else one line (`damaged`) naming the first field that does not.
+
+    A schema is a type or a tuple of types (None for null; float takes whole numbers, int and float no
+    booleans); a dict {"key": schema, "key?": schema} for an object with those keys (more are allowed,
+    `?` marks an optional one); ListOf(schema); MapOf(schema)."""
+    shown = where or "top level"
+    if isinstance(schema, tuple) and not all(isinstance(k, type) or k is None for k in schema):
+        for option in schema:  # a union with structured options: the first that fits
+            try:
+                return conform(value, option, source, fix, where)
+            except RopesearchError:
+                continue
+        got = kind_of(value) if isinstance(value, (dict, list)) or value is None else json.dumps(value, default=str)[:40]
+        raise damaged(source, f"field {shown} must be {' or '.join(_wanted(o) for o in schema)}, got {got}", fix)
+    if isinstance(schema, dict):
+        ok = isinstance(value, dict)
+    elif isinstance(schema, ListOf):
+        ok = isinstance(value, list) and (value or not schema.nonempty)
+    elif isinstance(schema, MapOf):
+        ok = isinstance(value, dict) and (value or not schema.nonempty)
+    else:
+        ok = _fits(value, tuple(type(None) if k is None else k for k in (schema if isinstance(schema, tuple)
+                                                                         else (schema,))))
+    if not ok:
+        got = kind_of(value) if isinstance(value, (dict, list)) or value is None else json.dumps(value, default=str)[:40]
+        raise damaged(source, f"field {shown} must be {_wanted(schema)}, got {got}", fix)
+    if isinstance(schema, dict):
+        for key, inner in schema.items():
+            name = key.removesuffix("?")
+            if name not in value:
+                if key.endswith("?"):
+                    continue
+                raise damaged(source, f"field {where + '.' if where else ''}{name} is missing", fix)
+            conform(value[name], inner, source, fix, f"{where + '.' if where else ''}{name}")
+    elif isinstance(schema, ListOf):
+        for i, item in enumerate(value):
+            conform(item, schema.item, source, fix, f"{where}[{i}]")
+    elif isinstance(schema, MapOf):
+        for key, item in value.items():
+            conform(item, schema.value, source, fix, f"{where}[{json.dumps(key)}]" if where else json.dumps(key))

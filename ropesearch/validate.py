@@ -37,8 +37,11 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
-def count(minimum: int = 1) -> click.IntRange:
-    return click.IntRange(min=minimum)
+MAX_COUNT = 2**31 - 1  # counts go into numpy shapes and index arithmetic: past this, an OverflowError
+
+
+def count(minimum: int = 1, maximum: int = MAX_COUNT) -> click.IntRange:
+    return click.IntRange(min=minimum, max=maximum)
 
 
 SEED = click.IntRange(0, 2**32 - 1)
@@ -178,11 +181,8 @@ def check_model_folder(folder: str | Path) -> None:
     if not folder.is_dir():
         return
     config = folder / "config.json"
-    if config.is_file():
-        try:
-            json.loads(config.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RopesearchError(f"model folder {folder}: config.json is not valid JSON ({exc})") from None
+    if config.exists():
+        read_json(config, "model config", "fix the file, or give another --model", expect=dict)
     for weights in sorted(folder.glob("*.safetensors")):
         check_safetensors(weights)
 

@@ -154,12 +154,17 @@ def check_config_file(path: str | Path) -> dict:
 ROPE_FIELDS_NAMES = tuple(k.removesuffix("?") for k in ROPE_FIELDS)
 
 
+def _check_local_config(ref: ModelRef) -> None:
+    """A local folder's config.json, checked before transformers reads it (config, tokenizer or model)."""
+    if not ref.gguf_file and (Path(ref.path) / "config.json").exists():
+        check_config_file(Path(ref.path) / "config.json")
+
+
 def load_config(ref: ModelRef):
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
-    if not ref.gguf_file and (Path(ref.path) / "config.json").exists():
-        check_config_file(Path(ref.path) / "config.json")
+    _check_local_config(ref)
     try:
         return AutoConfig.from_pretrained(ref.path, **ref.kwargs)
     except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
@@ -177,6 +182,7 @@ def load_tokenizer(ref: ModelRef):
         cached = cache_dir() / "tokenizers" / key.hexdigest()[:16]
         if (cached / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(cached)
+    _check_local_config(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
     except (OSError, ValueError) as exc:
@@ -240,6 +246,7 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     from ropesearch.validate import check_model_folder
 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
+    _check_local_config(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as exc:

@@ -111,8 +111,8 @@ def commands(root: Path, run: Path, scratch: Path) -> dict[str, list]:
 READERS = {"config.json": ["resume", "report", "heldout"], "checkpoint.json": ["resume"],
            "checkpoint-g2.npz": ["resume"], "history.jsonl": ["resume", "report"],
            "best.json": ["report", "show", "eval", "export"], "progress.json": ["report"],
-           "plan.json": ["run", "heldout"], "search/done.json": ["run", "heldout"]}
-PLAN_FILES = ("plan.json", "search/done.json")
+           "plan.json": ["run"], "01-search/done.json": ["run", "heldout"]}
+PLAN_FILES = ("plan.json", "01-search/done.json")
 # structural damage every reader must refuse, except where a reader is meant to take it
 LENIENT = {("history.jsonl", "report", "truncate"), ("history.jsonl", "report", "empty")}
 
@@ -289,10 +289,19 @@ def test_report_names_a_damaged_file(runs, search_run, tmp_path, message):
     assert not (tmp_path / "report").exists(), "a refused report left its folder"
 
 
-def test_report_names_a_passkey_table_without_lengths(search_run, tmp_path):
-    (search_run / "passkey.json").write_text(json.dumps({"passkey": {"none": {"depths": [0.5], "accuracy": {}}}}))
-    line = assert_refused(["report", search_run])
-    assert "passkey.json is damaged (field passkey[\"none\"].lengths is missing)" in line, line
+@pytest.mark.parametrize("content, message", [
+    ({"passkey": {"none": {"depths": [0.5], "accuracy": {}}}}, 'field passkey["none"].lengths is missing'),
+    ({"passkey": {"none": {"lengths": [256], "depths": [0.5], "accuracy": {}}}}, "has no entry '256@0.5'"),
+    ({"ppl": {"yarn": {"256": "20.1"}}, "lengths": [256]}, 'field ppl["yarn"]["256"] must be a number or null'),
+    ({"ppl": {"yarn": {}}, "lengths": [256]}, "has no value at length 256"),
+    ({"lm_eval": {"yarn": {"results": []}}}, 'field lm_eval["yarn"].results must be a JSON object'),
+    ("[" * 5000 + "]" * 5000, "nested deeper than 64 levels")])
+def test_report_leaves_out_a_damaged_results_table_and_says_why(search_run, tmp_path, content, message):
+    """As for RULER tables: a folder may hold other JSON files, so a damaged table is named in the report."""
+    (search_run / "table.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    assert assert_refused(["report", search_run], code_ok=(0,)) == ""
+    report = (search_run / "report" / "report.md").read_text()
+    assert "Results table.json: left out" in report and message in report, report[-600:]
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -420,3 +429,21 @@ BIG = str(10**30)
 ])
 def test_numeric_extremes_are_one_line(args):
     assert assert_refused(args)
+
+
+@pytest.mark.parametrize("kind, message", [("fifo in folder", "is not a regular file"),
+                                           ("device", "is not a regular file"),
+                                           ("deep jsonl", "line 1 is damaged (JSON nested deeper than 64 levels)")])
+def test_data_that_would_hang_or_recurse_is_one_line(tmp_path, kind, message):
+    if kind == "fifo in folder":
+        (tmp_path / "docs").mkdir()
+        (tmp_path / "docs" / "a.txt").write_text("some words " * 100)
+        os.mkfifo(tmp_path / "docs" / "b.txt")
+        data = tmp_path / "docs"
+    elif kind == "device":
+        data = "/dev/zero"
+    else:
+        data = tmp_path / "deep.jsonl"
+        data.write_text('{"text": ' + "[" * 3000 + "]" * 3000 + "}\n")
+    line = assert_refused(["eval", "--model", "pocket", "--data", data, "--lengths", 256, "--method", "none"])
+    assert message in line, line

@@ -220,7 +220,11 @@ def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
     for path in sorted(folder.glob("*.json")):
         if path.name in NOT_TABLES:
             continue
-        table = sources.table(path)
+        try:
+            table = sources.table(path)
+        except RopesearchError as error:  # as for RULER: that table is left out, said so, and the report goes on
+            lines += [f"Results {path.name}: left out, {error}", ""]
+            continue
         if isinstance(table, dict) and isinstance(table.get("passkey"), dict) and table["passkey"]:
             lines += _passkey_lines(path, table["passkey"], out, tag)
             continue

@@ -65,7 +65,8 @@ def finetune_history(path: Path) -> list[dict]:
 
 def table(path: Path) -> dict | None:
     """A results file (passkey, RULER, lm-eval, perplexity) checked for what its section reads; None for
-    JSON files of other kinds (stage records, plans)."""
+    JSON files of other kinds. The report leaves a damaged one out and says why (a folder may hold other
+    tools' JSON files beside ours)."""
     document = read_json(path, "results file", FIX)
     if not isinstance(document, dict):
         return None

@@ -52,6 +52,9 @@ class _Group(click.Group):
             # a bad option value is one line and exit status 1 too, with where to look for help
             where = f"ropesearch {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "ropesearch --help"
             raise click.ClickException(f"{exc.format_message().rstrip('.')} (see {where})") from None
+        except RecursionError:  # a backstop: every reader bounds the nesting it parses (validate.read_json)
+            raise click.ClickException("an input file is nested too deeply to read (JSON or YAML nested past "
+                                       "Python's recursion limit): give a file ropesearch wrote, or fix it") from None
         except OSError as exc:  # a file that cannot be read or written (permissions, a full disk...)
             target = f" {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"cannot access{target}: {exc.strerror or exc}") from None
@@ -226,14 +229,14 @@ BACKEND_OPTION = click.option(
 def _worker_options(function):
     """--workers / --ray-address / --gpus-per-worker / --task-timeout: score on Ray workers (pip install 'ropesearch[ray]')."""
     options = [
-        click.option("--workers", type=int,
+        click.option("--workers", type=count(1, 100_000),
                      help="Score on N Ray workers, each holding the model (default with --ray-address: every GPU "
                      "/ --gpus-per-worker; without these flags: this process, no Ray)."),
         click.option("--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start "
                      "a local Ray instance)."),
-        click.option("--gpus-per-worker", type=int,
+        click.option("--gpus-per-worker", type=count(0, 1024),
                      help="GPUs per worker, for a model that does not fit one (default 1; 0: CPU workers)."),
-        click.option("--task-timeout", type=float,
+        click.option("--task-timeout", type=FiniteFloat(min=0, min_open=True),
                      help="Seconds before a worker's task counts as hung (default: 10x the slowest task, >= 600)."),
     ]
     for option in reversed(options):

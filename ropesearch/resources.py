@@ -82,15 +82,44 @@ def load_yaml(spec: str | Path, kind: Kind) -> tuple[Any, str]:
         return read_yaml(path, kind.what), str(path)
     entry = folder(kind).joinpath(path.name.removesuffix(kind.suffix) + kind.suffix)
     if path.parent not in (Path("."), Path(kind.checkout)) or not entry.is_file():
+        if path.exists():  # a folder, a FIFO, a device: said so (read_text refuses each)
+            return read_yaml(path, kind.what), str(path)
         raise RopesearchError(f"{kind.what} {spec} is neither a file nor shipped "
                               f"(shipped {kind.what}s, usable by name: {', '.join(names(kind))})")
     return read_yaml(entry, kind.what), str(entry)
 
 
+MAX_YAML_BYTES = 1 << 20  # spaces and plans are a few KiB
+MAX_YAML_DEPTH = 64
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """safe_load without aliases (`*name`: each may repeat a whole subtree, so a few lines expand to
+    billions of nodes, the 'billion laughs') and without deep nesting (the composer recurses)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed: write the value out",
+                                              self.peek_event().start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def read_yaml(path: Path | Traversable, what: str) -> Any:
-    """Parsed YAML; a syntax error names the file, line and column."""
+    """Parsed YAML (plain data: no tags beyond safe_load's, no aliases); a syntax error names the file,
+    line and column."""
     try:
-        return yaml.safe_load(read_text(path, what))
+        loader = _PlainLoader(read_text(path, what, f"give a {what} file", limit=MAX_YAML_BYTES))
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import read_text, text_problem
+from ropesearch.validate import parse_json, read_bytes, read_text, text_problem
 
 # Long texts that ship with every CPython (documentation and large modules): the corpus that
 # exists on any machine with no download. Files missing from a given Python are skipped.
@@ -43,15 +42,16 @@ def builtin_documents(files: tuple[str, ...] = BUILTIN_FILES) -> list[Document]:
     return documents
 
 
+def _document_text(path: Path) -> str:
+    return read_bytes(path, "data file", "give regular .txt files").decode("utf-8", errors="replace")
+
+
 def _from_jsonl(path: Path, text_field: str) -> list[Document]:
     documents = []
     for number, line in enumerate(read_text(path, "data file").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RopesearchError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        record = parse_json(line, f"data file {path}, line {number}", "give one JSON object per line")
         text = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise RopesearchError(f"{path} line {number}: no string field {text_field!r} (use --text-field)")
@@ -84,11 +84,11 @@ def load_documents(spec: str, text_field: str = "text", split: str = "test") -> 
         files = sorted(path.glob("*.txt"))
         if not files:
             raise RopesearchError(f"data folder {spec} has no .txt files")
-        documents = [Document(f.name, f.read_text(encoding="utf-8", errors="replace")) for f in files]
+        documents = [Document(f.name, _document_text(f)) for f in files]
     elif path.is_file() and path.suffix == ".jsonl":
         documents = _from_jsonl(path, text_field)
-    elif path.is_file():
-        documents = [Document(path.name, path.read_text(encoding="utf-8", errors="replace"))]
+    elif path.is_file() or path.exists():  # a FIFO or a device: read_bytes refuses it, without waiting on it
+        documents = [Document(path.name, _document_text(path))]
     elif spec.startswith((".", "/", "~")) or path.suffix in (".txt", ".jsonl"):
         raise RopesearchError(f"data {spec} does not exist (give a folder of .txt files, a .jsonl file, or builtin)")
     else:

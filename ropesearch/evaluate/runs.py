@@ -91,14 +91,17 @@ def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 
 def searched_documents(run_dir: str | Path) -> list[str]:
     """The documents a run used: a search run's windows (packed ones with all their parts), or
     for a plan's run directory every document its search and fine-tuning stages read."""
-    from ropesearch.validate import read_json
+    from ropesearch.validate import ListOf, conform, read_json
 
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").is_file():
         used = set()
         for done in sorted(run_dir.glob("*/done.json")):
-            record = read_json(done, "stage record", "give another --heldout-of, or rerun that stage with run --resume")
-            outputs = record.get("outputs", {}) if isinstance(record, dict) else {}
+            fix = "give another --heldout-of, or rerun that stage with run --resume"
+            record = read_json(done, "stage record", fix, expect=dict)
+            conform(record, {"outputs?": {"search_dir?": (str, None), "documents?": ListOf(str)}},
+                    f"stage record {done}", fix)
+            outputs = record.get("outputs", {})
             if outputs.get("search_dir"):
                 # the stage's own folder: the recorded path is relative to where the plan ran
                 used.update(searched_documents(done.parent / Path(outputs["search_dir"]).name))
@@ -107,10 +110,12 @@ def searched_documents(run_dir: str | Path) -> list[str]:
     config = run_dir / "config.json"
     if not config.is_file():
         raise RopesearchError(f"{run_dir} is not a search run or plan run directory (no config.json or plan.json)")
-    saved = read_json(config, "search config", "give another --heldout-of, or restore the file")
-    windows = saved.get("windows") if isinstance(saved, dict) else None
+    fix = "give another --heldout-of, or restore the file"
+    saved = read_json(config, "search config", fix, expect=dict)
+    windows = saved.get("windows")
     if not isinstance(windows, list) or not all(isinstance(w, str) for w in windows):
         raise RopesearchError(f"{config} names no searched windows (field windows): not a search run's config")
+    conform(saved, {"window_parts?": ListOf(ListOf({"document": str}))}, f"search config {config}", fix)
     used = {document_of(name) for name in windows} if "window_parts" not in saved else set()
     for parts in saved.get("window_parts", []):
         used.update(part["document"] for part in parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -105,12 +106,68 @@ def _not_found(ref: ModelRef, exc: Exception) -> RopesearchError:
     )
 
 
+CONFIG_FIX = "fix the file, or give another --model"
+# the fields of a model config that ropesearch reads, with the JSON types they must have
+CONFIG_FIELDS = {"head_dim?": (int, None), "hidden_size?": int, "num_attention_heads?": int,
+                 "max_position_embeddings?": int, "partial_rotary_factor?": (float, None), "rope_theta?": float,
+                 "rope_parameters?": (dict, None), "rope_scaling?": (dict, None)}
+ROPE_FIELDS = {"rope_theta?": float, "rope_type?": str, "type?": str, "partial_rotary_factor?": (float, None),
+               "original_max_position_embeddings?": (int, None), "factor?": (float, None)}
+
+
+def check_config_file(path: str | Path) -> dict:
+    """A local model's config.json: a JSON object whose RoPE fields have usable types and values, checked
+    before transformers reads it (which fails on these deep inside, or not at all)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from ropesearch.validate import conform, damaged, read_json
+
+    path = Path(path)
+    config = read_json(path, "model config", CONFIG_FIX, expect=dict)
+    source = f"model config {path}"
+    conform(config, CONFIG_FIELDS, source, CONFIG_FIX)
+    for key in ("head_dim", "hidden_size", "num_attention_heads", "max_position_embeddings"):
+        if config.get(key) is not None and config[key] < 1:
+            raise damaged(source, f"field {key} must be >= 1, got {config[key]}", CONFIG_FIX)
+    known = ("default", *ROPE_INIT_FUNCTIONS)
+    for key in ("rope_parameters", "rope_scaling"):
+        params = config.get(key)
+        if not params or not any(k in params for k in ROPE_FIELDS_NAMES):
+            continue  # none, or one per layer type (said by rope_base)
+        conform(params, ROPE_FIELDS, source, CONFIG_FIX, key)
+        theta = params.get("rope_theta")
+        if theta is not None and not (math.isfinite(theta) and theta > 1):
+            raise damaged(source, f"field {key}.rope_theta must be a finite number > 1, got {theta}", CONFIG_FIX)
+        kind = params.get("rope_type", params.get("type"))
+        if kind is not None and kind not in known:
+            raise damaged(source, f"field {key}.rope_type is {kind!r}, which transformers does not know "
+                          f"(known: {', '.join(known)})", CONFIG_FIX)
+    head_dim = config.get("head_dim")
+    partial = ((config.get("rope_parameters") or {}).get("partial_rotary_factor")
+               or config.get("partial_rotary_factor") or 1.0)
+    if head_dim is not None and isinstance(partial, (int, float)) and int(head_dim * partial) % 2:
+        raise damaged(source, f"field head_dim is {head_dim}: with partial_rotary_factor {partial:g} that rotates "
+                      f"{int(head_dim * partial)} dims, and RoPE rotates pairs (an even number)", CONFIG_FIX)
+    return config
+
+
+ROPE_FIELDS_NAMES = tuple(k.removesuffix("?") for k in ROPE_FIELDS)
+
+
+def _check_local_config(ref: ModelRef) -> None:
+    """A local folder's config.json, checked before transformers reads it (config, tokenizer or model)."""
+    if not ref.gguf_file and (Path(ref.path) / "config.json").exists():
+        check_config_file(Path(ref.path) / "config.json")
+
+
 def load_config(ref: ModelRef):
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
+    _check_local_config(ref)
     try:
         return AutoConfig.from_pretrained(ref.path, **ref.kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
         raise _not_found(ref, exc) from None
 
 
@@ -125,6 +182,7 @@ def load_tokenizer(ref: ModelRef):
         cached = cache_dir() / "tokenizers" / key.hexdigest()[:16]
         if (cached / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(cached)
+    _check_local_config(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
     except (OSError, ValueError) as exc:
@@ -194,6 +252,7 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     from ropesearch.validate import check_model_folder
 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
+    _check_local_config(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as exc:
@@ -212,4 +271,9 @@ def rope_base(config, original_context: int | None = None) -> RopeBase:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
     original = original_context or params.get("original_max_position_embeddings") or config.max_position_embeddings
-    return RopeBase(rope_theta=float(params["rope_theta"]), rotary_dim=int(head_dim * partial), original_context=int(original))
+    try:
+        return RopeBase(rope_theta=float(params["rope_theta"]), rotary_dim=int(head_dim * partial),
+                        original_context=int(original))
+    except (TypeError, ValueError, RopesearchError) as exc:  # head_dim 63, rope_theta "abc"...: said with the model
+        raise RopesearchError(f"{arch}'s config has a RoPE ropesearch cannot use: {exc} (head_dim {head_dim}, "
+                              f"partial_rotary_factor {partial}, rope_theta {params['rope_theta']!r})") from None

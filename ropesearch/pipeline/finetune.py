@@ -213,12 +213,12 @@ class Finetuner:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-        from ropesearch.validate import read_json
+        from ropesearch.validate import ListOf, conform, read_json
 
         fix = f"remove {self.checkpoint_dir} to fine-tune again from step 0"
-        state = read_json(state_file, "fine-tuning checkpoint", fix)
-        if not isinstance(state, dict) or not {"config", "step"} <= set(state):
-            raise RopesearchError(f"fine-tuning checkpoint {state_file} is damaged (no step or config); {fix}")
+        state = read_json(state_file, "fine-tuning checkpoint", fix, expect=dict)
+        conform(state, {"config": dict, "step": int, "history?": ListOf(dict)}, f"fine-tuning checkpoint {state_file}",
+                fix)
         if state["config"] != json.loads(json.dumps(asdict(self.config))):  # as JSON keeps it: lists, not tuples
             raise RopesearchError(f"{self.checkpoint_dir} was written with other fine-tuning settings; "
                                   "remove it or restore the settings")

@@ -6,19 +6,22 @@ history (history.json) or perplexity tables (JSON with "ppl" and "lengths") gets
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
-from ropesearch.export import load_factors
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.export.factor_file import atomic_write_text, factors_from_dict
+from ropesearch.report import sources
 from ropesearch.report.plots import (is_baseline, plot_factors, plot_loss, plot_passkey, plot_perplexity,
                                      plot_progress, plot_relative, plot_ruler, spoken, windows_of)
 from ropesearch.rope import make_factors
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv"}
+# JSON files of a run that hold no results table: read by their own section, or not by the report at all
+NOT_TABLES = {"config.json", "best.json", "progress.json", "history.json", "checkpoint.json", "done.json",
+              "plan.json", "spent.json", "state.json"}
 
 
 def _skipped(relative: Path) -> bool:
@@ -26,23 +29,17 @@ def _skipped(relative: Path) -> bool:
     return any(part in SKIP or part.startswith(".checkpoint.") for part in relative.parts)
 
 
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
     lines = []
-    config = _json(folder / "config.json") or {}
+    config = sources.search_config(folder / "config.json")
     if config:
         lines += [f"Model `{config.get('model')}`, data `{config.get('data')}`, target {config.get('target_length')} "
                   f"tokens, objective `{config.get('objective')}`, space `{config.get('space', {}).get('name')}`, "
                   f"seed {config.get('seed')}; search windows: {', '.join(config.get('windows', []))}.", ""]
     if (folder / "best.json").is_file():
-        factors = load_factors(folder / "best.json")
-        provenance = _json(folder / "best.json")["provenance"]
+        document = sources.best_document(folder / "best.json")
+        factors, _ = factors_from_dict(document, source=f"factor file {folder / 'best.json'}")
+        provenance = document["provenance"]
         scores = provenance.get("scores", {})
         baselines = {f"{m} x{factors.scale:g}": make_factors(m, factors.base, factors.scale) for m in ("pi", "ntk", "yarn")}
         plot_factors({"found": factors, **baselines}, out / f"{tag}factors.png")
@@ -61,7 +58,7 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
             lines.append(f"| {i} | {long:.3f} | {short:.3f} | "
                          + " | ".join(f"{b.long_factor[i]:.3f}" for b in baselines.values()) + " |")
         lines.append("")
-    progress = _json(folder / "progress.json")
+    progress = sources.progress(folder / "progress.json")
     if progress:
         plot_progress(progress, out / f"{tag}progress.png", next(iter(progress[-1]["best"])), search_baselines(folder))
         last = progress[-1]
@@ -79,17 +76,15 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
 
 
 def _history(folder: Path) -> list[dict]:
-    path = folder / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sources.history(folder / "history.jsonl")[0]
 
 
 def search_baselines(folder: Path) -> dict[str, float]:
     """The baselines' scores at the target on the search windows (the search's first objective): the true
     methods best.json's provenance records, else (runs that scored none: progressive, short regime) the
     seed rows of the history (origin seed:yarn...), which are the methods as the search space encodes them."""
-    recorded = ((_json(folder / "best.json") or {}).get("provenance") or {}).get("baselines")
+    best = folder / "best.json"
+    recorded = sources.best_document(best)["provenance"].get("baselines") if best.exists() else None
     if recorded:
         return dict(recorded)
     seeds = {}
@@ -141,7 +136,7 @@ def verdict_lines(table: dict) -> list[str]:
             continue
         clauses = [f"at {n} tokens ({role}) {spoken(name)} score "
                    + comparison(values[str(n)], _ordered({b: v[str(n)] for b, v in baselines.items()}, order))
-                   for n, role, order in places]
+                   for n, role, order in places if values.get(str(n)) is not None]  # null: not measured
         if not clauses:
             continue
         sentence = "; ".join(clauses)
@@ -153,19 +148,22 @@ def _screen_lines(folder: Path) -> list[str]:
     """How well the screen ranked the candidates that were also scored in full."""
     from ropesearch.search.screening import screen_rank_correlation
 
-    rank = screen_rank_correlation(_history(folder))
+    records, partial = sources.history(folder / "history.jsonl")
+    cut = ([f"history.jsonl ends in a partial line (a process stopped while writing it, or the search is "
+            f"running): read up to it, {len(records)} records.", ""] if partial else [])
+    rank = screen_rank_correlation(records)
     if not rank["pairs"]:
-        return []
+        return cut
     if rank["spearman"] is None:
-        return [f"Screening: {rank['pairs']} candidates were scored both screened and in full (too few to rank).", ""]
-    return [f"Screening: over the {rank['pairs']} candidates scored both screened and in full, the screen's ranking "
+        return cut + [f"Screening: {rank['pairs']} candidates were scored both screened and in full (too few to rank).", ""]
+    return cut + [f"Screening: over the {rank['pairs']} candidates scored both screened and in full, the screen's ranking "
             f"agrees with the full score's with Spearman {rank['spearman']:.2f} (Kendall {rank['kendall']:.2f}); "
             "promotion keeps only the screen's best, so this is the agreement among promising candidates.", ""]
 
 
 def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:
-    history = _json(folder / "history.json")
-    if not isinstance(history, list) or not history:
+    history = sources.finetune_history(folder / "history.json")
+    if not history:
         return []
     plot_loss(history, out / f"{tag}loss.png")
     return [f"{len(history)} steps, final loss {history[-1]['loss']:.4f} at length {history[-1]['length']}, "
@@ -220,7 +218,13 @@ def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
 def _table_sections(folder: Path, out: Path, tag: str) -> list[str]:
     lines = []
     for path in sorted(folder.glob("*.json")):
-        table = _json(path)
+        if path.name in NOT_TABLES:
+            continue
+        try:
+            table = sources.table(path)
+        except RopesearchError as error:  # as for RULER: that table is left out, said so, and the report goes on
+            lines += [f"Results {path.name}: left out, {error}", ""]
+            continue
         if isinstance(table, dict) and isinstance(table.get("passkey"), dict) and table["passkey"]:
             lines += _passkey_lines(path, table["passkey"], out, tag)
             continue
@@ -254,13 +258,19 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     folders = [run_dir] + sorted(p for p in run_dir.rglob("*") if p.is_dir() and not _skipped(p.relative_to(run_dir)))
     lines = [f"# ropesearch report: {run_dir.name}", ""]
     sections = 0
-    for folder in folders:
-        relative = folder.relative_to(run_dir)
-        tag = "" if folder == run_dir else "-".join(relative.parts) + "-"
-        body = _search_section(folder, out, tag) + _finetune_section(folder, out, tag) + _table_sections(folder, out, tag)
-        if body:
-            sections += 1
-            lines += [f"## {relative}" if folder != run_dir else "## Run", ""] + body
+    try:
+        for folder in folders:
+            relative = folder.relative_to(run_dir)
+            tag = "" if folder == run_dir else "-".join(relative.parts) + "-"
+            body = (_search_section(folder, out, tag) + _finetune_section(folder, out, tag)
+                    + _table_sections(folder, out, tag))
+            if body:
+                sections += 1
+                lines += [f"## {relative}" if folder != run_dir else "## Run", ""] + body
+    except BaseException:
+        if created:  # the plots of a report that cannot be finished: the folder was made for them
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if not sections:
         if created:
             out.rmdir()  # nothing was plotted into it: leave no empty folder behind

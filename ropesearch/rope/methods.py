@@ -86,7 +86,11 @@ def yarn(
 
     def correction_dim(rotations: float) -> float:
         # the dimension whose wavelength makes `rotations` turns over the original window
-        return d * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        wavelength = original / (rotations * 2 * math.pi) if rotations > 0 else math.nan
+        if not (math.isfinite(wavelength) and wavelength > 0):  # 1e308 turns: a wavelength of 0
+            raise RopesearchError(f"YaRN beta_fast/beta_slow {rotations:g} is out of range: give a number of "
+                                  "rotations > 0 (YaRN's defaults: 32 and 1)")
+        return d * math.log(wavelength) / (2 * math.log(theta))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
     if truncate:

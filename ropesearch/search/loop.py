@@ -270,7 +270,8 @@ class Search:
 
     def _restore(self, saved: dict) -> SearchState:
         algorithm = build_algorithm(self.encoding, self.objective.n_obj, self.seed)
-        restore_algorithm(algorithm, saved["algorithm"]["meta"], saved["algorithm"]["arrays"])
+        restore_algorithm(algorithm, saved["algorithm"]["meta"], saved["algorithm"]["arrays"],
+                          source=f"cannot resume {self.run_dir.path}: its checkpoint {self.run_dir.checkpoint_file}")
         if "gpu_seconds" in saved:  # runs written before the field was named for CPU runs too
             saved = {k: v for k, v in saved.items() if k != "gpu_seconds"} | {"evaluator_seconds": saved["gpu_seconds"]}
         names = {f.name for f in fields(SearchState)} - {"algorithm"}

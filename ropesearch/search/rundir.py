@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +29,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, save_factors
 from ropesearch.lock import LOCK_NAME, DirectoryLock
 from ropesearch.own_files import append_own, refuse_links
-from ropesearch.validate import writable_folder
+from ropesearch.search.checkpoint import check_arrays, check_state
+from ropesearch.validate import damaged, read_bytes, read_json, require, writable_folder
 
 CHECKPOINT_FORMAT = "ropesearch/checkpoint@1"
 NEW_RUN = "start a new run with another --out (this one's best.json and history.jsonl stay readable)"
@@ -51,6 +54,7 @@ class RunDir:
         self._prepared: bool | None = None  # the `resume` prepare() ran with
         self._created: list[Path] = []  # folders prepare() made (removed again if the run never starts)
         self._saved: dict | None = None
+        self._saved_config: dict = {}  # config.json of the run to resume, read by prepare()
         self._cut: tuple[list[bytes], int] | None = None  # history lines read on resume, and how many to keep
 
     config_file = property(lambda self: self.path / "config.json")
@@ -76,6 +80,8 @@ class RunDir:
             try:
                 refuse_links(self.path, RUN_FILES | {p.name: "the search state" for p in
                                                      self.path.glob("checkpoint-g*.npz")})
+                self._saved_config = read_json(self.config_file, f"cannot resume {self.path}: its config", NEW_RUN,
+                                               expect=dict)
                 self._saved = self._read_checkpoint()
             except BaseException:
                 self.lock.release()
@@ -130,11 +136,10 @@ class RunDir:
             atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
             append_own(self.history_file, b"", "the history")
             return None
-        try:
-            saved = json.loads(self.config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RopesearchError(f"cannot resume {self.path}: config.json is damaged ({exc}); {NEW_RUN}") from None
-        inputs, saved_inputs = config.get("inputs") or {}, saved.get("inputs")
+        saved = self._saved_config
+        inputs = config.get("inputs") or {}
+        saved_inputs = require(saved, "inputs", (dict, type(None)), f"cannot resume {self.path}: its config "
+                               f"{self.config_file}", NEW_RUN, default=None)
         differences = [k for k in config if k not in ("resumed", "inputs") and saved.get(k) != config[k]]
         if differences:
             key = differences[0]
@@ -157,7 +162,9 @@ class RunDir:
 
     # ---- checkpoint -----------------------------------------------------------------------------
     def _history_bytes(self) -> list[bytes]:
-        return self.history_file.read_bytes().splitlines(keepends=True) if self.history_file.exists() else []
+        if not self.history_file.exists():
+            return []
+        return read_bytes(self.history_file, f"cannot resume {self.path}: its history", NEW_RUN).splitlines(keepends=True)
 
     def _read_checkpoint(self) -> dict | None:
         """The saved state, checked against the history; the history cut back to the checkpoint."""
@@ -167,27 +174,32 @@ class RunDir:
                 raise RopesearchError(
                     f"cannot resume {self.path}: its checkpoint.pkl is a pickle from an older ropesearch, which "
                     f"is never loaded (unpickling runs code its author chose); {NEW_RUN}")
+            if self.checkpoint_file.exists():  # a folder, a FIFO...: read_json names it
+                read_json(self.checkpoint_file, f"cannot resume {self.path}: its checkpoint", NEW_RUN)
             if lines:
                 raise RopesearchError(
                     f"cannot resume {self.path}: history.jsonl holds {len(lines)} records but checkpoint.json is "
                     f"missing, so the search state is lost; {NEW_RUN}")
             return None  # killed before the first generation finished: start from generation 0
-        try:
-            state = json.loads(self.checkpoint_file.read_text())
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"not a {CHECKPOINT_FORMAT} file")
-            meta = state["algorithm"]
+        source = f"cannot resume {self.path}: its checkpoint {self.checkpoint_file}"
+        state = read_json(self.checkpoint_file, f"cannot resume {self.path}: its checkpoint", NEW_RUN, expect=dict)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise damaged(source, f"not a {CHECKPOINT_FORMAT} file", NEW_RUN)
+        check_state(state, source, NEW_RUN)
+        meta = state["algorithm"]
+        arrays = {}
+        if meta["arrays"]:
             arrays_file = self.path / Path(meta["arrays"]).name
-            blob = arrays_file.read_bytes() if meta["arrays"] else b""
-            if meta["arrays"] and _sha256(blob) != meta["arrays_sha256"]:
-                raise ValueError(f"{arrays_file.name} does not match it (checksum)")
-            arrays = {}
-            if blob:
+            blob = read_bytes(arrays_file, f"cannot resume {self.path}: its checkpoint arrays", NEW_RUN)
+            if _sha256(blob) != require(meta, "arrays_sha256", str, source, NEW_RUN):
+                raise damaged(source, f"{arrays_file.name} does not match it (checksum)", NEW_RUN)
+            try:
                 with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                     arrays = {key: npz[key] for key in npz.files}
-            expected, checksum = int(state["history_lines"]), state["history_sha256"]
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise RopesearchError(f"cannot resume {self.path}: checkpoint.json is damaged ({exc}); {NEW_RUN}") from None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise damaged(source, f"{arrays_file.name} is not a numpy archive of numbers: {exc}", NEW_RUN) from None
+        check_arrays(arrays, meta["initialized"], f"{source} ({meta['arrays'] or 'no arrays'})", NEW_RUN)
+        expected, checksum = state["history_lines"], state["history_sha256"]
         complete = [line for line in lines if line.endswith(b"\n")]
         if len(complete) < expected:
             raise RopesearchError(

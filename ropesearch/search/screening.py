@@ -19,7 +19,7 @@ def screen_rank_correlation(history: Iterable[dict]) -> dict:
 
     screened, full = {}, {}
     for record in history:
-        if record.get("failed"):  # no measurement (a worker could not score it): its values are inf
+        if record.get("failed") or "genome" not in record:  # failed: no measurement, its values are inf
             continue
         key = tuple(record["genome"])
         metrics = record.get("metrics", {})

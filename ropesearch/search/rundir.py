@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path

@@ -743,7 +743,7 @@ def test_damaged_records_of_plans_finetuning_and_runs_are_one_line(tmp_path):
 def test_model_fingerprint_is_the_same_with_or_without_the_weights_loaded(tiny_model_dir):
     """A search may resume with Ray workers (this process loads only the config) or without."""
     from ropesearch.models import load_config, load_model, resolve_model
-    from ropesearch.search.session import _model_fingerprint
+    from ropesearch.search.session import _model_fingerprints
 
     ref = resolve_model(str(tiny_model_dir[0]))
-    assert _model_fingerprint(ref, load_model(ref, device="cpu")) == _model_fingerprint(ref, load_config(ref))
+    assert _model_fingerprints(ref, load_model(ref, device="cpu")) == _model_fingerprints(ref, load_config(ref))

@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = "ropesearch/checkpoint@1"
 NEW_RUN = "start a new run with another --out (this one's best.json and history.jsonl stay readable)"
 
 # what each fingerprint entry is, for the message that names a changed input
-INPUT_NAMES = {"model": "the model weights", "tokenizer": "the tokenizer", "data": "the search windows (data)",
+INPUT_NAMES = {"weights": "the model weights", "model_config": "the model config (config.json)", "tokenizer": "the tokenizer", "data": "the search windows (data)",
                "space": "the search space", "seed": "the seed"}
 
 
@@ -141,6 +141,10 @@ class RunDir:
             raise RopesearchError(f"cannot resume {self.path}: its config.json records no fingerprint of its "
                                   f"inputs (an older ropesearch wrote it); {NEW_RUN}")
         for key, value in inputs.items():
+            if key not in saved_inputs:  # e.g. a run from before whole-file weight hashes: unverifiable
+                raise RopesearchError(
+                    f"cannot resume {self.path}: its config.json records no fingerprint of {INPUT_NAMES.get(key, key)} "
+                    f"(an older ropesearch wrote it), so a change to them cannot be ruled out; {NEW_RUN}")
             if saved_inputs.get(key) != value:
                 raise RopesearchError(
                     f"cannot resume {self.path}: {INPUT_NAMES.get(key, key)} changed since the run started "

@@ -1,0 +1,156 @@
+"""Issue 35, silently wrong results: a resume notices every change to the model, a plan's records
+point only at the files its stages wrote, and typed numbers and factor files mean what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ropesearch.cli import cli
+from ropesearch.errors import RopesearchError
+
+
+def one_error_line(args) -> str:
+    """Run the CLI; assert exit 1 and a single `Error:` line (no traceback); return that line."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, f"{args}: exit {result.exit_code}\n{result.output}"
+    assert not (result.exception and not isinstance(result.exception, SystemExit)), result.exception
+    assert len(lines) == 1 and lines[0].startswith("Error: "), f"{args}:\n{result.output}"
+    return lines[0]
+
+
+# ---- item 5: the whole weights and the model config are fingerprinted -----------------------------------
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path, monkeypatch):
+    """A copy of the tiny model folder (for a test to edit), its documents, a fresh cache."""
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    return Path(shutil.copytree(model, tmp_path / "model")), docs
+
+
+def search_args(model, docs, out, *extra):
+    return ["search", "--model", model, "--data", docs, "--target-length", 256, "--out", out, "--max-evals", 4,
+            "--samples", 1, "--device", "cpu", "--no-short-guard", *extra]
+
+
+def test_a_change_between_the_old_sample_points_is_refused_on_resume(model_copy, tmp_path):
+    model, docs = model_copy
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, [str(a) for a in search_args(model, docs, run)]).exit_code == 0
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    # the fingerprint used to read 16 pieces of 64 KiB at k * size / 16: change a byte just before piece 1
+    offset = len(data) // 16 - 100
+    assert offset > 1 << 16
+    data[offset] ^= 1
+    weights.write_bytes(bytes(data))
+    line = one_error_line(search_args(model, docs, run, "--resume"))
+    assert "the model weights changed" in line and str(run) in line
+    data[offset] ^= 1
+    weights.write_bytes(bytes(data))  # the same bytes again (a new mtime): the run resumes
+    assert CliRunner().invoke(cli, [str(a) for a in search_args(model, docs, run, "--resume")]).exit_code == 0
+
+
+@pytest.mark.parametrize("field, value", [("hidden_act", "gelu"), ("rms_norm_eps", 1e-3)])
+def test_a_changed_model_config_is_refused_on_resume(model_copy, tmp_path, field, value):
+    model, docs = model_copy
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, [str(a) for a in search_args(model, docs, run)]).exit_code == 0
+    config_file = model / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config[field] != value
+    config_file.write_text(json.dumps(config | {field: value}, indent=2))
+    line = one_error_line(search_args(model, docs, run, "--resume"))
+    assert "the model config (config.json) changed" in line
+    config_file.write_text(json.dumps(config, indent=4, sort_keys=True))  # the same settings, laid out anew
+    assert CliRunner().invoke(cli, [str(a) for a in search_args(model, docs, run, "--resume")]).exit_code == 0
+
+
+def test_a_run_from_before_whole_file_hashes_is_refused(model_copy, tmp_path):
+    """Its sampled weight fingerprint cannot rule out a change: a new run is the safe answer."""
+    model, docs = model_copy
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, [str(a) for a in search_args(model, docs, run)]).exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    inputs = config["inputs"]
+    old = {"model": "0123456789abcdef"} | {k: v for k, v in inputs.items() if k not in ("weights", "model_config")}
+    (run / "config.json").write_text(json.dumps(config | {"inputs": old}))
+    line = one_error_line(search_args(model, docs, run, "--resume"))
+    assert "records no fingerprint of the model weights (an older ropesearch wrote it)" in line
+    assert "another --out" in line
+
+
+def test_the_whole_file_hash_is_cached_and_renewed_when_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from ropesearch.fingerprint import file_sha256
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 100_000)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == expected
+    cache = tmp_path / "cache" / "file-hashes.json"
+    entry = json.loads(cache.read_text())["entries"][os.path.realpath(path)]
+    assert entry["sha256"] == expected and entry["size"] == 100_000
+    # a cached entry is what answers while the file is as it was: plant a wrong hash to see it used
+    planted = json.loads(cache.read_text())
+    planted["entries"][os.path.realpath(path)]["sha256"] = "f" * 64
+    cache.write_text(json.dumps(planted))
+    assert file_sha256(path) == "f" * 64
+    # the same size, other bytes, and the old mtime put back: the inode's ctime still moved
+    stat = path.stat()
+    path.write_bytes(b"b" * 100_000)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 100_000).hexdigest()
+    for damage in ("{", "[1]", '{"format": "ropesearch/file-hashes@1", "entries": [1]}', "[" * 100_000):
+        cache.write_text(damage)  # a damaged cache is no cache, never an error
+        assert file_sha256(path) == hashlib.sha256(b"b" * 100_000).hexdigest()
+    assert json.loads(cache.read_text())["entries"][os.path.realpath(path)]["sha256"] == \
+        hashlib.sha256(b"b" * 100_000).hexdigest()
+
+
+def test_weights_in_memory_are_hashed_whole(tiny_llama):
+    import torch
+
+    from ropesearch.fingerprint import weights_fingerprint
+
+    before = weights_fingerprint(tiny_llama)
+    weight = tiny_llama.model.layers[0].mlp.up_proj.weight
+    original = weight[3, 5].item()
+    with torch.no_grad():
+        weight[3, 5] = original + 1e-3  # one value, off every stride a sample would take
+        assert weights_fingerprint(tiny_llama) != before
+        weight[3, 5] = original
+    assert weights_fingerprint(tiny_llama) == before
+    bf16 = weights_fingerprint(tiny_llama.to(torch.bfloat16))
+    assert bf16 != before and weights_fingerprint(tiny_llama) == bf16
+
+
+def test_a_run_on_a_model_in_memory_refuses_a_changed_config(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from conftest import tiny_model, tiny_tokenizer
+    from ropesearch.search import load_space
+    from ropesearch.search.session import run_search
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    space = load_space("fast")
+    space = replace(space, budget=replace(space.budget, generations=1, population=4, top_k=2))
+
+    def search(resume=False):
+        return run_search("tiny", "builtin", 256, tmp_path / "run", space=space, loaded=(model, tokenizer),
+                          log=lambda m: None, resume=resume, short_tolerance=None, samples=1)
+
+    search()
+    model.config.rms_norm_eps = 1e-2
+    with pytest.raises(RopesearchError, match="the model config .* changed"):
+        search(resume=True)

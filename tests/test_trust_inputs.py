@@ -154,3 +154,94 @@ def test_a_run_on_a_model_in_memory_refuses_a_changed_config(tmp_path, monkeypat
     model.config.rms_norm_eps = 1e-2
     with pytest.raises(RopesearchError, match="the model config .* changed"):
         search(resume=True)
+
+
+# ---- item 6: a plan's done.json points only at what its stage wrote, inside the run directory -------------
+@pytest.fixture
+def two_stage_plan(tiny_model_dir, tmp_path, monkeypatch):
+    """A search, then an evaluation that fails at first (more samples than documents): the plan
+    file, its dict, and the run directory after that first session."""
+    import yaml
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    space = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "search_spaces" / "fast.yaml"))
+    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
+    (tmp_path / "tiny-space.yaml").write_text(yaml.safe_dump(space))
+    plan = {"name": "tiny", "model": str(model), "data": {k: str(docs) for k in ("search", "finetune", "evaluate")},
+            "stages": [{"search": {"target": 256, "space": str(tmp_path / "tiny-space.yaml"), "samples": 1,
+                                   "short_tolerance": None}},
+                       {"evaluate": {"lengths": [256], "methods": [], "samples": 50, "heldout": False}}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 1 and "stage 02-evaluate failed" in result.output, result.output
+    plan["stages"][1]["evaluate"]["samples"] = 1  # fixed: the next session finishes
+    path.write_text(yaml.safe_dump(plan))
+    return path, out
+
+
+def test_done_json_records_paths_inside_the_run_with_their_sha256(two_stage_plan):
+    _, out = two_stage_plan
+    record = json.loads((out / "01-search" / "done.json").read_text())
+    assert record["outputs"]["factors"] == "01-search/search/best.json"
+    assert record["outputs"]["search_dir"] == "01-search/search"
+    import hashlib
+
+    assert record["sha256"] == {"01-search/search/best.json":
+                                hashlib.sha256((out / "01-search/search/best.json").read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("edit", ["other file", "outside", "absolute", "changed bytes"])
+def test_an_edited_stage_record_or_output_is_refused(two_stage_plan, tmp_path, edit):
+    path, out = two_stage_plan
+    done = out / "01-search" / "done.json"
+    record = json.loads(done.read_text())
+    best = out / "01-search" / "search" / "best.json"
+    other = json.loads(best.read_text())
+    other["rope"]["long_factor"] = [2.0] * len(other["rope"]["long_factor"])
+    if edit == "changed bytes":
+        best.write_text(json.dumps(other))
+    else:
+        (out / "01-search" / "other.json").write_text(json.dumps(other))
+        (tmp_path / "outside.json").write_text(json.dumps(other))
+        record["outputs"]["factors"] = {"other file": "01-search/other.json", "outside": "../outside.json",
+                                        "absolute": str(tmp_path / "outside.json")}[edit]
+        done.write_text(json.dumps(record))
+    line = one_error_line(["run", path, "--out", out, "--resume"])
+    assert "01-search" in line and "done.json" in line
+    assert ("not the file that stage wrote" in line) if edit in ("other file", "changed bytes") else \
+        ("not inside the run directory" in line)
+    assert not (out / "02-evaluate" / "done.json").exists()
+
+
+def test_a_run_directory_resumes_from_another_folder_and_as_a_copy(two_stage_plan, tmp_path, monkeypatch):
+    path, out = two_stage_plan
+    copy = Path(shutil.copytree(out, tmp_path / "elsewhere" / "copy"))
+    shutil.rmtree(out)  # the copy must read only its own files
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", "../elsewhere/copy", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "01-search: done earlier, skipped" in result.output and not out.exists()
+    table = json.loads((copy / "02-evaluate" / "perplexity.json").read_text())
+    assert "found" in table["ppl"]
+    assert json.loads((copy / "02-evaluate" / "done.json").read_text())["outputs"]["table"] == \
+        "02-evaluate/perplexity.json"
+
+
+def test_an_older_done_json_with_working_folder_paths_is_read_inside_the_run(two_stage_plan, tmp_path, monkeypatch):
+    path, out = two_stage_plan
+    done = out / "01-search" / "done.json"
+    record = json.loads(done.read_text())
+    old = {"outputs": record["outputs"] | {"factors": "runs/tiny/01-search/search/best.json",
+                                          "search_dir": "runs/tiny/01-search/search"}, "seconds": 1.0}
+    done.write_text(json.dumps(old))
+    monkeypatch.chdir(tmp_path / "cache")  # not where that run's paths point
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(done.read_text()) == record | {"seconds": 1.0}  # recorded anew, with the file's hash
+    done.write_text(json.dumps({"outputs": record["outputs"] | {"factors": "/etc/passwd"}}))
+    line = one_error_line(["run", path, "--out", out, "--resume"])
+    assert "older ropesearch" in line and "'/etc/passwd' is not in the stage's folder 01-search" in line

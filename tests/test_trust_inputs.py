@@ -245,3 +245,93 @@ def test_an_older_done_json_with_working_folder_paths_is_read_inside_the_run(two
     done.write_text(json.dumps({"outputs": record["outputs"] | {"factors": "/etc/passwd"}}))
     line = one_error_line(["run", path, "--out", out, "--resume"])
     assert "older ropesearch" in line and "'/etc/passwd' is not in the stage's folder 01-search" in line
+
+
+# ---- item 7: factor files, scales and token counts mean what they say -----------------------------------
+@pytest.fixture
+def pocket_factor_file(tmp_path):
+    from ropesearch.export.factor_file import save_factors
+    from ropesearch.models import load_config, resolve_model, rope_base
+    from ropesearch.rope import make_factors
+
+    base = rope_base(load_config(resolve_model("pocket")))
+    path = tmp_path / "f.json"
+    save_factors(make_factors("yarn", base, 4.0), path, monotone=True)
+    return path
+
+
+@pytest.mark.parametrize("where, key, hint", [
+    (("rope",), "start_token", "did you mean 'start_tokens'?"),
+    (("rope",), "colour", "known: method, rope_theta"),
+    ((), "provenace", "did you mean 'provenance'?"),
+    (("constraints",), "monotonic", "did you mean 'monotone'?"),
+])
+def test_unknown_keys_of_a_factor_file_are_refused(pocket_factor_file, where, key, hint):
+    document = json.loads(pocket_factor_file.read_text())
+    target = document
+    for part in where:
+        target = target[part]
+    target[key] = 8
+    pocket_factor_file.write_text(json.dumps(document))
+    line = one_error_line(["show", pocket_factor_file])
+    field = ".".join((*where, key))
+    assert f"field {field} is not a field" in line and hint in line and str(pocket_factor_file) in line
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("attention_factor", 70.0, "at most 16"),
+    ("target_context", 10**12, "at most 134217728 tokens"),
+    ("long_factor", "huge", "at most 65536"),
+])
+def test_factor_values_out_of_range_are_refused(pocket_factor_file, key, value, message):
+    document = json.loads(pocket_factor_file.read_text())
+    if value == "huge":
+        value = [1e300] * len(document["rope"]["long_factor"])
+    document["rope"][key] = value
+    pocket_factor_file.write_text(json.dumps(document))
+    assert message in one_error_line(["show", pocket_factor_file])
+
+
+def test_a_huge_scale_is_refused_before_anything_is_written(tmp_path):
+    from ropesearch.rope import RopeBase, make_factors
+
+    line = one_error_line(["factors", "yarn", "--model", "pocket", "--scale", "1e300", "--out", tmp_path / "f.json"])
+    assert "--scale" in line and "1024" in line and not (tmp_path / "f.json").exists()
+    with pytest.raises(RopesearchError, match="at most 1024"):
+        make_factors("yarn", RopeBase(1e4, 64, 2048), 1e300)
+    assert "1 to 1024" in CliRunner().invoke(cli, ["factors", "--help"]).output
+
+
+def test_a_model_config_with_an_absurd_trained_window_is_refused(tmp_path):
+    from ropesearch.models import load_config, resolve_model
+
+    pocket = resolve_model("pocket").path
+    folder = Path(shutil.copytree(pocket, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors")))
+    config = json.loads((folder / "config.json").read_text())
+    rope = config.get("rope_parameters") or {}
+    for value in (1e12, 2048.5, "2048"):
+        (folder / "config.json").write_text(json.dumps(config | {"rope_parameters": rope | {
+            "original_max_position_embeddings": value}}))
+        line = one_error_line(["factors", "yarn", "--model", folder, "--scale", 2])
+        assert "original_max_position_embeddings" in line and "whole number of tokens" in line
+    from ropesearch.models import rope_base
+
+    (folder / "config.json").write_text(json.dumps(config))
+    assert rope_base(load_config(resolve_model(str(folder)))).original_context == config["max_position_embeddings"]
+
+
+def test_token_counts_are_parsed_exactly_and_bounded():
+    from ropesearch.units import parse_tokens
+
+    assert parse_tokens("128k") == 131072 and parse_tokens("1M") == 1048576 and parse_tokens("65536") == 65536
+    assert parse_tokens("1.5k") == 1536 and parse_tokens("134217727") == 134217727  # exact, no float on the way
+    for text, message in (("9999999999999999", "at most 134217728"), ("1.1k", "whole number"),
+                          ("1e12", "like 2048"), ("1" + "0" * 5000, "like 2048"), (2**40, "at most")):
+        with pytest.raises(RopesearchError, match=message):
+            parse_tokens(text, "--target-length")
+    line = one_error_line(["eval", "--model", "pocket", "--lengths", "9999999999999999", "--method", "yarn"])
+    assert "--lengths" in line
+    from ropesearch.pipeline.plan import plan_from_dict
+
+    with pytest.raises(RopesearchError, match="target must be at most 134217728"):
+        plan_from_dict({"name": "x", "model": "m", "stages": [{"search": {"target": 9999999999999999}}]})

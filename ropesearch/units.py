@@ -16,7 +16,7 @@ MAX_SCALE = 1024  # the largest extension ratio (target / original window)
 _EXAMPLES = "a token count like 2048, 2k or 1M"
 
 
-def parse_tokens(value: str | int, what: str = "a token count") -> int:
+def parse_tokens(value: str | int, what: str = "a token count", bounded: bool = True) -> int:
     """`2k` -> 2048, `1M` -> 1048576, `1.5k` -> 1536, `300` -> 300, exactly (no float on the way);
     a fraction of a token, more than MAX_TOKENS or anything else is an error naming `what`."""
     if isinstance(value, bool):
@@ -32,9 +32,14 @@ def parse_tokens(value: str | int, what: str = "a token count") -> int:
         if exact.denominator != 1:
             raise RopesearchError(f"{what} must be a whole number of tokens, got {value!r} ({float(exact):g})")
         count = int(exact)
+    if bounded:
+        _check_bound(count, what, value)
+    return count
+
+
+def _check_bound(count: int, what: str, value) -> None:
     if count > MAX_TOKENS:
         raise RopesearchError(f"{what} must be at most {MAX_TOKENS} tokens (128M), got {value!r}")
-    return count
 
 
 def parse_token_list(text: str | Iterable, what: str = "--lengths") -> list[int]:
@@ -45,11 +50,12 @@ def parse_token_list(text: str | Iterable, what: str = "--lengths") -> list[int]
         raise RopesearchError(f"{what} has an empty item in {text!r} (a doubled or trailing comma): "
                               f"give {fixed or 'token counts like 16384,32k'}")
     try:
-        lengths = sorted({parse_tokens(x, what) for x in items})
+        lengths = sorted({parse_tokens(x, what, bounded=False) for x in items})
     except RopesearchError:
         raise RopesearchError(f"{what} must be comma-separated token counts like 16384,32k, got {text!r}") from None
     if not lengths or lengths[0] < 2:
         raise RopesearchError(f"{what} must be token counts >= 2, got {text!r}")
+    _check_bound(lengths[-1], what, lengths[-1])
     return lengths
 
 

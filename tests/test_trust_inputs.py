@@ -330,8 +330,36 @@ def test_token_counts_are_parsed_exactly_and_bounded():
         with pytest.raises(RopesearchError, match=message):
             parse_tokens(text, "--target-length")
     line = one_error_line(["eval", "--model", "pocket", "--lengths", "9999999999999999", "--method", "yarn"])
-    assert "--lengths" in line
+    assert "--lengths must be at most 134217728 tokens" in line
     from ropesearch.pipeline.plan import plan_from_dict
 
     with pytest.raises(RopesearchError, match="target must be at most 134217728"):
         plan_from_dict({"name": "x", "model": "m", "stages": [{"search": {"target": 9999999999999999}}]})
+
+
+def test_a_moved_run_continues_a_search_of_its_fine_tuned_model(tiny_model_dir, tmp_path, monkeypatch):
+    """The search after a fine-tuning names the model by its path inside the run directory, which
+    moved: the weights' fingerprint, not that name, says it is the same model."""
+    import yaml
+
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    space = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "search_spaces" / "fast.yaml"))
+    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
+    (tmp_path / "tiny-space.yaml").write_text(yaml.safe_dump(space))
+    search = {"space": str(tmp_path / "tiny-space.yaml"), "samples": 1, "short_tolerance": None}
+    plan = {"name": "tiny", "model": str(model), "data": {k: str(docs) for k in ("search", "finetune", "evaluate")},
+            "stages": [{"search": {"target": 256, **search}},
+                       {"finetune": {"length": 256, "steps": 1, "global_batch": 1, "micro_batch": 1}},
+                       {"search": {"target": 512, "relative": True, **search}}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")]).exit_code == 0
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    (moved / "03-search" / "done.json").unlink()  # as if killed at its end: its search resumes
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(moved), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done earlier, skipped") == 2
+    config = json.loads((moved / "03-search" / "search" / "config.json").read_text())
+    assert config["model"] == str(tmp_path / "run" / "02-finetune" / "model")  # the name it started with

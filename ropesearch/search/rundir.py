@@ -130,7 +130,10 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RopesearchError(f"cannot resume {self.path}: config.json is damaged ({exc}); {NEW_RUN}") from None
         inputs, saved_inputs = config.get("inputs") or {}, saved.get("inputs")
-        differences = [k for k in config if k not in ("resumed", "inputs") and saved.get(k) != config[k]]
+        # where the weights are hashed, the model's name may change (a plan's run directory moved with
+        # its fine-tuned model): the fingerprint says whether it is the same model
+        named = ("model",) if isinstance(saved_inputs, dict) and "weights" in saved_inputs and "weights" in inputs else ()
+        differences = [k for k in config if k not in ("resumed", "inputs", *named) and saved.get(k) != config[k]]
         if differences:
             key = differences[0]
             raise RopesearchError(

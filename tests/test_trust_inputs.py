@@ -337,7 +337,7 @@ def test_token_counts_are_parsed_exactly_and_bounded():
         plan_from_dict({"name": "x", "model": "m", "stages": [{"search": {"target": 9999999999999999}}]})
 
 
-def test_a_moved_run_continues_a_search_of_its_fine_tuned_model(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_moved_run_continues_the_search_and_passkey_of_its_fine_tuned_model(tiny_model_dir, tmp_path, monkeypatch):
     """The search after a fine-tuning names the model by its path inside the run directory, which
     moved: the weights' fingerprint, not that name, says it is the same model."""
     import yaml
@@ -351,13 +351,15 @@ def test_a_moved_run_continues_a_search_of_its_fine_tuned_model(tiny_model_dir, 
     plan = {"name": "tiny", "model": str(model), "data": {k: str(docs) for k in ("search", "finetune", "evaluate")},
             "stages": [{"search": {"target": 256, **search}},
                        {"finetune": {"length": 256, "steps": 1, "global_batch": 1, "micro_batch": 1}},
-                       {"search": {"target": 512, "relative": True, **search}}]}
+                       {"search": {"target": 512, "relative": True, **search}},
+                       {"passkey": {"lengths": [320], "depths": [0.5], "trials": 1, "methods": []}}]}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
     assert CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")]).exit_code == 0
     moved = tmp_path / "moved"
     (tmp_path / "run").rename(moved)
-    (moved / "03-search" / "done.json").unlink()  # as if killed at its end: its search resumes
+    for stage in ("03-search", "04-passkey"):  # as if killed at their ends: both resume
+        (moved / stage / "done.json").unlink()
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(moved), "--resume"])
     assert result.exit_code == 0, result.output
     assert result.output.count("done earlier, skipped") == 2

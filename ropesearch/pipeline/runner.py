@@ -279,8 +279,11 @@ class Pipeline:
         header = {"found_model": self.model_spec, "baseline_scale": scale, "seed": settings.seed, "lengths": lengths}
         saved = read_json(path, "the passkey results so far", "remove it to start the stage again") \
             if path.is_file() else {}
-        if saved and {k: saved.get(k) for k in header} != header:
-            raise RopesearchError(f"{path} was made with other settings ({', '.join(k for k in header if saved.get(k) != header[k])}): "
+        # found_model is not compared: the completed stages (checked) decide it, and its path moves
+        # with a moved run directory
+        changed = [k for k in header if k != "found_model" and saved and saved.get(k) != header[k]]
+        if changed:
+            raise RopesearchError(f"{path} was made with other settings ({', '.join(changed)}): "
                                   "restore them, or remove the file to start the stage again")
         results = dict(saved.get("passkey", {}))
         _, tokenizer = self.loaded()

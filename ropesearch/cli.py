@@ -12,6 +12,7 @@ import numpy as np
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
+from ropesearch.units import MAX_SCALE
 
 
 class _Command(click.Command):
@@ -118,8 +119,8 @@ def _model_base(model: str, original_context: int | None):
 @cli.command("factors")
 @click.argument("method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3", "longrope"]))
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
-@click.option("--scale", "-s", type=FiniteFloat(min=1), required=True,
-              help="Extension ratio: target window / original window.")
+@click.option("--scale", "-s", type=FiniteFloat(min=1, max=MAX_SCALE), required=True,
+              help="Extension ratio: target window / original window (1 to 1024; targets up to 128M tokens).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
 @click.option("--original-context", type=_tokens(2), help="Override the model's trained window (e.g. 4k).")
 @click.option("--beta-fast", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations above which dims are kept (default 32).")
@@ -315,7 +316,8 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 @click.option("--method", type=click.Choice(["as-is", "none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
               help="Score a baseline method (with --scale), or as-is: the model with the RoPE its own config sets "
               "(e.g. an exported folder as shipped).")
-@click.option("--scale", type=FiniteFloat(min=1), help="Scale for --method (default: longest length / original window).")
+@click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE),
+              help="Scale for --method, 1 to 1024 (default: longest length / original window).")
 @click.option("--factors", "factor_file", type=click.Path(), help="Score a factor file.")
 @click.option("--needle", is_flag=True, help="Needle-driven perplexity: only the answer to a needle is scored.")
 def eval_cmd(method, scale, factor_file, needle, **options):
@@ -337,7 +339,7 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 @_eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
               help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
-@click.option("--scale", type=FiniteFloat(min=1), help="Scale of the methods at every length (default: longest "
+@click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE), help="Scale of the methods at every length, 1 to 1024 (default: longest "
               "length / original window).")
 @click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
               "length instead (a different model per row; columns labelled 'per-length').")
@@ -414,7 +416,8 @@ def _compare_options(function):
         click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
         click.option("--methods", default="none", show_default=True,
                      help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
-        click.option("--scale", type=FiniteFloat(min=1), help="Scale for the methods (default: longest length / original window)."),
+        click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE),
+                     help="Scale for the methods, 1 to 1024 (default: longest length / original window)."),
         click.option("--factors", "factor_files", multiple=True, type=click.Path(),
                      help="Factor files (repeat; LABEL=PATH names one)."),
         click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present)."),

@@ -695,9 +695,16 @@ def test_eval_prints_failed_not_nan(tiny_model_dir, tmp_path, monkeypatch):
     from ropesearch.models import load_config, resolve_model, rope_base
     from ropesearch.rope import make_factors
 
+    from safetensors.torch import load_file, save_file
+
+    # an overflowing output layer: the loss is not finite (an attention factor of 1e30 did it before
+    # factor files were bounded)
+    model = Path(shutil.copytree(model, tmp_path / "model"))
+    weights = load_file(model / "model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 1e38
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     base = rope_base(load_config(resolve_model(str(model))))
-    broken = make_factors("yarn", base, 4.0, attention_factor=1e30)  # logits overflow: the loss is not finite
-    save_factors(broken, tmp_path / "broken.json")
+    save_factors(make_factors("yarn", base, 4.0), tmp_path / "broken.json")
     result = CliRunner().invoke(cli, ["eval", "--model", str(model), "--data", str(docs), "--lengths", "256",
                                       "--samples", "1", "--factors", str(tmp_path / "broken.json"), "--json",
                                       str(tmp_path / "t.json")])
@@ -743,7 +750,7 @@ def test_damaged_records_of_plans_finetuning_and_runs_are_one_line(tmp_path):
 def test_model_fingerprint_is_the_same_with_or_without_the_weights_loaded(tiny_model_dir):
     """A search may resume with Ray workers (this process loads only the config) or without."""
     from ropesearch.models import load_config, load_model, resolve_model
-    from ropesearch.search.session import _model_fingerprint
+    from ropesearch.search.session import _model_fingerprints
 
     ref = resolve_model(str(tiny_model_dir[0]))
-    assert _model_fingerprint(ref, load_model(ref, device="cpu")) == _model_fingerprint(ref, load_config(ref))
+    assert _model_fingerprints(ref, load_model(ref, device="cpu")) == _model_fingerprints(ref, load_config(ref))

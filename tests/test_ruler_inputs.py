@@ -103,8 +103,10 @@ def test_plots_and_json_in_one_place_and_a_huge_length_are_refused_up_front(tmp_
     same = str(tmp_path / "x")
     result = ruler(*BASE, "--methods", "none", "--json", same, "--plots", same)
     assert result.exit_code != 0 and "also the --json file" in result.output
-    result = ruler(*BASE[:4], "1000000000000", *BASE[5:], "--methods", "none")
+    result = ruler(*BASE[:4], "100000000", *BASE[5:], "--methods", "none")
     assert result.exit_code != 0 and "past the longest RULER prompt" in result.output
+    result = ruler(*BASE[:4], "1000000000000", *BASE[5:], "--methods", "none")  # past any token count
+    assert result.exit_code != 0 and "--lengths must be at most 134217728 tokens" in result.output
 
 
 def test_too_short_names_a_length_that_works():

@@ -6,7 +6,8 @@
      "constraints": {"monotone": bool},          # what the search space demanded
      "provenance": {model, data, objective, scores, ropesearch_version, created}}
 
-Loading validates every field and fails with one line naming it.
+Loading validates every field (and refuses a key the format does not define) and fails with one
+line naming it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from typing import Any
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
-from ropesearch.rope.factors import RopeBase, RopeFactors
+from ropesearch.rope.factors import MAX_ATTENTION_FACTOR, MAX_FACTOR, RopeBase, RopeFactors
+from ropesearch.units import MAX_TOKENS
 
 FORMAT = "ropesearch/factors@1"
+ROPE_FIELDS = ("method", "rope_theta", "rotary_dim", "original_context", "target_context", "long_factor",
+               "short_factor", "attention_factor", "start_tokens", "dynamic_factor", "params")
 
 
 def current_umask() -> int:
@@ -101,6 +105,17 @@ class _Fields:
     def fail(self, key: str, problem: str) -> RopesearchError:
         return RopesearchError(f"{self.source}: field {self.prefix}{key} {problem}")
 
+    def only(self, known: tuple[str, ...]) -> None:
+        """Refuse a key this format does not have: a typo (`start_token`) would otherwise be a default."""
+        import difflib
+
+        for key in self.data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+                raise RopesearchError(f"{self.source}: field {self.prefix}{key} is not a field of "
+                                      f"{self.prefix.rstrip('.') or 'a factor file'} ({hint})")
+
     def get(self, key: str, kind, required: bool = True, default=None):
         if key not in self.data or self.data[key] is None:
             if required:
@@ -122,8 +137,9 @@ class _Fields:
         if len(values) != n:
             raise self.fail(key, f"has {len(values)} values but rotary_dim {2 * n} needs {n}")
         for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise self.fail(f"{key}[{i}]", f"is {json.dumps(v)}: factors must be finite numbers > 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_FACTOR:
+                raise self.fail(f"{key}[{i}]", f"is {json.dumps(v)}: factors must be finite numbers > 0 and at "
+                                f"most {MAX_FACTOR:g}")
         return [float(v) for v in values]
 
 
@@ -133,7 +149,9 @@ def factors_from_dict(document: Any, source: str = "factor file") -> tuple[RopeF
     fmt = top.get("format", str)
     if fmt != FORMAT:
         raise top.fail("format", f"is {fmt!r}, not a format this version reads (expected {FORMAT!r})")
+    top.only(("format", "rope", "constraints", "provenance"))
     rope = _Fields(source, top.get("rope", dict), "rope.")
+    rope.only(ROPE_FIELDS)
     rotary_dim = rope.get("rotary_dim", int)
     if rotary_dim < 2 or rotary_dim % 2:
         raise rope.fail("rotary_dim", f"must be an even number >= 2, got {rotary_dim}")
@@ -145,12 +163,14 @@ def factors_from_dict(document: Any, source: str = "factor file") -> tuple[RopeF
     for key, value in (("original_context", original), ("target_context", target)):
         if value < 1:
             raise rope.fail(key, f"must be >= 1, got {value}")
+        if value > MAX_TOKENS:
+            raise rope.fail(key, f"must be at most {MAX_TOKENS} tokens (128M), got {value}")
     n = rotary_dim // 2
     long_factor = rope.factors("long_factor", n)
     short_factor = rope.factors("short_factor", n)
     attention = rope.get("attention_factor", float)
-    if attention <= 0:
-        raise rope.fail("attention_factor", f"must be > 0, got {attention}")
+    if not 0 < attention <= MAX_ATTENTION_FACTOR:
+        raise rope.fail("attention_factor", f"must be > 0 and at most {MAX_ATTENTION_FACTOR:g}, got {attention}")
     start_tokens = rope.get("start_tokens", int, required=False, default=0)
     if start_tokens < 0:
         raise rope.fail("start_tokens", f"must be >= 0, got {start_tokens}")
@@ -169,6 +189,7 @@ def factors_from_dict(document: Any, source: str = "factor file") -> tuple[RopeF
         dynamic_factor=dynamic,
     )
     constraints = _Fields(source, top.get("constraints", dict, required=False, default={}), "constraints.")
+    constraints.only(("monotone",))
     if constraints.get("monotone", bool, required=False, default=False):
         for i in range(1, n):
             if long_factor[i] < long_factor[i - 1]:

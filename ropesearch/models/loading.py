@@ -271,9 +271,22 @@ def rope_base(config, original_context: int | None = None) -> RopeBase:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
     original = original_context or params.get("original_max_position_embeddings") or config.max_position_embeddings
+    original = _trained_window(original, arch)
     try:
         return RopeBase(rope_theta=float(params["rope_theta"]), rotary_dim=int(head_dim * partial),
-                        original_context=int(original))
+                        original_context=original)
     except (TypeError, ValueError, RopesearchError) as exc:  # head_dim 63, rope_theta "abc"...: said with the model
         raise RopesearchError(f"{arch}'s config has a RoPE ropesearch cannot use: {exc} (head_dim {head_dim}, "
                               f"partial_rotary_factor {partial}, rope_theta {params['rope_theta']!r})") from None
+
+
+def _trained_window(value, arch: str) -> int:
+    """original_max_position_embeddings (or max_position_embeddings): a whole token count in range."""
+    from ropesearch.units import MAX_TOKENS
+
+    whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not whole or not 1 <= value <= MAX_TOKENS:
+        raise RopesearchError(f"{arch} config: original_max_position_embeddings (the trained window) must be a "
+                              f"whole number of tokens between 1 and {MAX_TOKENS}, got {value!r}: fix the model's "
+                              "config.json")
+    return int(value)

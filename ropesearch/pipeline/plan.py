@@ -152,7 +152,7 @@ def _settings_of(cls: type, values: Any, where: str, label: str):
 
     values = dict(values)
     for key in ("target", "length"):  # token counts may be written 32k, 1M
-        if isinstance(values.get(key), str):
+        if isinstance(values.get(key), (str, int)):  # ints too: bounded like the rest
             values[key] = parse_tokens(values[key], f"{where}: {key}")
     for key in ("lengths", "passkey_lengths"):
         if isinstance(values.get(key), list) and any(isinstance(v, str) for v in values[key]):

@@ -1,7 +1,7 @@
 """`ropesearch run PLAN`: carry out a plan's stages in order, each in its own folder, resumable.
 
-A stage that completes writes `done.json` (what it produced); on --resume completed stages
-are skipped and their outputs restored, an interrupted search or fine-tuning continues from
+A stage that completes writes `done.json` (what it produced, see records.py); on --resume completed
+stages are skipped and their outputs restored and checked, an interrupted search or fine-tuning continues from
 its own checkpoint, and a failing stage leaves the earlier ones as they are.
 """
 
@@ -17,6 +17,7 @@ from ropesearch.lock import LOCK_NAME, DirectoryLock
 from ropesearch.validate import read_json
 from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, load_factors, save_factors
 from ropesearch.pipeline.plan import Plan, Stage
+from ropesearch.pipeline.records import check_record, read_record, write_record
 from ropesearch.rope import RopeFactors
 
 
@@ -146,6 +147,9 @@ class Pipeline:
         again = "run the fine-tuning again (delete its done.json) or restore the folder"
         if Path(outputs.get("model") or target).resolve() != target.resolve():  # rebuilt only where it was written
             raise RopesearchError(f"{folder / 'done.json'} names model {outputs.get('model')!r}, not {target}: {again}")
+        named = outputs.get("factors")
+        if named and Path(named).resolve() != (target / "ropesearch_factors.json").resolve():
+            raise RopesearchError(f"{folder / 'done.json'} names factors {named!r}, not the fine-tuned model's: {again}")
         outputs = outputs | {"model": str(target)}
         if not trained.is_file():
             raise RopesearchError(f"{target} is missing and {folder} has no trained.safetensors to rebuild "
@@ -275,8 +279,11 @@ class Pipeline:
         header = {"found_model": self.model_spec, "baseline_scale": scale, "seed": settings.seed, "lengths": lengths}
         saved = read_json(path, "the passkey results so far", "remove it to start the stage again") \
             if path.is_file() else {}
-        if saved and {k: saved.get(k) for k in header} != header:
-            raise RopesearchError(f"{path} was made with other settings ({', '.join(k for k in header if saved.get(k) != header[k])}): "
+        # found_model is not compared: the completed stages (checked) decide it, and its path moves
+        # with a moved run directory
+        changed = [k for k in header if k != "found_model" and saved and saved.get(k) != header[k]]
+        if changed:
+            raise RopesearchError(f"{path} was made with other settings ({', '.join(changed)}): "
                                   "restore them, or remove the file to start the stage again")
         results = dict(saved.get("passkey", {}))
         _, tokenizer = self.loaded()
@@ -386,13 +393,19 @@ class Pipeline:
             folder = self.out / stage.name
             done = folder / "done.json"
             if done.is_file():
-                outputs = read_json(done, f"stage {stage.name}'s record", f"remove it to run {stage.name} again")
-                if not isinstance(outputs, dict) or not isinstance(outputs.get("outputs"), dict):
-                    raise RopesearchError(f"{done} is damaged (no outputs): remove it to run {stage.name} again")
-                outputs = outputs["outputs"]
+                record = read_record(done, self.out, stage.name)
+                outputs = record["outputs"]
                 finetuned = Path(outputs.get("model") or folder / "model")
                 if stage.kind == "finetune" and not any(finetuned.glob("*.safetensors")):  # gone, or copied without weights
+                    kept = outputs.get("factors")
+                    if kept and Path(kept).is_file() and not record["legacy"]:  # the rebuild applies it: as written
+                        check_record(done, self.out, stage.name, record | {"outputs": {"factors": kept}})
                     self._rebuild_finetuned(folder, outputs)
+                    record["legacy"] = True  # its factor file is new too: recorded anew
+                if record["legacy"]:
+                    write_record(done, self.out, outputs, record["seconds"])
+                    record = read_record(done, self.out, stage.name)
+                check_record(done, self.out, stage.name, record)
                 self._apply(outputs)
                 self.outputs[stage.name] = outputs
                 self.log(f"[{number}/{total}] {stage.name}: done earlier, skipped")
@@ -419,7 +432,7 @@ class Pipeline:
                 atomic_write_text(spent_file, json.dumps({"seconds": seconds}) + "\n")
             self._apply(outputs)
             self.outputs[stage.name] = outputs
-            atomic_write_text(done, json.dumps({"outputs": outputs, "seconds": seconds}, indent=1) + "\n")
+            write_record(done, self.out, outputs, seconds)
         return self.outputs
 
 

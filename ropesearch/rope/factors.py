@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ropesearch.errors import RopesearchError
+from ropesearch.units import MAX_TOKENS
+
+MAX_FACTOR = float(1 << 16)  # a rescale factor: LongRoPE's reach at the largest scale is 1.25 x 1024
+MAX_ATTENTION_FACTOR = 16.0  # logits x 256; YaRN at scale 1024 is 1.69
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,9 @@ class RopeBase:
             raise RopesearchError(f"rope_theta must be a finite number > 1, got {self.rope_theta}")
         if self.rotary_dim < 2 or self.rotary_dim % 2:
             raise RopesearchError(f"rotary_dim must be an even number >= 2, got {self.rotary_dim}")
-        if self.original_context < 1:
-            raise RopesearchError(f"original_context must be >= 1, got {self.original_context}")
+        if not 1 <= self.original_context <= MAX_TOKENS:
+            raise RopesearchError(f"original_context must be between 1 and {MAX_TOKENS} tokens, got "
+                                  f"{self.original_context}")
 
     @property
     def n_factors(self) -> int:
@@ -57,8 +62,8 @@ def _as_factor_tuple(name: str, values: Sequence[float], n: int) -> tuple[float,
     if len(values) != n:
         raise RopesearchError(f"{name} has {len(values)} values but this model needs {n} (one per rotary dim pair)")
     for i, v in enumerate(values):
-        if not (math.isfinite(v) and v > 0):
-            raise RopesearchError(f"{name}[{i}] is {v}: factors must be finite and > 0")
+        if not 0 < v <= MAX_FACTOR:
+            raise RopesearchError(f"{name}[{i}] is {v}: factors must be > 0 and at most {MAX_FACTOR:g}")
     return values
 
 
@@ -87,12 +92,14 @@ class RopeFactors:
         object.__setattr__(self, "long_factor", _as_factor_tuple("long_factor", self.long_factor, n))
         object.__setattr__(self, "short_factor", _as_factor_tuple("short_factor", self.short_factor, n))
         object.__setattr__(self, "params", dict(self.params))
-        if not (math.isfinite(self.attention_factor) and self.attention_factor > 0):
-            raise RopesearchError(f"attention_factor must be finite and > 0, got {self.attention_factor}")
+        if not 0 < self.attention_factor <= MAX_ATTENTION_FACTOR:
+            raise RopesearchError(f"attention_factor must be > 0 and at most {MAX_ATTENTION_FACTOR:g}, got "
+                                  f"{self.attention_factor}")
         if int(self.start_tokens) != self.start_tokens or self.start_tokens < 0:
             raise RopesearchError(f"start_tokens must be a whole number >= 0, got {self.start_tokens}")
-        if int(self.target_context) != self.target_context or self.target_context < 1:
-            raise RopesearchError(f"target_context must be a whole number >= 1, got {self.target_context}")
+        if int(self.target_context) != self.target_context or not 1 <= self.target_context <= MAX_TOKENS:
+            raise RopesearchError(f"target_context must be a whole number of tokens between 1 and {MAX_TOKENS}, "
+                                  f"got {self.target_context}")
         if self.dynamic_factor is not None and not (math.isfinite(self.dynamic_factor) and self.dynamic_factor >= 1):
             raise RopesearchError(f"dynamic_factor must be >= 1, got {self.dynamic_factor}")
 

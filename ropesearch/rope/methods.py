@@ -15,6 +15,7 @@ import numpy as np
 
 from ropesearch.errors import RopesearchError
 from ropesearch.rope.factors import RopeBase, RopeFactors, dynamic_ntk_factors
+from ropesearch.units import MAX_SCALE
 
 
 def target_for(base: RopeBase, scale: float) -> int:
@@ -185,6 +186,8 @@ def make_factors(method: str, base: RopeBase, scale: float, **params) -> RopeFac
         constructor = METHODS[method]
     except KeyError:
         raise RopesearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}") from None
+    if not 0 < scale <= MAX_SCALE:  # also nan
+        raise RopesearchError(f"scale {scale:g} for method {method!r} is out of range: give at most {MAX_SCALE}")
     try:
         return constructor(base, scale, **params)
     except TypeError as exc:

@@ -38,7 +38,8 @@ NEW_RUN = "start a new run with another --out (this one's best.json and history.
 # the files of a run, for the message that names one that is a link
 RUN_FILES = {"config.json": "the config", "history.jsonl": "the history", "checkpoint.json": "the checkpoint",
              "best.json": "the best factors", "progress.json": "the progress record"}
-INPUT_NAMES = {"model": "the model weights", "tokenizer": "the tokenizer", "data": "the search windows (data)",
+INPUT_NAMES = {"weights": "the model weights", "model_config": "the model config (config.json)",
+               "tokenizer": "the tokenizer", "data": "the search windows (data)",
                "space": "the search space", "seed": "the seed"}
 
 
@@ -139,7 +140,10 @@ class RunDir:
         inputs = config.get("inputs") or {}
         saved_inputs = require(saved, "inputs", (dict, type(None)), f"cannot resume {self.path}: its config "
                                f"{self.config_file}", NEW_RUN, default=None)
-        differences = [k for k in config if k not in ("resumed", "inputs") and saved.get(k) != config[k]]
+        # where the weights are hashed, the model's name may change (a plan's run directory moved with
+        # its fine-tuned model): the fingerprint says whether it is the same model
+        named = ("model",) if isinstance(saved_inputs, dict) and "weights" in saved_inputs and "weights" in inputs else ()
+        differences = [k for k in config if k not in ("resumed", "inputs", *named) and saved.get(k) != config[k]]
         if differences:
             key = differences[0]
             raise RopesearchError(
@@ -150,6 +154,10 @@ class RunDir:
             raise RopesearchError(f"cannot resume {self.path}: its config.json records no fingerprint of its "
                                   f"inputs (an older ropesearch wrote it); {NEW_RUN}")
         for key, value in inputs.items():
+            if key not in saved_inputs:  # e.g. a run from before whole-file weight hashes: unverifiable
+                raise RopesearchError(
+                    f"cannot resume {self.path}: its config.json records no fingerprint of {INPUT_NAMES.get(key, key)} "
+                    f"(an older ropesearch wrote it), so a change to them cannot be ruled out; {NEW_RUN}")
             if saved_inputs.get(key) != value:
                 raise RopesearchError(
                     f"cannot resume {self.path}: {INPUT_NAMES.get(key, key)} changed since the run started "

@@ -15,8 +15,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
 from ropesearch.evaluate.runs import window_parts
-from ropesearch.fingerprint import (data_fingerprint, files_fingerprint, weight_files, weights_fingerprint,
-                                    windows_fingerprint)
+from ropesearch.fingerprint import (config_file_fingerprint, config_fingerprint, data_fingerprint, files_fingerprint,
+                                    weight_files, weights_fingerprint, windows_fingerprint)
 from ropesearch.models import config_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeFactors
 from ropesearch.search.encoding import Encoding
@@ -135,8 +135,7 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         }
         if pack:  # (only then: configs of earlier runs have no such keys, and resume compares them)
             config |= {"pack": True, **window_parts(windows)}
-        weights = _model_fingerprint(ref, loaded_model)
-        config["inputs"] = {"model": weights, "tokenizer": tokenizer_fingerprint(tokenizer),
+        config["inputs"] = {**_model_fingerprints(ref, loaded_model), "tokenizer": tokenizer_fingerprint(tokenizer),
                             "data": windows_fingerprint(windows), "space": data_fingerprint(config["space"]),
                             "seed": seed}
         encoding = Encoding(space, base, target_length, reference=reference, regime=regime,
@@ -149,16 +148,36 @@ def run_search(model: str, data: str, target_length: int, out: str | Path, space
         return search.run(resume=resume, config=config, stop_after=stop_after)
 
 
-def _model_fingerprint(ref, loaded_model) -> str:
-    """The weight files where the model is a local folder or file, whether this process loaded the
-    weights or only the config (Ray workers, vLLM): a run may resume with or without workers. Weights
-    in memory only (no local files) are sampled instead."""
-    local = Path(ref.path)
-    if local.is_dir() and weight_files(local):
-        return files_fingerprint(local)
-    if isinstance(loaded_model, torch.nn.Module):
-        return weights_fingerprint(loaded_model)
-    return files_fingerprint(ref.path)
+def _model_fingerprints(ref, loaded_model) -> dict[str, str]:
+    """{"weights", "model_config"}: the weight files where the model is a local folder or file,
+    whether this process loaded the weights or only the config (Ray workers, vLLM): a run may resume
+    with or without workers. Weights in memory only (no local files) are hashed tensor by tensor."""
+    local = Path(ref.path) if Path(ref.path).is_dir() else _hub_snapshot(ref)
+    if ref.gguf_file:  # its metadata (the config) is inside the file
+        weights = files_fingerprint([local / ref.gguf_file])
+        return {"weights": weights, "model_config": weights}
+    files = weight_files(local) if local is not None else []
+    if files:
+        weights = files_fingerprint(files)
+    elif isinstance(loaded_model, torch.nn.Module):
+        weights = weights_fingerprint(loaded_model)
+    else:  # a hub id whose files are not in the local cache (vLLM fetches them itself): its name
+        weights = data_fingerprint({"hub": ref.spec})
+    local = local or Path(ref.path)
+    config_file = local / "config.json"
+    model_config = (config_file_fingerprint(config_file) if config_file.is_file()
+                    else config_fingerprint(config_of(loaded_model).to_dict()))
+    return {"weights": weights, "model_config": model_config}
+
+
+def _hub_snapshot(ref) -> Path | None:
+    """The local copy of a hub model's files, where the hub cache holds one."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref.spec, local_files_only=True))
+    except Exception:  # not a hub id, or not cached: nothing local to read
+        return None
 
 
 def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,

@@ -8,7 +8,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.export import (
     load_factors, read_factor_csv, rope_parameters, save_factors, vllm_overrides, write_factor_csv,
 )
-from ropesearch.export.factor_file import factors_to_dict
+from ropesearch.export.factor_file import factor_provenance, factors_to_dict
 from ropesearch.rope import RopeBase, longrope, methods
 
 BASE = RopeBase(10_000.0, 16, 4096)
@@ -87,6 +87,22 @@ def test_not_json_and_missing_file(tmp_path):
         load_factors(write(tmp_path, "{nope"))
     with pytest.raises(RopesearchError, match="does not exist"):
         load_factors(tmp_path / "absent.json")
+
+
+def test_deeply_nested_or_special_factor_files_are_named(tmp_path):
+    import os
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for reader in (load_factors, factor_provenance):
+        with pytest.raises(RopesearchError, match=r"factor file .*deep.json.*nested deeper"):
+            reader(deep)
+    os.mkfifo(tmp_path / "fifo.json")  # refused at once, never waited on
+    with pytest.raises(RopesearchError, match=r"factor file .*fifo.json.*(FIFO|not a regular file)"):
+        load_factors(tmp_path / "fifo.json")
+    listed = write(tmp_path, [1, 2])
+    with pytest.raises(RopesearchError, match="holds a list"):
+        load_factors(listed)
 
 
 def test_file_for_another_model_is_rejected(tmp_path, searched):

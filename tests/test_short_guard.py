@@ -106,3 +106,18 @@ def test_the_cap_is_measured_at_a_margin_of_the_tolerance():
     assert expected - 0.011 <= guard.attention_cap <= expected + 1e-9
     assert guard.windows == 8 and guard.as_dict()["margin"] == GUARD_MARGIN
     assert "margin" in guard.describe() and "8 windows" in guard.describe()
+
+
+@pytest.mark.parametrize("field, value", [("attention_cap", "x"), ("length", 2.5), ("unscaled_ppl", None),
+                                          ("bogus", 1)])
+def test_a_hand_edited_guard_in_the_config_is_one_error_on_resume(pocket, tmp_path, field, value):
+    from ropesearch.errors import RopesearchError
+
+    out = tmp_path / "run"
+    run_search("pocket", "builtin", TARGET, out, samples=1, max_evals=3, loaded=pocket, log=lambda *_: None)
+    config = json.loads((out / "config.json").read_text())
+    config["short_guard"][field] = value
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RopesearchError, match=f"short_guard.{field}"):
+        run_search("pocket", "builtin", TARGET, out, samples=1, max_evals=6, loaded=pocket, log=lambda *_: None,
+                   resume=True)

@@ -25,6 +25,9 @@ from ropesearch import __version__
 from ropesearch.errors import RopesearchError
 from ropesearch.rope.factors import MAX_ATTENTION_FACTOR, MAX_FACTOR, RopeBase, RopeFactors
 from ropesearch.units import MAX_TOKENS
+from ropesearch.validate import read_json
+
+FACTOR_FIX = "give a factor file ropesearch wrote (a run's best.json, an export's ropesearch_factors.json)"
 
 FORMAT = "ropesearch/factors@1"
 ROPE_FIELDS = ("method", "rope_theta", "rotary_dim", "original_context", "target_context", "long_factor",
@@ -207,12 +210,9 @@ def load_factors(path: str | Path, expect: RopeBase | None = None) -> RopeFactor
     if path.is_dir():
         raise RopesearchError(f"factor file {path} is a folder: give the factor file in it (a run's best.json, "
                               "or an exported model's ropesearch_factors.json)")
-    if not path.is_file():
+    if not path.exists():
         raise RopesearchError(f"factor file {path} does not exist")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RopesearchError(f"factor file {path}: not valid JSON ({exc})") from None
+    document = read_json(path, "factor file", FACTOR_FIX, expect=dict)  # a FIFO, deep nesting...: one line
     factors, _ = factors_from_dict(document, source=f"factor file {path}")
     if expect is not None:
         check_fits(factors, expect, source=f"factor file {path}")
@@ -221,7 +221,7 @@ def load_factors(path: str | Path, expect: RopeBase | None = None) -> RopeFactor
 
 def factor_provenance(path: str | Path) -> dict:
     """The provenance of a factor file that load_factors accepted (empty where it has none)."""
-    provenance = json.loads(Path(path).read_text()).get("provenance")
+    provenance = read_json(path, "factor file", FACTOR_FIX, expect=dict).get("provenance")
     return provenance if isinstance(provenance, dict) else {}
 
 

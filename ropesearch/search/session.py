@@ -180,6 +180,25 @@ def _hub_snapshot(ref) -> Path | None:
         return None
 
 
+def _saved_guard(earlier: dict, saved: Path) -> ShortGuard:
+    """The guard a run measured, each field of the right type (a hand-edited config is one line)."""
+    from dataclasses import fields as dataclass_fields
+
+    from ropesearch.validate import require
+
+    fix = "start a new run with another --out"
+    unknown = set(earlier) - {f.name for f in dataclass_fields(ShortGuard)}
+    if unknown:
+        raise RopesearchError(f"search config {saved} is damaged: field short_guard.{sorted(unknown)[0]} is unknown; "
+                              f"{fix}")
+    kinds = {"tolerance": float, "length": int, "unscaled_ppl": float, "attention_cap": float, "capped_ppl": float,
+             "margin": (float, type(None)), "windows": (int, type(None))}
+    values = {key: require(earlier, key, kind, f"search config {saved}", fix, finite=True, prefix="short_guard.",
+                           **({"default": None} if key in ("margin", "windows") else {}))
+              for key, kind in kinds.items()}
+    return ShortGuard(**values)
+
+
 def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,
                  space: SearchSpace) -> ShortGuard:
     """Measure the guard, or on resume take the one the run measured (so its config stays the same)."""
@@ -189,11 +208,7 @@ def _short_guard(out, resume: bool, evaluator, windows, base, target: int, toler
     if resume and saved.is_file():
         earlier = read_json(saved, "search config", "start a new run with another --out").get("short_guard")
         if isinstance(earlier, dict) and earlier.get("tolerance") == tolerance:
-            try:
-                return ShortGuard(**earlier)
-            except TypeError:
-                raise RopesearchError(f"{saved} is damaged (field short_guard); start a new run with another "
-                                      "--out") from None
+            return _saved_guard(earlier, saved)
     from ropesearch.rope.methods import longrope_mscale
 
     highest = space.attention_factor[1] if space.attention_factor else longrope_mscale(

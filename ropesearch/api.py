@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export import check_fits, export_csv, export_hf, export_vllm, load_factors, read_factor_csv
+from ropesearch.export.factor_file import factor_provenance
 from ropesearch.models import load_config, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, longrope, make_factors
 
@@ -32,14 +33,13 @@ def export(factor_file: str | Path, model: str, out: str | Path, fmt: str = "hf"
 
     hf folders are self-contained (weights hard-linked or copied) unless symlink=True.
     """
-    import json
 
     ref = resolve_model(model)
     factors = load_factors(factor_file)
     # --out never is, holds or lies inside an input
     protect = {"the factor file": factor_file, "the model": Path(ref.path) / (ref.gguf_file or "")}
     if fmt == "hf":
-        provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
+        provenance = factor_provenance(factor_file)
         return export_hf(factors, ref, out, copy=copy, overwrite=overwrite, allow_start_tokens=allow_start_tokens,
                          link="symlink" if symlink else "hardlink", provenance=provenance,
                          factor_file=Path(factor_file).name, protect=protect)

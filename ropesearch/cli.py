@@ -209,9 +209,10 @@ def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_st
                   allow_start_tokens=ignore_start_tokens, symlink=symlink)
     click.echo(f"wrote {path}")
     from ropesearch.export import load_factors
+    from ropesearch.export.factor_file import factor_provenance
     from ropesearch.export.portable import original_window_caveat
 
-    provenance = json.loads(Path(factor_file).read_text()).get("provenance") or {}
+    provenance = factor_provenance(factor_file)
     caveat = original_window_caveat(load_factors(factor_file), provenance)
     if caveat:
         click.echo(f"warning: {caveat}", err=True)

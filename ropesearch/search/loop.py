@@ -29,6 +29,7 @@ from ropesearch.search.encoding import Encoding
 from ropesearch.search.objectives import Objective
 from ropesearch.search.operators import FactorCrossover, FactorMutation, GridRepair, SeededSampling, SplitMating
 from ropesearch.search.rundir import RunDir
+from ropesearch.search.screening import cache_pairs, rank_correlation, stop_screening
 
 
 def _failure(values, names) -> str | None:
@@ -91,6 +92,7 @@ class SearchState:
     stop_reason: str | None = None
     history_lines: int = 0
     baselines: dict = field(default_factory=dict)  # PI / NTK / YaRN at the target: what the search has to beat
+    screen_off: str | None = None  # why screening stopped (it did not rank, see search/screening.py)
 
 
 @dataclass
@@ -150,7 +152,8 @@ class Search:
                 seen.add(key)
                 todo.append(i)
         records = []
-        screening = fidelity.screen_samples and (state.generation > 0 or fidelity.initial)
+        screening = (fidelity.screen_samples and state.screen_off is None
+                     and (state.generation > 0 or fidelity.initial))
         if screening and len(todo) > 1:
             fresh = [i for i in todo if keys[i] not in state.screen_cache]
             if fresh:
@@ -206,7 +209,8 @@ class Search:
         state.progress.append({"generation": state.generation - 1, "full_evals": state.full_evals,
                                "screen_evals": state.screen_evals, "elapsed": round(state.elapsed, 3),
                                "evaluator_seconds": round(state.evaluator_seconds, 3),
-                               "best": dict(zip(self.objective.names, map(float, values)))})
+                               "best": dict(zip(self.objective.names, map(float, values)))}
+                              | self._judge_screen(state))
         factors = self.encoding.decode(genome)
         if not np.all(np.isfinite(values)):  # every candidate so far failed: no best to write
             self._save_checkpoint(state)
@@ -229,8 +233,28 @@ class Search:
         self.log(f"gen {state.generation - 1:3d}/{budget.generations}  evals {state.full_evals:5d}"
                  + (f" (+{state.screen_evals} screened)" if state.screen_evals else "")
                  + f"  best {self.objective.names[0]} {state.best:.4f}{self._versus_yarn(state)}"
+                 + self._screen_note(state.progress[-1])
                  + f"  {state.elapsed / 60:.1f} min"
                  + (f"  {self.status()}" if self.status else ""))
+
+    def _judge_screen(self, state: SearchState) -> dict:
+        """The screen's rank correlation so far (for progress.json), and screening stopped when it does not rank."""
+        if not self.encoding.space.fidelity.screen_samples:
+            return {}
+        rank = {k: v for k, v in rank_correlation(cache_pairs(state.screen_cache, state.cache)).items()
+                if k != "kendall"}
+        if state.screen_off is None and (reason := stop_screening(rank)):
+            state.screen_off = reason
+            self.log(f"screening stops after generation {state.generation - 1}: {reason}; every new candidate "
+                     "is scored in full from now on")
+        return {"screen": rank | {"on": state.screen_off is None}}
+
+    @staticmethod
+    def _screen_note(entry: dict) -> str:
+        rank = entry.get("screen")
+        if not rank or rank["spearman"] is None:
+            return ""
+        return f"  screen rho {rank['spearman']:+.2f}/{rank['pairs']}" + ("" if rank["on"] else " (off)")
 
     @staticmethod
     def _versus_yarn(state: SearchState) -> str:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ropesearch.cli import cli  # noqa: E402
 from ropesearch.evaluate.ruler import TASKS  # noqa: E402
 from ropesearch.evaluate.runs import save_json  # noqa: E402
-from ropesearch.export.factor_file import atomic_write_text  # noqa: E402
+from ropesearch.own_files import atomic_write_text  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -98,7 +98,7 @@ def _read_cache() -> dict[str, dict]:
 
 
 def _write_cache(entries: dict[str, dict]) -> None:
-    from ropesearch.export.factor_file import atomic_write_text
+    from ropesearch.own_files import atomic_write_text
 
     kept = dict(list(entries.items())[-HASH_CACHE_ENTRIES:])
     try:

@@ -1,7 +1,8 @@
-"""Files ropesearch writes in place (a lock, an appended history): never through a link it did not make.
+"""How ropesearch writes files: whole files atomically, files in place never through a link it did not make.
 
-Whole files are written by temp file + rename (`atomic_write_bytes`), which replaces a symbolic
-link instead of writing through it. A file opened in place is opened with O_NOFOLLOW and must be
+Whole files are written by temp file + rename (`atomic_write_bytes`, `atomic_write_text`: readers
+never see half a file, the mode is what the umask gives), which replaces a symbolic link instead
+of writing through it. A file opened in place is opened with O_NOFOLLOW and must be
 a regular file with no other hard link, so a planted `.lock -> ~/notes.txt` (or a hard link to
 it) is one line naming the file, and the file it points to is never touched.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
@@ -62,3 +64,31 @@ def refuse_links(folder: str | Path, names: dict[str, str]) -> None:
         if path.is_symlink():
             raise RopesearchError(f"{path} is a symbolic link, not {what} of this run: ropesearch never writes "
                                   "through a link; put the file itself there (or start a new --out) and run again")
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a uniquely named temp file in the same folder and rename, so readers never see
+    half a file and two writers never share a temp file; the file gets the mode the umask gives
+    (0644 under umask 022), not mkstemp's private 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for text (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -510,7 +510,7 @@ def test_run_files_are_data_only_and_readable_as_the_umask_says(finished_run):
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
-    from ropesearch.export.factor_file import atomic_write_text
+    from ropesearch.own_files import atomic_write_text
 
     previous = os.umask(0o027)
     try:

@@ -19,7 +19,7 @@ from ropesearch import resources
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.own_files import atomic_write_text
 from ropesearch.rope import RopeFactors, patch_rope
 
 OFFLINE_TASKS = ("ropesearch_passkey", "ropesearch_ppl")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ropesearch import resources
 from ropesearch.evaluate.ruler import TASKS, RulerSuite, check_lengths, score
-from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text
+from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 
 GROUP = "ropesearch_ruler"
 # lm-eval's own RULER: the group and its tasks (they download their data when built)

@@ -17,7 +17,8 @@ from ropesearch import __version__
 from ropesearch.data import Window, build_windows, document_of, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
-from ropesearch.export.factor_file import atomic_write_text, check_fits, factor_provenance, load_factors
+from ropesearch.export.factor_file import check_fits, factor_provenance, load_factors
+from ropesearch.own_files import atomic_write_text
 from ropesearch.models import config_of, dtype_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 

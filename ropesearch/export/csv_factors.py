@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.own_files import atomic_write_text
 from ropesearch.validate import read_text
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
+from ropesearch.own_files import atomic_write_text
 from ropesearch.rope.factors import MAX_ATTENTION_FACTOR, MAX_FACTOR, RopeBase, RopeFactors
 from ropesearch.units import MAX_TOKENS
 from ropesearch.validate import read_json
@@ -32,34 +31,6 @@ FACTOR_FIX = "give a factor file ropesearch wrote (a run's best.json, an export'
 FORMAT = "ropesearch/factors@1"
 ROPE_FIELDS = ("method", "rope_theta", "rotary_dim", "original_context", "target_context", "long_factor",
                "short_factor", "attention_factor", "start_tokens", "dynamic_factor", "params")
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a uniquely named temp file in the same folder and rename, so readers never see
-    half a file and two writers never share a temp file; the file gets the mode the umask gives
-    (0644 under umask 022), not mkstemp's private 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write_bytes` for text (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def factors_to_dict(factors: RopeFactors, provenance: Mapping[str, Any] | None = None, monotone: bool | None = None) -> dict:

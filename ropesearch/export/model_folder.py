@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export.csv_factors import write_factor_csv
-from ropesearch.export.factor_file import atomic_write_text, check_fits, current_umask, save_factors
+from ropesearch.export.factor_file import check_fits, save_factors
+from ropesearch.own_files import atomic_write_text, current_umask
 from ropesearch.export.out_folder import export_folder
 from ropesearch.export.portable import (add_legacy_rope_keys, model_card, model_files, place_file,
                                         portable_tokenizer_config, serve_script)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_text, current_umask
+from ropesearch.own_files import atomic_write_text, current_umask
 from ropesearch.lock import LOCK_NAME, DirectoryLock, held_elsewhere
 from ropesearch.validate import check_output
 

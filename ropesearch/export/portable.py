@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.own_files import atomic_write_text
 from ropesearch.rope.factors import RopeFactors
 
 OLDEST_TRANSFORMERS_4 = "4.51.0"  # first 4.x whose Llama rotary module applies longrope's short/long switch

@@ -190,7 +190,7 @@ def load_tokenizer(ref: ModelRef):
     if cached is not None:
         import tempfile
 
-        from ropesearch.export.factor_file import current_umask
+        from ropesearch.own_files import current_umask
 
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at

@@ -26,7 +26,7 @@ from ropesearch.data import TokenizedDocument
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.loss import trainable_mean_nll
 from ropesearch.validate import check_safetensors
-from ropesearch.export.factor_file import current_umask, atomic_write_text
+from ropesearch.own_files import atomic_write_text, current_umask
 from ropesearch.rope import RopeFactors, methods, patch_rope
 
 SCHEDULES = ("linear", "constant", "cosine")

@@ -17,7 +17,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_text
+from ropesearch.own_files import atomic_write_text
 from ropesearch.models.registry import sha256_of
 from ropesearch.validate import read_json
 

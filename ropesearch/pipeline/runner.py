@@ -15,7 +15,8 @@ from pathlib import Path
 from ropesearch.errors import RopesearchError
 from ropesearch.lock import LOCK_NAME, DirectoryLock
 from ropesearch.validate import read_json
-from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, load_factors, save_factors
+from ropesearch.export.factor_file import load_factors, save_factors
+from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 from ropesearch.pipeline.plan import Plan, Stage
 from ropesearch.pipeline.records import check_record, read_record, write_record
 from ropesearch.rope import RopeFactors

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import format_table
-from ropesearch.export.factor_file import atomic_write_text, factors_from_dict
+from ropesearch.export.factor_file import factors_from_dict
+from ropesearch.own_files import atomic_write_text
 from ropesearch.report import sources
 from ropesearch.report.plots import (is_baseline, plot_factors, plot_loss, plot_passkey, plot_perplexity,
                                      plot_progress, plot_relative, plot_ruler, spoken, windows_of)

@@ -59,7 +59,7 @@ def spoken(label: str) -> str:
 def _save(figure, path: Path) -> Path:
     import io
 
-    from ropesearch.export.factor_file import atomic_write_bytes
+    from ropesearch.own_files import atomic_write_bytes
 
     figure.tight_layout()
     image = io.BytesIO()

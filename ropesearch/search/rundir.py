@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
-from ropesearch.export.factor_file import atomic_write_bytes, atomic_write_text, save_factors
+from ropesearch.export.factor_file import save_factors
+from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 from ropesearch.lock import LOCK_NAME, DirectoryLock
 from ropesearch.own_files import append_own, refuse_links
 from ropesearch.search.checkpoint import check_arrays, check_state

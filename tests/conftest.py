@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 # Tests never need the Hugging Face hub; offline mode turns a hub lookup into an immediate error
@@ -92,3 +93,19 @@ def tiny_model_dir(tmp_path_factory):
     for name in ("typing.py", "inspect.py", "tarfile.py", "subprocess.py"):
         (docs / (name.replace(".py", ".txt"))).write_text(stdlib_text(name))
     return root / "model", docs
+
+
+DELETE = object()  # as a value for `with_value`: remove the key
+
+
+def with_value(document, path: tuple, value):
+    """A deep copy of a JSON-like document with the entry at `path` set to `value` (or removed: DELETE)."""
+    document = copy.deepcopy(document)
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    if value is DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return document

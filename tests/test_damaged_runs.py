@@ -9,7 +9,6 @@ never a traceback, a second error line or a hang. Explicit cases follow for the 
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -26,6 +25,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import DELETE, with_value
 from ropesearch.cli import cli
 
 SECONDS = 90  # per command: a refusal takes well under a second, an accepted resume or eval a few
@@ -133,19 +133,6 @@ def json_paths(document, prefix=()) -> list[tuple]:
 
 
 ODD_VALUES = [None, "x", "", -1, 0, 1e308, True, [], {}, [1, "a"], {"a": None}]
-DELETE = object()
-
-
-def changed(document, path: tuple, value):
-    document = copy.deepcopy(document)
-    target = document
-    for key in path[:-1]:
-        target = target[key]
-    if value is DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return document
 
 
 def structural(kind: str, file: Path) -> None:
@@ -216,7 +203,7 @@ def test_a_damaged_run_file_is_one_error_line(runs, target, change, arrays):
             document = json.loads(file.read_text())
             paths = json_paths(document)
             path = paths[change[1] % len(paths)]
-            file.write_text(json.dumps(changed(document, path, change[2])))
+            file.write_text(json.dumps(with_value(document, path, change[2])))
             strict = False  # a changed field may be one the command does not read
         args = commands(runs, run, scratch)[command]
         assert_refused(args, code_ok=(1,) if strict else (0, 1))
@@ -447,3 +434,4 @@ def test_data_that_would_hang_or_recurse_is_one_line(tmp_path, kind, message):
         data.write_text('{"text": ' + "[" * 3000 + "]" * 3000 + "}\n")
     line = assert_refused(["eval", "--model", "pocket", "--data", data, "--lengths", 256, "--method", "none"])
     assert message in line, line
+

@@ -32,6 +32,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import DELETE, with_value
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
 
@@ -97,29 +98,16 @@ BAD_FACTOR_LISTS = [[], [1.0] * (N_FACTORS - 1), [0.0] * N_FACTORS, [-1.0] * N_F
                     [float("nan")] * N_FACTORS, [True] * N_FACTORS, "1,2,3", None, {}]
 
 
-def _set(document: dict, path: tuple, value) -> dict:
-    document = copy.deepcopy(document)
-    target = document
-    for key in path[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return document
-
-
-_DELETE = object()
 broken_factor_documents = st.one_of(
-    st.builds(lambda k, v: _set(VALID_FACTORS, ("rope", k), v), st.sampled_from(REQUIRED_NUMBERS),
-              st.sampled_from(BAD_NUMBERS + [_DELETE])),
-    st.builds(lambda k, v: _set(VALID_FACTORS, ("rope", k), v), st.sampled_from(["long_factor", "short_factor"]),
-              st.sampled_from(BAD_FACTOR_LISTS + [_DELETE])),
-    st.builds(lambda v: _set(VALID_FACTORS, ("rope", "start_tokens"), v), st.sampled_from([-1, "x", 1.5, True, []])),
-    st.builds(lambda v: _set(VALID_FACTORS, ("rope", "dynamic_factor"), v), st.sampled_from([0.5, -1, "x", []])),
-    st.builds(lambda v: _set(VALID_FACTORS, ("format",), v), st.one_of(st.text(max_size=20), st.integers())),
-    st.builds(lambda v: _set(VALID_FACTORS, ("constraints", "monotone"), v), st.sampled_from(["yes", 1, []])),
-    st.builds(lambda k: _set(VALID_FACTORS, (k,), _DELETE), st.sampled_from(["format", "rope"])),
+    st.builds(lambda k, v: with_value(VALID_FACTORS, ("rope", k), v), st.sampled_from(REQUIRED_NUMBERS),
+              st.sampled_from(BAD_NUMBERS + [DELETE])),
+    st.builds(lambda k, v: with_value(VALID_FACTORS, ("rope", k), v), st.sampled_from(["long_factor", "short_factor"]),
+              st.sampled_from(BAD_FACTOR_LISTS + [DELETE])),
+    st.builds(lambda v: with_value(VALID_FACTORS, ("rope", "start_tokens"), v), st.sampled_from([-1, "x", 1.5, True, []])),
+    st.builds(lambda v: with_value(VALID_FACTORS, ("rope", "dynamic_factor"), v), st.sampled_from([0.5, -1, "x", []])),
+    st.builds(lambda v: with_value(VALID_FACTORS, ("format",), v), st.one_of(st.text(max_size=20), st.integers())),
+    st.builds(lambda v: with_value(VALID_FACTORS, ("constraints", "monotone"), v), st.sampled_from(["yes", 1, []])),
+    st.builds(lambda k: with_value(VALID_FACTORS, (k,), DELETE), st.sampled_from(["format", "rope"])),
     st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=8),
                  lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                  max_leaves=8),
@@ -173,7 +161,7 @@ OUT_OF_RANGE = {("factors", "low"): -1, ("factors", "step"): 0, ("operators", "m
 
 def _space_with(path: tuple, value) -> dict:
     document = copy.deepcopy(FAST)
-    return _set(document, path, value)
+    return with_value(document, path, value)
 
 
 broken_spaces = st.one_of(
@@ -189,7 +177,7 @@ broken_spaces = st.one_of(
     st.builds(_space_with, st.sampled_from([("factors",), ("budget",), ("fidelity",), ("operators",)]),
               st.one_of(st.text(min_size=1, max_size=4), st.integers(), st.lists(st.integers(), min_size=1))),
     st.builds(lambda key: _space_with((key,), 1), st.text(min_size=1, max_size=6).filter(lambda k: k not in FAST)),
-    st.builds(lambda: _set(FAST, ("name",), _DELETE)),
+    st.builds(lambda: with_value(FAST, ("name",), DELETE)),
     st.text(max_size=30),  # not a mapping at all
 )
 
@@ -230,8 +218,8 @@ broken_plans = st.one_of(
     st.sampled_from(PLAN_SETTINGS).flatmap(lambda item: st.sampled_from(BAD_SETTING[item[1]]).map(
         lambda value: _plan_with(item[0], item[1], value))),
     st.sampled_from(sorted(BAD_TOP)).flatmap(lambda key: st.sampled_from(BAD_TOP[key]).map(
-        lambda value: _set(QUICKSTART, (key,), value))),
-    st.builds(lambda key: _set(QUICKSTART, (key,), _DELETE), st.sampled_from(["name", "model", "stages"])),
+        lambda value: with_value(QUICKSTART, (key,), value))),
+    st.builds(lambda key: with_value(QUICKSTART, (key,), DELETE), st.sampled_from(["name", "model", "stages"])),
 )
 
 
@@ -297,7 +285,7 @@ def workspace(tmp_path):
     """A copy of the pocket model, a factor file for it, a text data folder and a folder of random bytes."""
     model = tmp_path / "mypocket"
     shutil.copytree(POCKET, model)
-    (tmp_path / "pi8.json").write_text(json.dumps(_set(VALID_FACTORS, ("rope", "method"), "pi")))
+    (tmp_path / "pi8.json").write_text(json.dumps(with_value(VALID_FACTORS, ("rope", "method"), "pi")))
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text((ROOT / "README.md").read_text())

@@ -435,3 +435,17 @@ def test_data_that_would_hang_or_recurse_is_one_line(tmp_path, kind, message):
     line = assert_refused(["eval", "--model", "pocket", "--data", data, "--lengths", 256, "--method", "none"])
     assert message in line, line
 
+
+@pytest.mark.parametrize("damage", ["stages null", "stage not an object", "done.json a FIFO"])
+def test_a_damaged_plan_copy_or_stage_record_is_one_line_on_run_resume(runs, tmp_path, damage):
+    # found by the property test: a plan.json field set to null gave a TypeError, a FIFO for done.json ran on
+    run = Path(shutil.copytree(runs / "plan", tmp_path / "run"))
+    plan = json.loads((run / "plan.json").read_text())
+    if damage == "done.json a FIFO":
+        (run / "01-search" / "done.json").unlink()
+        os.mkfifo(run / "01-search" / "done.json")
+    else:
+        plan["stages"] = None if damage == "stages null" else [None]
+        (run / "plan.json").write_text(json.dumps(plan))
+    line = assert_refused(commands(runs, run, tmp_path)["run"])
+    assert ("done.json" if "FIFO" in damage else "plan.json") in line, line

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.lock import LOCK_NAME, DirectoryLock
-from ropesearch.validate import read_json
+from ropesearch.validate import ListOf, MapOf, conform, read_json
 from ropesearch.export.factor_file import load_factors, save_factors
 from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 from ropesearch.pipeline.plan import Plan, Stage
@@ -383,7 +383,9 @@ class Pipeline:
         described = self.describe()
         plan_copy = self.out / "plan.json"
         if resume and plan_copy.is_file():
-            saved = read_json(plan_copy, "the plan copy", f"restore it, or start a new --out instead of {self.out}")
+            fix = f"restore it, or start a new --out instead of {self.out}"
+            saved = read_json(plan_copy, "the plan copy", fix, expect=dict)
+            conform(saved, PLAN_COPY, f"the plan copy {plan_copy}", fix)
             self._check_unchanged(saved, described)
         atomic_write_text(plan_copy, json.dumps(described, indent=1) + "\n")
         total = len(self.plan.stages)
@@ -393,7 +395,7 @@ class Pipeline:
         for number, stage in enumerate(self.plan.stages, 1):
             folder = self.out / stage.name
             done = folder / "done.json"
-            if done.is_file():
+            if done.exists() or done.is_symlink():  # anything there is read as the record (a FIFO: one line)
                 record = read_record(done, self.out, stage.name)
                 outputs = record["outputs"]
                 finetuned = Path(outputs.get("model") or folder / "model")
@@ -435,6 +437,10 @@ class Pipeline:
             self.outputs[stage.name] = outputs
             write_record(done, self.out, outputs, seconds)
         return self.outputs
+
+
+# what a resume reads of plan.json (the stages as {kind: settings})
+PLAN_COPY = {"model": str, "stages": ListOf(MapOf(dict, nonempty=True)), "pack?": (bool, None), "holdout?": (dict, None)}
 
 
 def _same_stage(before: dict, now: dict) -> bool:

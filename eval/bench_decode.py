@@ -35,7 +35,8 @@ from ropesearch.own_files import atomic_write_text  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.evaluate.torch_backend import fastest_attention  # noqa: E402
 from ropesearch.models import load_model, resolve_model, rope_base  # noqa: E402
-from ropesearch.rope import make_factors, patch_rope  # noqa: E402
+from ropesearch.rope import make_factors  # noqa: E402
+from ropesearch.rope.patching import patch_rope  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
 
 GIB = 2**30

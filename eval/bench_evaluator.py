@@ -30,7 +30,8 @@ from ropesearch.evaluate import TorchEvaluator  # noqa: E402
 from ropesearch.evaluate.runs import baseline_table, environment, format_table, save_json  # noqa: E402
 from ropesearch.evaluate.runs import EvalSetup  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
-from ropesearch.rope import longrope, methods, patch_rope  # noqa: E402
+from ropesearch.rope import longrope, methods  # noqa: E402
+from ropesearch.rope.patching import patch_rope  # noqa: E402
 
 
 def sync():

@@ -27,7 +27,7 @@ from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.export import load_factors  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import make_factors  # noqa: E402
-from ropesearch.search.session import run_search  # noqa: E402
+from ropesearch.search.session import SearchConfig, run_search  # noqa: E402
 
 SEARCH_DOCS = "austen-emma.txt,j.fenimore.cooper.the.prairie.txt"
 
@@ -53,9 +53,10 @@ def heldout_books(documents, search_names, target: int, count: int) -> list:
 def search(args):
     out = Path(args.out) / (args.name or Path(args.space).stem)
     names = args.search_docs.split(",")
-    result = run_search(args.model, subset_folder(args.data, names), args.target, out, space=args.space,
-                        samples=len(names), time_minutes=args.minutes, resume=(out / "config.json").exists(),
-                        seed=args.seed, short_tolerance=None)  # unguarded, as results/search-smollm2-* were made
+    result = run_search(SearchConfig(args.model, subset_folder(args.data, names), args.target, space=args.space,
+                                     samples=len(names), time_minutes=args.minutes, seed=args.seed,
+                                     short_tolerance=None),
+                        out, resume=(out / "config.json").exists())  # unguarded, as results/search-smollm2-* were made
     print(json.dumps({"space": args.space, "best": result.values, "evals": result.state.full_evals,
                       "gpu_seconds": result.state.evaluator_seconds}))
 

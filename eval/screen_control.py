@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model  # noqa: E402
 from ropesearch.search import load_space, objectives, screening  # noqa: E402
-from ropesearch.search.session import run_search  # noqa: E402
+from ropesearch.search.session import SearchConfig, run_search  # noqa: E402
 
 
 def main():
@@ -44,8 +44,9 @@ def main():
         objectives.Objective.screen = random_screen
     ref = resolve_model("pocket")
     model, tokenizer = load_model(ref, device="cpu"), load_tokenizer(ref)
-    result = run_search("pocket", "builtin", 2048, tempfile.mkdtemp(), space=space, samples=2,
-                        max_evals=args.max_evals, time_minutes=60, loaded=(model, tokenizer), log=print)
+    result = run_search(SearchConfig("pocket", "builtin", 2048, space=space, samples=2, max_evals=args.max_evals,
+                                     time_minutes=60),
+                        tempfile.mkdtemp(), loaded=(model, tokenizer), log=print)
     state = result.state
     report = {"variant": args.variant, "best": result.values[0], "yarn": state.baselines["yarn"],
               "versus_yarn": round(result.values[0] / state.baselines["yarn"], 4), "full_evals": state.full_evals,

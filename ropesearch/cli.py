@@ -7,85 +7,19 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ropesearch import __version__
 from ropesearch.errors import RopesearchError
-from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
+from ropesearch.cli_options import (BACKEND_OPTION, DTYPE_OPTION, Group, MODEL_HELP, PACK_OPTION, check_json_out,
+                                    check_plots, compare_options, comparison, eval_options, method_param_options,
+                                    tokens, torch_dtype, worker_flags, workers_from)
+from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
+from ropesearch.rope.methods import METHODS
+from ropesearch.search.objectives import OBJECTIVES
 from ropesearch.units import MAX_SCALE
 
 
-class _Command(click.Command):
-    """Ctrl-C says what was kept and how to go on (click alone prints `Aborted!`); exit status 130."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo(f"\n{_interrupted(ctx.params)}", err=True)
-            ctx.exit(130)
-
-
-def _interrupted(params: dict) -> str:
-    """What an interrupted command kept: commands with --resume save as they go (into --out or --json)."""
-    if "resume" not in params:
-        return "Interrupted: this command keeps nothing until it finishes; run it again to start over."
-    if params.get("json_out", "") is None:  # results are kept only in --json
-        return "Interrupted: nothing was saved without --json; give --json FILE to keep results as they come."
-    where = params.get("out") or params.get("json_out")
-    return (f"Interrupted: the work finished so far is saved{f' in {where}' if where else ''}; run the same "
-            "command again with --resume to continue from there.")
-
-
-class _Group(click.Group):
-    """Turns RopesearchError into one line on stderr and exit status 1, no traceback."""
-
-    command_class = _Command
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except RopesearchError as exc:
-            raise click.ClickException(str(exc)) from None
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            # a bad option value is one line and exit status 1 too, with where to look for help
-            where = f"ropesearch {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "ropesearch --help"
-            raise click.ClickException(f"{exc.format_message().rstrip('.')} (see {where})") from None
-        except RecursionError:  # a backstop: every reader bounds the nesting it parses (validate.read_json)
-            raise click.ClickException("an input file is nested too deeply to read (JSON or YAML nested past "
-                                       "Python's recursion limit): give a file ropesearch wrote, or fix it") from None
-        except OSError as exc:  # a file that cannot be read or written (permissions, a full disk...)
-            target = f" {exc.filename}" if exc.filename else ""
-            raise click.ClickException(f"cannot access{target}: {exc.strerror or exc}") from None
-
-
-def _tokens(minimum: int = 1):
-    """The token-count parameter type (2048, 2k, 1M), at least `minimum`."""
-    from ropesearch.units import token_count_type
-
-    return token_count_type(minimum)
-
-
-def _torch_dtype(name: str | None):
-    """--dtype as a torch dtype (None: the default, bfloat16 on a GPU and float32 on the CPU)."""
-    if name in (None, "auto"):
-        return None
-    import torch
-
-    return getattr(torch, name)
-
-
-DTYPE_OPTION = click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                            show_default=True, help="Weights and compute dtype (auto: bfloat16 on a GPU, float32 on "
-                            "the CPU).")
-
-MODEL_HELP = ("Model: pocket (shipped), smollm2-135m or qwen2.5-coder-0.5b (fetched), a transformers folder or hub id, "
-              "or a .gguf file.")
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ropesearch")
 def cli():
     """Find, apply and export LongRoPE rescale factors for RoPE language models.
@@ -117,26 +51,20 @@ def _model_base(model: str, original_context: int | None):
 
 
 @cli.command("factors")
-@click.argument("method", type=click.Choice(["none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3", "longrope"]))
+@click.argument("method", type=click.Choice([*METHODS, "longrope"]))
 @click.option("--model", "-m", required=True, help=MODEL_HELP)
 @click.option("--scale", "-s", type=FiniteFloat(min=1, max=MAX_SCALE), required=True,
               help="Extension ratio: target window / original window (1 to 1024; targets up to 128M tokens).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the factor file here (else print a summary).")
-@click.option("--original-context", type=_tokens(2), help="Override the model's trained window (e.g. 4k).")
-@click.option("--beta-fast", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations above which dims are kept (default 32).")
-@click.option("--beta-slow", type=FiniteFloat(min=0, min_open=True), help="YaRN: rotations below which dims are interpolated (default 1).")
-@click.option("--mscale", type=FiniteFloat(min=0, min_open=True), help="YaRN: mscale (with --mscale-all-dim).")
-@click.option("--mscale-all-dim", type=FiniteFloat(min=0), help="YaRN: mscale_all_dim.")
-@click.option("--attention-factor", type=FiniteFloat(min=0, min_open=True), help="YaRN/LongRoPE: attention factor (default: the method's).")
-@click.option("--low-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: low_freq_factor (default 1).")
-@click.option("--high-freq-factor", type=FiniteFloat(min=0, min_open=True), help="Llama-3: high_freq_factor (default 4).")
+@click.option("--original-context", type=tokens(2), help="Override the model's trained window (e.g. 4k).")
+@method_param_options
 @click.option("--csv", "long_csv", type=click.Path(), help="LongRoPE: long factors from a LongRoPE-style CSV.")
 @click.option("--short-csv", type=click.Path(), help="LongRoPE: short factors from a CSV (default: the long ones).")
 @click.option("--start-tokens", type=count(0), default=0, show_default=True, help="LongRoPE: positions kept unscaled.")
 def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv, start_tokens, **options):
     """Write the factor file of METHOD for a model, or import LongRoPE CSV factors (METHOD longrope).
 
-    Baseline methods (none, pi, ntk, dynamic-ntk, yarn, llama3) use the same factors at every length.
+    Baseline methods use the same factors at every length.
     """
     from ropesearch.api import baseline_factors, factors_from_csv
     from ropesearch.export import save_factors
@@ -144,6 +72,10 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
     ref, base = _model_base(model, original_context)
     params = {k: v for k, v in options.items() if v is not None}
     if method == "longrope":
+        foreign = sorted(set(params) - {"attention_factor"})
+        if foreign:
+            raise RopesearchError(f"--{foreign[0].replace('_', '-')} is not a LongRoPE setting: longrope takes "
+                                  "--csv, --short-csv, --start-tokens and --attention-factor")
         if not long_csv:
             raise RopesearchError("method longrope needs --csv LONG_FACTORS.csv (searched factors come from `search`)")
         factors = factors_from_csv(base, scale, long_csv, short_csv, start_tokens=start_tokens, **params)
@@ -218,84 +150,18 @@ def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_st
         click.echo(f"warning: {caveat}", err=True)
 
 
-PACK_OPTION = click.option(
-    "--pack", is_flag=True, help="Join documents (EOS between them, seeded order, each from its start) into "
-    "windows of the longest length: windows longer than any document, e.g. 1M tokens.")
-
-BACKEND_OPTION = click.option(
-    "--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True,
-    help="Evaluator: torch, or vllm (prompt logprobs; needs vLLM and a model folder; vLLM uses long_factor "
-    "at every length).")
-
-
-def _worker_options(function):
-    """--workers / --ray-address / --gpus-per-worker / --task-timeout: score on Ray workers (pip install 'ropesearch[ray]')."""
-    options = [
-        click.option("--workers", type=count(1, 100_000),
-                     help="Score on N Ray workers, each holding the model (default with --ray-address: every GPU "
-                     "/ --gpus-per-worker; without these flags: this process, no Ray)."),
-        click.option("--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start "
-                     "a local Ray instance)."),
-        click.option("--gpus-per-worker", type=count(0, 1024),
-                     help="GPUs per worker, for a model that does not fit one (default 1; 0: CPU workers)."),
-        click.option("--task-timeout", type=FiniteFloat(min=0, min_open=True),
-                     help="Seconds before a worker's task counts as hung (default: 10x the slowest task, >= 600)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _workers(options: dict, dtype=None):
-    """Pop the worker flags from a command's options: WorkerOptions (workers load the model in `dtype`),
-    or None without them."""
-    from ropesearch.evaluate.workers import worker_options
-
-    return worker_options(*(options.pop(k) for k in ("workers", "ray_address", "gpus_per_worker", "task_timeout")),
-                          dtype=dtype)
-
-
-def _eval_options(function):
-    """Options shared by `eval` and `baselines`."""
-    options = [
-        click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
-        click.option("--data", "-d", default="builtin", show_default=True,
-                     help="Documents: a folder of .txt, a .txt or .jsonl file, a datasets name, or builtin "
-                     "(long texts that ship with Python)."),
-        click.option("--lengths", "-l", required=True, help="Comma-separated window lengths in tokens, e.g. 16384,32k."),
-        click.option("--samples", "-k", type=count(1), default=4, show_default=True, help="Documents (windows) per length."),
-        click.option("--seed", type=SEED, default=0, show_default=True, help="Which documents are sampled."),
-        click.option("--offset", type=click.Choice(["start", "random"]), default="start", show_default=True,
-                     help="Cut each window from the document's start or a seeded random place."),
-        click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
-        click.option("--split", default="test", show_default=True, help="datasets split."),
-        click.option("--heldout-of", type=click.Path(file_okay=False),
-                     help="Leave out the documents this search run (or plan run) searched or fine-tuned on, "
-                     "packed windows included."),
-        PACK_OPTION,
-        click.option("--max-batch", type=count(1), help="Most windows per forward pass (default: what fits)."),
-        click.option("--device", type=Device(), help="cuda, cuda:1, cpu (default: cuda if present)."),
-        BACKEND_OPTION,
-        DTYPE_OPTION,
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return _worker_options(function)
-
-
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import (baseline_table, describe_windows, failed_cells, format_table, parse_lengths,
                                           save_json, searched_documents, setup)
 
-    workers = _workers(table_args, _torch_dtype(dtype))
+    workers = workers_from(table_args, torch_dtype(dtype))
     lengths = parse_lengths(lengths)
-    _check_json_out(json_out, model, table_args.get("factor_files", ()), data)
+    check_json_out(json_out, model, table_args.get("factor_files", ()), data)
     exclude = searched_documents(heldout_of) if heldout_of else ()
     run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
                 text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
-                dtype=_torch_dtype(dtype), pack=pack, config_only=workers is not None)
+                dtype=torch_dtype(dtype), pack=pack, config_only=workers is not None)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
     click.echo(describe_windows(run, heldout_of), err=True)
@@ -313,8 +179,8 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
 
 
 @cli.command("eval")
-@_eval_options
-@click.option("--method", type=click.Choice(["as-is", "none", "pi", "ntk", "dynamic-ntk", "yarn", "llama3"]),
+@eval_options
+@click.option("--method", type=click.Choice(["as-is", *METHODS]),
               help="Score a baseline method (with --scale), or as-is: the model with the RoPE its own config sets "
               "(e.g. an exported folder as shipped).")
 @click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE),
@@ -337,9 +203,9 @@ def eval_cmd(method, scale, factor_file, needle, **options):
 
 
 @cli.command("baselines")
-@_eval_options
+@eval_options
 @click.option("--methods", default="none,pi,ntk,yarn", show_default=True,
-              help="Comma-separated: none, pi, ntk, dynamic-ntk, yarn, llama3.")
+              help=f"Comma-separated: {', '.join(METHODS)}.")
 @click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE), help="Scale of the methods at every length, 1 to 1024 (default: longest "
               "length / original window).")
 @click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
@@ -365,15 +231,14 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 @cli.command("search")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--data", "-d", default="builtin", show_default=True, help="Search documents (as for eval).")
-@click.option("--target-length", "-t", type=_tokens(2), required=True,
+@click.option("--target-length", "-t", type=tokens(2), required=True,
               help="Window to extend the model to, in tokens (e.g. 2048, 32k, 1M).")
 @click.option("--space", "-s", default="fast", show_default=True,
               help="Search space: fast, longrope, longrope2, or a YAML file.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the search in --out from its last generation.")
-@click.option("--objective", type=click.Choice(["ppl", "needle", "ppl+short"]),
-              help="ppl: perplexity at the target; needle: needle-driven perplexity; ppl+short: also the "
-              "original window, one factor set for every length (NSGA-II). Default: the space's.")
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)),
+              help="; ".join(f"{name}: {kind.help}" for name, kind in OBJECTIVES.items()) + ". Default: the space's.")
 @click.option("--max-evals", type=count(1), help="Stop after this many full evaluations.")
 @click.option("--time-budget", type=FiniteFloat(min=0, min_open=True), help="Stop after this many minutes.")
 @click.option("--samples", "-k", type=count(1), help="Search windows (default: the space's).")
@@ -389,7 +254,7 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 @click.option("--no-short-guard", is_flag=True, help="Search without that guard (short_factor = long_factor, "
               "attention factor free; the original window may get worse).")
 @PACK_OPTION
-@_worker_options
+@worker_flags
 def search_cmd(model, data, target_length, space, out, resume, objective, max_evals, time_budget, samples, seed,
                max_batch, device, backend, text_field, short_tolerance, dtype, no_short_guard, pack, **worker_flags):
     """Evolutionary search for LongRoPE factors at --target-length.
@@ -398,56 +263,21 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
     (after every generation, data only) and OUT/best.json (a factor file). A killed search continues
     with --resume and reaches the same result as an uninterrupted one; one process at a time.
     """
-    from ropesearch.search.session import run_search
+    from ropesearch.search.session import SearchConfig, run_search
 
     check_output(out, {"the model": model, "the data": data, "the space": space})
-    result = run_search(model, data, target_length, out, space=space, objective=objective, samples=samples,
-                        seed=seed, resume=resume, max_evals=max_evals, time_minutes=time_budget, device=device,
-                        max_batch=max_batch, text_field=text_field, backend=backend, pack=pack,
-                        short_tolerance=None if no_short_guard else short_tolerance, dtype=_torch_dtype(dtype),
-                        workers=_workers(worker_flags, _torch_dtype(dtype)),
-                        log=lambda m: click.echo(m, err=True))
+    config = SearchConfig(model, data, target_length, space=space, objective=objective, samples=samples, seed=seed,
+                          max_evals=max_evals, time_minutes=time_budget, device=device, max_batch=max_batch,
+                          text_field=text_field, backend=backend, pack=pack, dtype=torch_dtype(dtype),
+                          short_tolerance=None if no_short_guard else short_tolerance,
+                          workers=workers_from(worker_flags, torch_dtype(dtype)))
+    result = run_search(config, out, resume=resume, log=lambda m: click.echo(m, err=True))
     values = ", ".join(f"{v:.4f}" for v in result.values)
     click.echo(f"best: {values} after {result.state.full_evals} evaluations; factors in {Path(out) / 'best.json'}")
 
 
-def _compare_options(function):
-    """--methods / --scale / --factors: what passkey and lm-eval compare."""
-    options = [
-        click.option("--model", "-m", default="smollm2-135m", show_default=True, help=MODEL_HELP),
-        click.option("--methods", default="none", show_default=True,
-                     help="Comma-separated baselines: none, pi, ntk, dynamic-ntk, yarn, llama3."),
-        click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE),
-                     help="Scale for the methods, 1 to 1024 (default: longest length / original window)."),
-        click.option("--factors", "factor_files", multiple=True, type=click.Path(),
-                     help="Factor files (repeat; LABEL=PATH names one)."),
-        click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present)."),
-        DTYPE_OPTION,
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _check_json_out(json_out, model, factor_files, data=None) -> None:
-    if json_out:
-        from ropesearch.evaluate.runs import factor_labels  # LABEL=PATH: the path is the input
-
-        inputs = {"the model": model, **{f"factor file {f}": f for f in factor_labels(factor_files).values()}}
-        check_output(json_out, inputs | ({"the data": data} if data else {}), "--json", folder=False)
-
-
-def _check_plots(plots, json_out=None) -> None:
-    """--plots can be written before the long work starts (its files come after every result)."""
-    if plots:
-        if json_out and Path(plots).resolve() == Path(json_out).resolve():
-            raise RopesearchError(f"--plots {plots} is also the --json file: give the plots a folder of their own")
-        writable_folder(plots, "--plots")
-
-
 @cli.command("passkey")
-@_compare_options
+@compare_options
 @click.option("--lengths", "-l", required=True, help="Prompt lengths in tokens, e.g. 8k,16k,32k.")
 @click.option("--depths", default="0.1,0.5,0.9", show_default=True, help="Where the key sits (0 start, 1 end).")
 @click.option("--trials", type=count(1), default=5, show_default=True, help="Random keys per length and depth.")
@@ -459,50 +289,25 @@ def _check_plots(plots, json_out=None) -> None:
 def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, depths, trials, seed, plots,
                 data, pack):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
-    from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
-    from ropesearch.evaluate.passkey import passkey_accuracy
-    from ropesearch.models import load_model, load_tokenizer, resolve_model
+    from ropesearch.evaluate.passkey_run import PasskeyConfig, run_passkey
 
-    lengths = parse_lengths(lengths)
-    _check_json_out(json_out, model, factor_files, data)
-    _check_plots(plots, json_out)
-    try:
-        depth_values = [float(d) for d in depths.split(",")]
-    except ValueError:
-        raise RopesearchError(f"--depths must be comma-separated fractions, got {depths!r}") from None
-    if not all(0 <= d <= 1 for d in depth_values):
-        raise RopesearchError(f"--depths must be fractions in [0, 1] (0 start, 1 end), got {depths!r}")
-    if pack and not data:
-        raise RopesearchError("--pack joins the documents of --data: give --data too")
-    ref = resolve_model(model)
-    tokenizer = load_tokenizer(ref)
-    haystack, extra = None, {}
-    if data:
-        from ropesearch.data import build_windows, load_documents, tokenize_documents
+    check_json_out(json_out, model, factor_files, data)
+    check_plots(plots, json_out)
 
-        documents = tokenize_documents(load_documents(data), tokenizer)
-        (window,) = build_windows(documents, tokenizer, max(lengths), 1, seed, pack=pack)
-        haystack, extra = window.ids, {"data": data, "haystack": window.record()}
-    loaded = load_model(ref, device=device, dtype=_torch_dtype(dtype))
-    results = {}
-    for name, factors in comparison_sets(loaded, methods, factor_files, scale, max(lengths)).items():
-        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depth_values, trials, seed,
-                                         haystack=haystack)
-        row = "  ".join(f"{n}:{np.mean([results[name]['accuracy'][f'{n}@{d:g}'] for d in depth_values]):.0%}"
-                        for n in lengths)
-        click.echo(f"{name:>24}  {row}")
+    def plot(name, result):
         if plots:
             from ropesearch.report.plots import plot_passkey
 
             Path(plots).mkdir(parents=True, exist_ok=True)
-            plot_passkey(results[name], Path(plots) / f"passkey-{name.replace('/', '_')}.png", f"Passkey: {name}")
-    if json_out:
-        save_json({"passkey": results, "model": model, **extra, "command": " ".join(sys.argv)}, json_out)
-        click.echo(f"wrote {json_out}")
+            plot_passkey(result, Path(plots) / f"passkey-{name.replace('/', '_')}.png", f"Passkey: {name}")
+
+    config = PasskeyConfig(comparison(model, methods, factor_files, scale, device, dtype), lengths, depths, trials,
+                           seed, data, pack)
+    run_passkey(config, json_out, log=click.echo, on_result=plot, command=" ".join(sys.argv))
 
 
 @cli.command("ruler")
-@_compare_options
+@compare_options
 @click.option("--lengths", "-l", required=True, help="Sequence lengths in tokens (prompt + answer), e.g. 8k,16k,32k.")
 @click.option("--tasks", default="all", show_default=True,
               help="Comma-separated RULER tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
@@ -529,80 +334,16 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler import answer_cap, check_lengths, parse_tasks
-    from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_rope, check_ruler_json,
-                                                check_settings, format_ruler, pending_tasks, record_devices,
-                                                rope_record, ruler_results)
-    from ropesearch.evaluate.ruler_prefetch import ruler_suite
-    from ropesearch.evaluate.runs import comparison_names, comparison_sets, environment, parse_lengths, save_json
-    from ropesearch.models import load_model, load_tokenizer, resolve_model
-    from ropesearch.validate import read_json
+    from ropesearch.evaluate.ruler_eval import format_ruler
+    from ropesearch.evaluate.ruler_run import RulerConfig, run_ruler
 
-    lengths, task_names = check_lengths(parse_lengths(lengths)), parse_tasks(tasks)
-    max_new_tokens = answer_cap(max_new_tokens, task_names)  # kept as none where it caps no task
-    if resume and not json_out:
-        raise RopesearchError("--resume needs --json (the results to continue)")
-    if json_out and not resume and Path(json_out).is_file():
-        raise RopesearchError(f"--json {json_out} exists: add --resume to add to its results, or give another --json")
-    _check_json_out(json_out, model, factor_files, data)
-    _check_plots(plots, json_out)
-    settings = {"model": model, "data": data, "seed": seed, "text_field": text_field}
-    saved = (read_json(json_out, "RULER results", "run without --resume and another --json")
-             if resume and Path(json_out).is_file() else {})
-    check_ruler_json(saved, json_out)
-    check_settings(settings, saved)
-    for name, result in saved.get("ruler", {}).items():  # one JSON, one setting: its tables share rows
-        check_resumable(result, task_names, samples, max_new_tokens, name=repr(name))
-    names = comparison_names(methods, factor_files)
-    if names and all(str(n) in saved.get("ruler", {}).get(name, {}).get("average", {}) for name in names for n in lengths):
-        # all there: the table (and plots) without loading the model
-        click.echo(format_ruler(saved["ruler"]))
-        _ruler_plots(saved["ruler"], plots)
-        click.echo(f"nothing left to run: every factor set, length and task is already in {json_out}")
-        return
-    ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
-    on_gpu = next(loaded.parameters()).device.type == "cuda"
-    suite = ruler_suite(tokenizer, data, text_field=text_field, seed=seed, prefetch=on_gpu if prefetch is None else prefetch)
-    document = {"ruler": dict(saved.get("ruler", {})), **settings, "command": " ".join(sys.argv),
-                "environment": environment(loaded)}
-    if saved.get("environment", {}).get("dtype") not in (None, document["environment"]["dtype"]):
-        raise RopesearchError(f"--resume: the JSON's results ran in {saved['environment']['dtype']}, this run in "
-                              f"{document['environment']['dtype']}: give --dtype {saved['environment']['dtype']}, "
-                              "or another --json")
-    if saved.get("environment"):  # cells from before devices were kept per cell ran where the file last did
-        record_devices(document["ruler"], saved["environment"]["device"])
-
-    def save(name, length):
-        def write(result):
-            record_devices({name: result}, document["environment"]["device"], [length])
-            document["ruler"][name] = result
-            if json_out:
-                save_json(document, json_out)
-        return write
-
-    sets = comparison_sets(loaded, methods, factor_files, scale, max(lengths))
-    ropes = {name: rope_record(factors) for name, factors in sets.items()}
-    for name in sets:
-        if name in document["ruler"]:
-            check_rope(document["ruler"][name], ropes[name], repr(name))  # its other settings: checked above
-    sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
-    with suite:
-        for index, length in enumerate(lengths):  # every factor set at one length, then the next: samples made once
-            # a worker (--prefetch) builds this length's prompts, then the next length's meanwhile
-            suite.plan((task, n, samples) for n in lengths[index:index + 2]
-                       for task in pending_tasks(document["ruler"], sets, task_names, n))
-            for name, factors in sets.items():
-                document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, task_names, [length],
-                                                        samples, max_batch, document["ruler"].get(name),
-                                                        on_cell=save(name, length), name=f"{name} {length}",
-                                                        max_new_tokens=max_new_tokens, sizer=sizer,
-                                                        rope=ropes[name])
-                click.echo(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}", err=True)  # progress; the table is the result
-    click.echo(format_ruler(document["ruler"]))
-    _ruler_plots(document["ruler"], plots)
-    if json_out:
-        click.echo(f"wrote {json_out}")
+    check_json_out(json_out, model, factor_files, data)
+    check_plots(plots, json_out)
+    config = RulerConfig(comparison(model, methods, factor_files, scale, device, dtype), lengths, tasks, samples,
+                         seed, data, text_field, max_batch, max_new_tokens, prefetch)
+    results = run_ruler(config, json_out, resume, log=lambda m: click.echo(m, err=True), command=" ".join(sys.argv))
+    click.echo(format_ruler(results))
+    _ruler_plots(results, plots)
 
 
 def _ruler_plots(results: dict, plots) -> None:
@@ -616,7 +357,7 @@ def _ruler_plots(results: dict, plots) -> None:
 
 
 @cli.command("lm-eval")
-@_compare_options
+@compare_options
 @click.option("--tasks", required=True,
               help="Comma-separated lm-eval tasks: any registered name, or the offline ropesearch_passkey, "
               "ropesearch_ppl, ropesearch_ruler (the RULER-style group) and ropesearch_ruler_<task> (e.g. _vt).")
@@ -626,37 +367,19 @@ def _ruler_plots(results: dict, plots) -> None:
               "original window), ropesearch_ppl document lengths (default: the extended window).")
 @click.option("--limit", type=count(1), help="About this many documents per task; offline tasks (ropesearch_*) keep "
               "at least one per length and depth.")
-@click.option("--doc-tokens", type=_tokens(1), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
+@click.option("--doc-tokens", type=tokens(1), help="ropesearch_ppl: cut every document to N tokens instead of --lengths.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/lm-eval", show_default=True,
               help="Where generated task data and filled-in task files go.")
 @click.option("--verbose", "-v", is_flag=True, help="Show lm-eval's own logging.")
 def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, tasks, data, lengths, limit, doc_tokens,
                 workdir, verbose):
     """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
-    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
-    from ropesearch.evaluate.runs import comparison_sets, parse_lengths, save_json
-    from ropesearch.models import load_model, load_tokenizer, resolve_model
+    from ropesearch.evaluate.lm_eval_bridge import LmEvalConfig, compare_lm_eval
 
-    _check_json_out(json_out, model, factor_files)
-    ref = resolve_model(model)
-    loaded, tokenizer = load_model(ref, device=device, dtype=_torch_dtype(dtype)), load_tokenizer(ref)
-    task_names = [t.strip() for t in tasks.split(",") if t.strip()]
-    prompt_lengths = parse_lengths(lengths) if lengths else ()
-    results = {}
-    sets = comparison_sets(loaded, methods, factor_files, scale, max(prompt_lengths) if prompt_lengths else None)
-    from tqdm import tqdm
-
-    for name, factors in tqdm(sets.items(), desc="lm-eval", unit="model", total=len(sets), disable=len(sets) < 2):
-        results[name] = run_lm_eval(loaded, tokenizer, factors, task_names, Path(workdir) / name.replace("/", "_"),
-                                    data=data, lengths=prompt_lengths, limit=limit, doc_tokens=doc_tokens,
-                                    verbose=verbose)
-        for task, metrics in results[name]["results"].items():
-            shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()  # -1: a length not run
-                              if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len" and v != -1)
-            click.echo(f"{name:>24}  {task}: {shown}")
-    if json_out:
-        save_json({"lm_eval": results, "model": model, "command": " ".join(sys.argv)}, json_out)
-        click.echo(f"wrote {json_out}")
+    check_json_out(json_out, model, factor_files)
+    config = LmEvalConfig(comparison(model, methods, factor_files, scale, device, dtype), tasks, data, lengths, limit,
+                          doc_tokens, workdir, verbose)
+    compare_lm_eval(config, json_out, log=click.echo, command=" ".join(sys.argv))
 
 
 @cli.command("run")

@@ -109,3 +109,10 @@ def with_value(document, path: tuple, value):
     else:
         target[path[-1]] = value
     return document
+
+
+def search_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """A test helper's keyword arguments for a search, split into SearchConfig fields and the
+    run's own (run_search's resume and stop_after)."""
+    runtime = {k: kwargs.pop(k) for k in ("resume", "stop_after") if k in kwargs}
+    return kwargs, runtime

@@ -100,7 +100,9 @@ def test_bad_input_gives_one_clear_line(model_dir, tmp_path):
                           "has 32 factors (rotary_dim 64) but the model rotates 32 dims")
 
     assert_one_line_error(run("factors", "pi", "--model", model_dir, "--scale", 2, "--beta-fast", 3),
-                          "bad parameters for method 'pi'")
+                          "method 'pi' takes no parameter 'beta_fast'")
     assert_one_line_error(run("factors", "longrope", "--model", model_dir, "--scale", 2), "needs --csv")
+    assert_one_line_error(run("factors", "longrope", "--model", model_dir, "--scale", 2, "--beta-slow", 2),
+                          "--beta-slow is not a LongRoPE setting")
     assert_one_line_error(run("export", tmp_path / "missing.json", "--model", model_dir, "--out", tmp_path / "o"),
                           "does not exist")

@@ -11,7 +11,8 @@ from ropesearch.data import Window
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import TorchEvaluator, plan_jobs
 from ropesearch.models import rope_base
-from ropesearch.rope import longrope, methods, patch_rope
+from ropesearch.rope import longrope, methods
+from ropesearch.rope.patching import patch_rope
 
 
 @pytest.fixture(scope="module")

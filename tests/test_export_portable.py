@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ropesearch.api import export
 from ropesearch.export import save_factors
 from ropesearch.models import load_model, resolve_model, rope_base
-from ropesearch.rope import make_factors, patch_rope
+from ropesearch.rope import make_factors
+from ropesearch.rope.patching import patch_rope
 
 
 def test_moved_export_loads_with_the_factors_and_describes_itself(tmp_path):

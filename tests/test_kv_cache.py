@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_model
 from ropesearch.evaluate.kv_cache import ReservedLayer, reserved_cache_kwargs
 from ropesearch.models import rope_base
-from ropesearch.rope import make_factors, patch_rope
+from ropesearch.rope import make_factors
+from ropesearch.rope.patching import patch_rope
 
 
 def _generate(model, ids, new, **kwargs):

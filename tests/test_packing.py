@@ -125,10 +125,10 @@ def test_packed_search_screens_short_promotes_few_and_resumes_exactly(tiny_model
     assert set(searched_documents(tmp_path / "whole")) == {p["document"] for p in parts}
 
     # a session stopped after one generation, then resumed: the same result
-    from ropesearch.search.session import run_search
+    from ropesearch.search.session import SearchConfig, run_search
 
-    partial = run_search(str(model), str(docs), 2048, tmp_path / "split", space=str(million_space), pack=True,
-                         device="cpu", stop_after=1, log=lambda m: None)
+    partial = run_search(SearchConfig(str(model), str(docs), 2048, space=str(million_space), pack=True, device="cpu"),
+                         tmp_path / "split", stop_after=1, log=lambda m: None)
     assert partial.state.generation == 1
     resumed = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "split"), "--resume"])
     assert resumed.exit_code == 0, resumed.output

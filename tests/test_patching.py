@@ -9,7 +9,8 @@ from conftest import ARCHITECTURES, ORIGINAL, tiny_model
 from ropesearch.errors import RopesearchError
 from ropesearch.export import export_hf
 from ropesearch.models import ModelRef, rope_base
-from ropesearch.rope import RopeBase, longrope, patch_rope
+from ropesearch.rope import RopeBase, longrope
+from ropesearch.rope.patching import patch_rope
 from ropesearch.rope import methods
 
 TOLERANCE = 1e-4

@@ -8,7 +8,7 @@ import pytest
 
 from ropesearch.evaluate.runs import baseline_table, searched_documents, setup
 from ropesearch.models import load_model, load_tokenizer, resolve_model
-from ropesearch.search.session import run_search
+from ropesearch.search.session import SearchConfig, run_search
 
 WINDOW = 256  # the pocket model's trained window
 TARGET = 8 * WINDOW
@@ -35,8 +35,9 @@ def test_short_search_at_8x_beats_yarn_on_held_out_documents(pocket, tmp_path):
     out = tmp_path / "search"
     # the search's own power, without the short guard (whose attention cap costs a few percent at 8x:
     # tests/test_short_guard.py and the README's short guard section)
-    result = run_search("pocket", "builtin", TARGET, out, space="fast", samples=2, max_evals=120, loaded=pocket,
-                        log=lambda *_: None, short_tolerance=None)
+    result = run_search(SearchConfig("pocket", "builtin", TARGET, space="fast", samples=2, max_evals=120,
+                                     short_tolerance=None),
+                        out, loaded=pocket, log=lambda *_: None)
     searched = searched_documents(out)
     run = setup("pocket", "builtin", TARGET, samples=4, exclude=searched, loaded=pocket)
     assert not set(searched) & {w.name.split("@")[0] for w in run.windows}
@@ -51,8 +52,9 @@ def test_the_fast_spaces_screen_does_not_rank_on_the_pocket_model_and_is_switche
     model's promoted candidates far from their full scores, so the search stops screening."""
     out = tmp_path / "search"
     logged = []
-    result = run_search("pocket", "builtin", TARGET, out, space="fast", samples=2, max_evals=64, loaded=pocket,
-                        log=logged.append, short_tolerance=None)
+    result = run_search(SearchConfig("pocket", "builtin", TARGET, space="fast", samples=2, max_evals=64,
+                                     short_tolerance=None),
+                        out, loaded=pocket, log=logged.append)
     entries = json.loads((out / "progress.json").read_text())
     judged = next(e for e in entries if not e["screen"]["on"])  # the verdict: after generation 6 (rho 0.24 over 48 pairs)
     assert judged["screen"]["spearman"] < 0.5 and judged["screen"]["pairs"] >= 8, judged

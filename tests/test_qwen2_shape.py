@@ -12,7 +12,8 @@ import transformers
 from ropesearch.data import Window
 from ropesearch.evaluate import TorchEvaluator
 from ropesearch.models import rope_base
-from ropesearch.rope import methods, patch_rope
+from ropesearch.rope import methods
+from ropesearch.rope.patching import patch_rope
 
 ORIGINAL = 64
 VOCAB = 3000  # ~50x the hidden size, as 151,936 is ~170x Qwen2.5-0.5B's 896

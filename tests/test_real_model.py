@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from ropesearch.cli import cli
 from ropesearch.export import load_factors
 from ropesearch.models import load_model, load_tokenizer, resolve_model
-from ropesearch.rope import patch_rope
+from ropesearch.rope.patching import patch_rope
 
 TEXT = "The pass key is 71432. Remember it. The grass is green and the sky is blue. " * 4
 

@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DELETE, with_value
+from conftest import DELETE, search_kwargs, with_value
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
 
@@ -455,11 +455,13 @@ def tiny_search(loaded, out, **kwargs):
     from dataclasses import replace
 
     from ropesearch.search import load_space
-    from ropesearch.search.session import run_search
+    from ropesearch.search.session import SearchConfig, run_search
 
     space = load_space("fast")
     space = replace(space, budget=replace(space.budget, generations=2, population=6, top_k=3))
-    return run_search("tiny", "builtin", 256, out, space=space, loaded=loaded, log=lambda m: None, **kwargs)
+    config, runtime = search_kwargs(kwargs)
+    return run_search(SearchConfig("tiny", "builtin", 256, space=space, **config), out, loaded=loaded,
+                      log=lambda m: None, **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -609,10 +611,10 @@ KILLED_SEARCH = """
 import sys
 from dataclasses import replace
 from ropesearch.search import load_space
-from ropesearch.search.session import run_search
+from ropesearch.search.session import SearchConfig, run_search
 space = load_space("fast")
 space = replace(space, budget=replace(space.budget, generations=4, population=6, top_k=3))
-run_search(sys.argv[1], sys.argv[2], 256, sys.argv[3], space=space, device="cpu", log=lambda m: None,
+run_search(SearchConfig(sys.argv[1], sys.argv[2], 256, space=space, device="cpu"), sys.argv[3], log=lambda m: None,
            resume=len(sys.argv) > 4)
 """
 
@@ -632,12 +634,13 @@ def test_kill_9_mid_search_then_resume_gives_the_uninterrupted_result(tiny_model
     from dataclasses import replace
 
     from ropesearch.search import load_space
-    from ropesearch.search.session import run_search
+    from ropesearch.search.session import SearchConfig, run_search
 
     space = load_space("fast")
     space = replace(space, budget=replace(space.budget, generations=4, population=6, top_k=3))
     for out, resume in ((straight, False), (killed, True)):
-        run_search(str(model), str(docs), 256, out, space=space, device="cpu", log=lambda m: None, resume=resume)
+        run_search(SearchConfig(str(model), str(docs), 256, space=space, device="cpu"),
+                   out, log=lambda m: None, resume=resume)
 
     assert history_rows(killed) == history_rows(straight)
     best = [json.loads((run / "best.json").read_text())["rope"]["long_factor"] for run in (straight, killed)]

@@ -150,8 +150,10 @@ def test_make_factors_names_bad_input():
         make_factors("ntk2", base, 8)
     with pytest.raises(RopesearchError, match="scale must be a number >= 1"):
         make_factors("pi", base, 0.5)
-    with pytest.raises(RopesearchError, match="bad parameters for method 'pi'"):
+    with pytest.raises(RopesearchError, match="method 'pi' takes no parameter 'beta_fast' .it takes none"):
         make_factors("pi", base, 2, beta_fast=3)
+    with pytest.raises(RopesearchError, match="method 'yarn' takes no parameter 'low_freq_factor' .its parameters: beta_fast"):
+        make_factors("yarn", base, 2, low_freq_factor=3)
     with pytest.raises(RopesearchError, match=r"long_factor\[3\] is -1.0"):
         longrope(base, [1.0, 1.0, 1.0, -1.0] + [1.0] * 28, scale=2)
     with pytest.raises(RopesearchError, match="has 3 values but this model needs 32"):

@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import search_kwargs, tiny_model, tiny_tokenizer
 from ropesearch.search import load_space, objectives
 from ropesearch.search.screening import MIN_RANK, cache_pairs, rank_correlation, stop_screening
-from ropesearch.search.session import run_search
+from ropesearch.search.session import SearchConfig, run_search
 
 TARGET = 256
 
@@ -27,8 +27,9 @@ def space(generations=4):
 
 
 def search(loaded, out, logged=None, **kwargs):
-    return run_search("tiny", "builtin", TARGET, out, space=space(), loaded=loaded, short_tolerance=None,
-                      log=(logged.append if logged is not None else lambda m: None), **kwargs)
+    config, runtime = search_kwargs(kwargs)
+    return run_search(SearchConfig("tiny", "builtin", TARGET, space=space(), short_tolerance=None, **config), out,
+                      loaded=loaded, log=(logged.append if logged is not None else lambda m: None), **runtime)
 
 
 @pytest.fixture

@@ -8,13 +8,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import search_kwargs, tiny_model, tiny_tokenizer
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
 from ropesearch.rope import RopeBase, critical_dimension, methods
-from ropesearch.search import Encoding, load_space, space_from_dict
+from ropesearch.search import load_space, space_from_dict
+from ropesearch.search.encoding import Encoding
 from ropesearch.search.operators import FactorCrossover, FactorMutation
-from ropesearch.search.session import run_search
+from ropesearch.search.session import SearchConfig, run_search
 
 BASE = RopeBase(10_000.0, 32, 64)
 TARGET = 256
@@ -34,7 +35,9 @@ def tiny_space(name="fast", **budget):
 def search(loaded, out, space, **kwargs):
     # the loop's mechanics without the short guard (which caps the attention gene); it has its own tests
     kwargs.setdefault("short_tolerance", None)
-    return run_search("tiny", "builtin", TARGET, out, space=space, loaded=loaded, log=lambda m: None, **kwargs)
+    config, runtime = search_kwargs(kwargs)
+    return run_search(SearchConfig("tiny", "builtin", TARGET, space=space, **config), out, loaded=loaded,
+                      log=lambda m: None, **runtime)
 
 
 def history_without_timing(path):
@@ -65,7 +68,7 @@ def test_shipped_spaces_load_with_the_documented_settings():
     ({"factors": {"critical_dimension": 7}}, "critical_dimension must be null, 'theory' or an even number"),
     ({"seeds": ["pi", "rope9"]}, "unknown seed method 'rope9'"),
     ({"colour": "red"}, "unknown key 'colour'"),
-    ({"objective": "bleu"}, r"objective must be ppl, needle or ppl\+short"),
+    ({"objective": "bleu"}, r"objective must be one of ppl, needle, ppl\+short"),
 ])
 def test_bad_spaces_are_named(tmp_path, change, message):
     data = yaml.safe_load(open("search_spaces/fast.yaml"))

@@ -14,7 +14,7 @@ from ropesearch.evaluate.runs import prefix_windows, setup
 from ropesearch.export import load_factors
 from ropesearch.models import rope_base
 from ropesearch.rope import RopeBase, make_factors
-from ropesearch.search.session import run_search, search_windows
+from ropesearch.search.session import SearchConfig, run_search, search_windows
 from ropesearch.search.short_guard import GUARD_MARGIN, guard_windows, measure_guard
 
 TARGET = 1024
@@ -39,8 +39,8 @@ def original_window_ratio(pocket, factors):
 
 def test_guarded_search_keeps_the_original_window_and_reports_against_yarn(pocket, tmp_path):
     lines = []
-    run_search("pocket", "builtin", TARGET, tmp_path / "guarded", samples=1, max_evals=12, loaded=pocket,
-               log=lines.append)
+    run_search(SearchConfig("pocket", "builtin", TARGET, samples=1, max_evals=12),
+               tmp_path / "guarded", loaded=pocket, log=lines.append)
     found = load_factors(tmp_path / "guarded" / "best.json")
     guard = json.loads((tmp_path / "guarded" / "config.json").read_text())["short_guard"]
     assert found.short_factor == (1.0,) * found.base.n_factors and found.attention_factor <= guard["attention_cap"]
@@ -56,8 +56,8 @@ def test_guarded_search_keeps_the_original_window_and_reports_against_yarn(pocke
 
 def test_unguarded_search_is_worse_at_the_original_window(pocket, tmp_path):
     """The check above can fail: without the guard the found factors cost well over 1% at 256 tokens."""
-    run_search("pocket", "builtin", TARGET, tmp_path / "free", samples=1, max_evals=12, loaded=pocket,
-               log=lambda m: None, short_tolerance=None)
+    run_search(SearchConfig("pocket", "builtin", TARGET, samples=1, max_evals=12, short_tolerance=None),
+               tmp_path / "free", loaded=pocket, log=lambda m: None)
     found = load_factors(tmp_path / "free" / "best.json")
     assert found.short_factor == found.long_factor
     assert original_window_ratio(pocket, found) > 1.01
@@ -114,10 +114,11 @@ def test_a_hand_edited_guard_in_the_config_is_one_error_on_resume(pocket, tmp_pa
     from ropesearch.errors import RopesearchError
 
     out = tmp_path / "run"
-    run_search("pocket", "builtin", TARGET, out, samples=1, max_evals=3, loaded=pocket, log=lambda *_: None)
+    run_search(SearchConfig("pocket", "builtin", TARGET, samples=1, max_evals=3),
+               out, loaded=pocket, log=lambda *_: None)
     config = json.loads((out / "config.json").read_text())
     config["short_guard"][field] = value
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(RopesearchError, match=f"short_guard.{field}"):
-        run_search("pocket", "builtin", TARGET, out, samples=1, max_evals=6, loaded=pocket, log=lambda *_: None,
-                   resume=True)
+        run_search(SearchConfig("pocket", "builtin", TARGET, samples=1, max_evals=6),
+                   out, loaded=pocket, log=lambda *_: None, resume=True)

@@ -138,7 +138,7 @@ def test_a_run_on_a_model_in_memory_refuses_a_changed_config(tmp_path, monkeypat
 
     from conftest import tiny_model, tiny_tokenizer
     from ropesearch.search import load_space
-    from ropesearch.search.session import run_search
+    from ropesearch.search.session import SearchConfig, run_search
 
     monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
     tokenizer = tiny_tokenizer()
@@ -147,8 +147,8 @@ def test_a_run_on_a_model_in_memory_refuses_a_changed_config(tmp_path, monkeypat
     space = replace(space, budget=replace(space.budget, generations=1, population=4, top_k=2))
 
     def search(resume=False):
-        return run_search("tiny", "builtin", 256, tmp_path / "run", space=space, loaded=(model, tokenizer),
-                          log=lambda m: None, resume=resume, short_tolerance=None, samples=1)
+        return run_search(SearchConfig("tiny", "builtin", 256, space=space, short_tolerance=None, samples=1),
+                          tmp_path / "run", loaded=(model, tokenizer), log=lambda m: None, resume=resume)
 
     search()
     model.config.rms_norm_eps = 1e-2

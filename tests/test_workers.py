@@ -29,7 +29,8 @@ from ropesearch.evaluate.workers import WorkerOptions, WorkerPool  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import RopeBase, methods  # noqa: E402
 from ropesearch.search import load_space  # noqa: E402
-from ropesearch.search.session import run_search, search_windows  # noqa: E402
+from ropesearch.search.session import SearchConfig, run_search, search_windows  # noqa: E402
+from conftest import search_kwargs  # noqa: E402
 
 TARGET = 512  # 2x the pocket model's window: seconds per search on two cores
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_DISABLE_USAGE_STATS": "1"}  # a loopback-only test cluster
@@ -104,8 +105,11 @@ def tiny_space():
 
 
 def search(out, workers=None, loaded=None, **kwargs):
-    return run_search("pocket", "builtin", TARGET, out, space=tiny_space(), samples=2, workers=workers,
-                      loaded=loaded, log=lambda m: None, **kwargs)
+    config, runtime = search_kwargs(kwargs)
+    return run_search(SearchConfig("pocket", "builtin", TARGET, space=tiny_space(), samples=2, workers=workers,
+                                   **config),
+                      
+                      out, loaded=loaded, log=lambda m: None, **runtime)
 
 
 def history(path, keep_worker=False):
@@ -240,8 +244,8 @@ def test_a_killed_driver_resumes_to_the_same_result(cluster, pool, straight, tmp
     finally:
         driver.wait(timeout=30)
     assert len(json.loads((out / "progress.json").read_text())) < 3, "killed before it finished"
-    resumed = run_search("pocket", "builtin", TARGET, out, space=str(space), samples=2, workers=pool, resume=True,
-                         log=lambda m: None)
+    resumed = run_search(SearchConfig("pocket", "builtin", TARGET, space=str(space), samples=2, workers=pool),
+                         out, resume=True, log=lambda m: None)
     assert resumed.factors == result.factors and resumed.values == result.values
     assert history(out) == expected
 
@@ -280,7 +284,7 @@ def test_the_objective_turns_a_failed_candidate_into_inf_with_its_reason(pocket)
             scores[1] = Score(candidates[1], failed="OutOfMemoryError: at 512 tokens (also at 1 row per pass)")
             return scores
 
-    objective = Objective("ppl", MarksTheSecondFailed(), windows, TARGET)
+    objective = Objective(MarksTheSecondFailed(), windows, TARGET)
     values, seconds, notes = objective.score([methods.yarn(base, 2), methods.ntk(base, 2), methods.pi(base, 2)])
     assert np.isfinite(values[0, 0]) and values[1, 0] == np.inf and np.isfinite(values[2, 0])
     assert notes[1] == {"failed": "OutOfMemoryError: at 512 tokens (also at 1 row per pass)"} and notes[0] == {}
@@ -333,3 +337,34 @@ def test_the_short_guard_counts_a_failed_candidate_as_outside_its_tolerance(pock
     assert free.attention_cap > 1.1 >= capped.attention_cap
     with pytest.raises(RopesearchError, match="unscaled model could not be scored"):
         measure_guard(FailsAbove(0.5), windows, base, TARGET, 0.5, 1.5)
+
+
+def test_out_of_memory_carries_its_row_count_to_the_pool(pocket, monkeypatch):
+    """The torch evaluator raises a typed OutOfMemory with the pass's rows; a worker hands the count
+    to the pool (which halves from it) as data, never parsed out of the message."""
+    import pickle
+
+    import torch
+
+    from ropesearch.errors import OutOfMemory
+    from ropesearch.evaluate.workers import ScoringWorker, _Failure
+
+    model, tokenizer = pocket
+    base = rope_base(model.config)
+    windows = search_windows(tokenizer, "builtin", TARGET, 3, 0, False)
+    evaluator = TorchEvaluator(model, progress=False)
+
+    def out_of_memory(*args, **kwargs):  # what CUDA raises when a pass does not fit
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(evaluator, "_run_pass", out_of_memory)
+    with pytest.raises(OutOfMemory) as raised:
+        evaluator.score([methods.yarn(base, 2), methods.ntk(base, 2)], windows)
+    assert (raised.value.length, raised.value.rows) == (TARGET, 6)
+    copy = pickle.loads(pickle.dumps(raised.value))  # as Ray carries it
+    assert (copy.length, copy.rows, str(copy)) == (TARGET, 6, str(raised.value))
+
+    worker = ScoringWorker.__new__(ScoringWorker)  # its evaluator, without a Ray actor around it
+    worker.evaluator = evaluator
+    outcome, failure = worker.score([methods.yarn(base, 2)], windows, None, None)
+    assert outcome == "failed" and failure == _Failure(f"OutOfMemory: {raised.value}".replace(" 6 row", " 3 row"), 3)

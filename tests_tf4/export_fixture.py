@@ -14,7 +14,8 @@ import torch
 from ropesearch.api import export
 from ropesearch.export import save_factors
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base
-from ropesearch.rope import make_factors, patch_rope
+from ropesearch.rope import make_factors
+from ropesearch.rope.patching import patch_rope
 
 LENGTHS = (200, 256, 257, 700)  # below, at and just above the original window (256), and well above
 

@@ -14,8 +14,8 @@ first layer adds into the embeddings, which the model keeps alive for the whole 
 `SequenceChunking(model, chunk_tokens)` installs this, for one pass, on the layers of the
 families whose decoder layer is the plain pre-norm block (x + attn(norm(x)), then
 x + mlp(norm(x))); their norm, q/k/v projections, RoPE and o_proj run chunked where the
-attention module is transformers' Llama attention (Llama, Mistral, Qwen2, Qwen3), the
-attention module whole elsewhere (Phi-3's fused projections); other layers are left alone.
+attention module is transformers' Llama attention, the attention module whole elsewhere;
+other layers are left alone. Which family is which: `ropesearch.models.architectures`.
 Inference only: under autograd, in training mode, with positional arguments or a KV cache
 a layer runs its own forward. Inside the context a layer overwrites its input, so
 intermediate hidden states are not kept (the evaluator needs only the last).
@@ -30,20 +30,7 @@ import torch
 from torch import nn
 
 from ropesearch.errors import RopesearchError
-
-# Attention modules whose forward is transformers' Llama attention (q/k/v projections, RoPE, the
-# configured attention function, o_proj), with what each adds to the attention function's arguments
-ATTENTION_EXTRAS = {
-    "LlamaAttention": lambda attention: {},
-    "MistralAttention": lambda attention: {"sliding_window": getattr(attention.config, "sliding_window", None)},
-    "Qwen2Attention": lambda attention: {"sliding_window": attention.sliding_window},
-    "Qwen3Attention": lambda attention: {"sliding_window": attention.sliding_window},  # and q_norm, k_norm
-}
-# Decoder layers whose forward is exactly the pre-norm block above (read in transformers 5.x;
-# Phi-3's residual dropouts are identities at inference)
-PRE_NORM_LAYERS = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
-                             "Phi3DecoderLayer"})
-
+from ropesearch.models.architectures import chunked_layer, llama_attention
 
 def over_chunks(module: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
     """`module(x)` for a token-wise module, computed `chunk` positions (dim 1) at a time."""
@@ -61,7 +48,7 @@ def over_chunks(module: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
 
 def _attends_in_chunks(attention: nn.Module, kwargs: dict) -> bool:
     no_cache = kwargs.get("cache", kwargs.get("past_key_values")) is None
-    return type(attention).__name__ in ATTENTION_EXTRAS and no_cache and not kwargs.get("output_attentions")
+    return llama_attention(type(attention).__name__) is not None and no_cache and not kwargs.get("output_attentions")
 
 
 def _attention_in_chunks(layer: nn.Module, hidden_states: torch.Tensor, chunk: int, kwargs: dict) -> None:
@@ -97,7 +84,7 @@ def _attention_in_chunks(layer: nn.Module, hidden_states: torch.Tensor, chunk: i
     function = modeling.ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation,
                                                               modeling.eager_attention_forward)
     output = function(attention, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask,
-                      dropout=0.0, scaling=attention.scaling, **ATTENTION_EXTRAS[type(attention).__name__](attention),
+                      dropout=0.0, scaling=attention.scaling, **llama_attention(type(attention).__name__).attention_extras(attention),
                       **kwargs)[0]
     del query, key, value
     for start in range(0, length, chunk):
@@ -125,11 +112,11 @@ class SequenceChunking:
         self.chunk_tokens = chunk_tokens
         self.patched: list[nn.Module] = []
         for module in model.modules():
-            if "forward" in vars(module) and type(module).__name__ in PRE_NORM_LAYERS:
+            if "forward" in vars(module) and chunked_layer(type(module).__name__):
                 raise RopesearchError("this model's decoder layers are already chunked: restore the earlier one first")
         try:
             for module in model.modules():
-                if type(module).__name__ in PRE_NORM_LAYERS:
+                if chunked_layer(type(module).__name__):
                     self._install(module, self._layer_forward(module))
             final_norm = getattr(getattr(model, "base_model", model), "norm", None)
             if final_norm is not None and type(final_norm).__name__.endswith("RMSNorm"):
@@ -141,7 +128,7 @@ class SequenceChunking:
     @property
     def layers(self) -> int:
         """How many decoder layers run chunked."""
-        return sum(type(m).__name__ in PRE_NORM_LAYERS for m in self.patched)
+        return sum(chunked_layer(type(m).__name__) for m in self.patched)
 
     def _install(self, module: nn.Module, forward) -> None:
         module.forward = forward

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ropesearch import resources
 from ropesearch.errors import RopesearchError
+from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
 from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
 from ropesearch.own_files import atomic_write_text
-from ropesearch.rope import RopeFactors, patch_rope
+from ropesearch.rope import RopeFactors
+from ropesearch.rope.patching import patch_rope
 
 OFFLINE_TASKS = ("ropesearch_passkey", "ropesearch_ppl")
 
@@ -215,3 +219,40 @@ def pinned_hflm(hflm_class):
                     self.rope_patch.pin(None)
 
     return PinnedHFLM
+
+
+@dataclass(frozen=True)
+class LmEvalConfig:
+    """What one lm-eval run compares and how: `ropesearch lm-eval`'s options (see its --help)."""
+
+    compare: Comparison
+    tasks: str | Sequence[str]
+    data: str = "builtin"
+    lengths: str | Sequence[int] | None = None
+    limit: int | None = None
+    doc_tokens: int | None = None
+    workdir: str | Path = "runs/lm-eval"
+    verbose: bool = False
+
+
+def compare_lm_eval(config: LmEvalConfig, json_out: str | Path | None = None, log=print,
+                    command: str = "") -> dict[str, dict]:
+    """lm-eval's results for every factor set (each in its own working folder), a line per task to `log`."""
+    c = config
+    loaded, tokenizer = c.compare.load()
+    tasks = [t.strip() for t in c.tasks.split(",") if t.strip()] if isinstance(c.tasks, str) else list(c.tasks)
+    lengths = parse_lengths(c.lengths) if c.lengths else ()
+    sets = c.compare.sets(loaded, max(lengths) if lengths else None)
+    results = {}
+    for name, factors in tqdm(sets.items(), desc="lm-eval", unit="model", total=len(sets), disable=len(sets) < 2):
+        results[name] = run_lm_eval(loaded, tokenizer, factors, tasks, Path(c.workdir) / name.replace("/", "_"),
+                                    data=c.data, lengths=lengths, limit=c.limit, doc_tokens=c.doc_tokens,
+                                    verbose=c.verbose)
+        for task, metrics in results[name]["results"].items():
+            shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()  # -1: a length not run
+                              if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len" and v != -1)
+            log(f"{name:>24}  {task}: {shown}")
+    if json_out:
+        save_json({"lm_eval": results, "model": c.compare.model, "command": command}, json_out)
+        log(f"wrote {json_out}")
+    return results

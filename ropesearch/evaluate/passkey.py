@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ropesearch.data.tokens import tokenize
 from ropesearch.errors import RopesearchError
-from ropesearch.rope import RopeFactors, patch_rope
+from ropesearch.rope import RopeFactors
+from ropesearch.rope.patching import patch_rope
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the important information there.")

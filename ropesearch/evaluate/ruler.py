@@ -9,7 +9,8 @@ extraction. The essay haystack is the user's documents (`--data`, default `built
 Lengths follow RULER's convention: a sample of length L is a prompt (the task, then the answer
 prefix the model continues) of exactly L - max_new_tokens tokens as the model reads it (a BOS
 the tokenizer adds included), so prompt plus answer fit in L. Every sample is generated from
-its own seed (seed, task, length, index): any one reproduces alone.
+its own seed (seed, the task's seed key, length, index): any one reproduces alone, and adding a
+task changes no other task's samples.
 
 Scoring is RULER's: string_match_all (the share of the references found in the output, case
 insensitive) for every synthetic task; string_match_part (any reference found) is there for
@@ -22,6 +23,7 @@ import json
 import re
 import string
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -56,31 +58,47 @@ DEPTHS = np.round(np.linspace(0, 100, num=40)).astype(int) / 100  # RULER's 40 n
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One RULER task: its family (a key of FAMILIES: the generator), answer budget, metric and the
+    family's options. `seed_key` picks its samples' random streams; left out, it is derived from
+    the task's name (`seed_key_of`), so adding or reordering tasks changes no other task's samples."""
+
     family: str  # niah, vt, cwe, fwe
     max_new_tokens: int
     metric: str = "all"  # all: string_match_all; part: string_match_part
     options: dict = field(default_factory=dict)
+    seed_key: int | None = None
 
 
-def _niah(haystack: str, key: str, value: str, keys: int = 1, values: int = 1, queries: int = 1) -> TaskSpec:
+def _niah(haystack: str, key: str, value: str, keys: int = 1, values: int = 1, queries: int = 1,
+          seed_key: int | None = None) -> TaskSpec:
     return TaskSpec("niah", 128, options=dict(haystack=haystack, key=key, value=value, keys=max(keys, queries),
-                                              values=values, queries=queries))
+                                              values=values, queries=queries), seed_key=seed_key)
 
 
-# RULER's synthetic suite (scripts/synthetic.yaml, and the budgets of new tokens of its constants)
+# RULER's synthetic suite (scripts/synthetic.yaml, and the budgets of new tokens of its constants).
+# To add a task: one entry here (and, for a new kind of prompt, a generator in FAMILIES below).
+# The seed keys of these eleven are the positions they have always had (0-10), so every sample,
+# and every committed or resumed RULER result, stays what it was; a new task leaves seed_key out.
 TASKS: dict[str, TaskSpec] = {
-    "niah_single_1": _niah("noise", "words", "numbers"),
-    "niah_single_2": _niah("essay", "words", "numbers"),
-    "niah_single_3": _niah("essay", "words", "uuids"),
-    "niah_multikey_1": _niah("essay", "words", "numbers", keys=4),
-    "niah_multikey_2": _niah("needle", "words", "numbers"),
-    "niah_multikey_3": _niah("needle", "uuids", "uuids"),
-    "niah_multivalue": _niah("essay", "words", "numbers", values=4),
-    "niah_multiquery": _niah("essay", "words", "numbers", queries=4),
-    "vt": TaskSpec("vt", 30, options=dict(chains=1, hops=4)),
-    "cwe": TaskSpec("cwe", 120, options=dict(common=10, common_repeats=30, rare_repeats=3)),
-    "fwe": TaskSpec("fwe", 50, options=dict(alpha=2.0, word_length=6)),
+    "niah_single_1": _niah("noise", "words", "numbers", seed_key=0),
+    "niah_single_2": _niah("essay", "words", "numbers", seed_key=1),
+    "niah_single_3": _niah("essay", "words", "uuids", seed_key=2),
+    "niah_multikey_1": _niah("essay", "words", "numbers", keys=4, seed_key=3),
+    "niah_multikey_2": _niah("needle", "words", "numbers", seed_key=4),
+    "niah_multikey_3": _niah("needle", "uuids", "uuids", seed_key=5),
+    "niah_multivalue": _niah("essay", "words", "numbers", values=4, seed_key=6),
+    "niah_multiquery": _niah("essay", "words", "numbers", queries=4, seed_key=7),
+    "vt": TaskSpec("vt", 30, options=dict(chains=1, hops=4), seed_key=8),
+    "cwe": TaskSpec("cwe", 120, options=dict(common=10, common_repeats=30, rare_repeats=3), seed_key=9),
+    "fwe": TaskSpec("fwe", 50, options=dict(alpha=2.0, word_length=6), seed_key=10),
 }
+
+
+def seed_key_of(task: str) -> int:
+    """The number a task's samples are seeded with: its spec's seed_key, else one from its name
+    (CRC-32 of the name, offset past the shipped keys): never from its place in TASKS."""
+    key = TASKS[task].seed_key
+    return key if key is not None else (1 << 32) + zlib.crc32(task.encode("utf-8"))
 
 
 MAX_LENGTH = 1 << 24  # 16M tokens, 8x the paper's 2048k: a prompt is held as text, and 16M tokens is ~70 MB of it
@@ -493,8 +511,8 @@ class RulerSuite:
         budget = length - spec.max_new_tokens
         drafts = []
         for index in range(first, first + count):
-            rng = np.random.default_rng([self.seed, list(TASKS).index(task), length, index])
-            layout, answers = getattr(self, f"_{spec.family}")(rng, spec, budget, what)
+            rng = np.random.default_rng([self.seed, seed_key_of(task), length, index])
+            layout, answers = FAMILIES[spec.family](self, rng, spec, budget, what)
             room = self._room(layout, budget, what, spec.max_new_tokens)
             drafts.append((index, layout, answers, self._fill(layout, room)))
         # one batched tokenisation checks every draft (the tokenizer runs it on all cores)
@@ -517,6 +535,11 @@ class RulerSuite:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+# task family -> generator(suite, rng, spec, budget, what) -> (layout, answers): the kinds of prompt TASKS use
+FAMILIES: dict[str, Callable] = {"niah": RulerSuite._niah, "vt": RulerSuite._vt, "cwe": RulerSuite._cwe,
+                                 "fwe": RulerSuite._fwe}
 
 
 def _distinct_names(rng: np.random.Generator, count: int) -> list[str]:

@@ -24,7 +24,8 @@ from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
 from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, answer_cap, score
-from ropesearch.rope import RopeFactors, patch_rope
+from ropesearch.rope import RopeFactors
+from ropesearch.rope.patching import patch_rope
 
 PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers (with the sample's score)
 

@@ -19,7 +19,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import make_evaluator
 from ropesearch.export.factor_file import check_fits, factor_provenance, load_factors
 from ropesearch.own_files import atomic_write_text
-from ropesearch.models import config_of, dtype_of, load_config, load_for_backend, load_tokenizer, resolve_model, rope_base
+from ropesearch.models import (config_of, dtype_of, load_config, load_for_backend, load_model, load_tokenizer,
+                               resolve_model, rope_base)
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 
 
@@ -400,6 +401,30 @@ def comparison_sets(model, methods: str | Sequence[str], factor_files: Sequence[
     if not sets:
         raise RopesearchError("nothing to compare: give --methods and/or --factors")
     return sets
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The factor sets a task run compares on one model (`--model`, `--methods`, `--factors`,
+    `--scale`, `--device`, `--dtype`), shared by passkey, RULER and lm-eval."""
+
+    model: str
+    methods: str | Sequence[str] = "none"
+    factor_files: Sequence[str] = ()
+    scale: float | None = None
+    device: str | None = None
+    dtype: object = None
+
+    def names(self) -> list[str]:
+        return comparison_names(self.methods, self.factor_files)
+
+    def load(self):
+        """(model, tokenizer), the model on `device` in `dtype`."""
+        ref = resolve_model(self.model)
+        return load_model(ref, device=self.device, dtype=self.dtype), load_tokenizer(ref)
+
+    def sets(self, model, longest: int | None) -> dict[str, RopeFactors | None]:
+        return comparison_sets(model, self.methods, self.factor_files, self.scale, longest)
 
 
 def _plain(value):

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ropesearch.data.samples import Window
-from ropesearch.errors import RopesearchError
+from ropesearch.errors import OutOfMemory, RopesearchError
 from ropesearch.evaluate.chunking import SequenceChunking, auto_chunk_tokens
 from ropesearch.evaluate.loss import scored_nll, token_nll
 from ropesearch.evaluate.memory import RowMemory
@@ -169,9 +169,7 @@ class TorchEvaluator:
                 done += len(batch)
                 bar.update(length * len(batch))
         except torch.cuda.OutOfMemoryError:
-            raise RopesearchError(
-                f"out of GPU memory at {length} tokens with {len(batch)} row(s): lower the length or --max-batch"
-            ) from None
+            raise OutOfMemory(length, len(batch)) from None
         finally:
             patch.restore()
             bar.close()

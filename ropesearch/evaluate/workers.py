@@ -21,7 +21,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ropesearch.errors import RopesearchError
+from ropesearch.errors import OutOfMemory, RopesearchError
+from ropesearch.evaluate.backends import local_evaluator
 from ropesearch.evaluate.results import Score
 
 
@@ -79,15 +80,14 @@ class ScoringWorker:
                  evaluator_options: dict, dtype=None):
         import torch
 
-        from ropesearch.evaluate import make_evaluator
         from ropesearch.models import load_for_backend, resolve_model
 
         if not gpus:
             torch.set_num_threads(threads)
         device = "cpu" if not gpus else ("cuda" if gpus == 1 else "auto")  # auto: spread over the K GPUs
         loaded = load_for_backend(resolve_model(model_spec), backend, device=device, dtype=dtype)
-        self.evaluator = make_evaluator(loaded, backend=backend, model_spec=model_spec, max_length=max_length,
-                                        progress=False, **evaluator_options)
+        self.evaluator = local_evaluator(loaded, backend=backend, model_spec=model_spec, max_length=max_length,
+                                         progress=False, **evaluator_options)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def describe(self) -> dict:
@@ -103,7 +103,8 @@ class ScoringWorker:
             return "ok", self.evaluator.score(candidates, windows, lengths)
         except Exception as exc:  # noqa: BLE001 - a deterministic failure: the pool retries it smaller
             _free_gpu_memory()
-            return "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            return "failed", _Failure(reason, exc.rows if isinstance(exc, OutOfMemory) else None)
         finally:
             if max_batch is not None:
                 self.evaluator.max_batch = default
@@ -334,7 +335,7 @@ class WorkerPool:
         try:
             outcome, value = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # not raised by the scoring itself: treat it as a failure
-            outcome, value = "failed", _reason(exc)
+            outcome, value = "failed", _Failure(_reason(exc))
         except ray.exceptions.RayError as exc:  # the worker died (its process, or its node)
             self.tasks_lost += 1
             task.deaths += 1
@@ -356,10 +357,10 @@ class WorkerPool:
                 results[index] = score
         elif len(task.indices) > 1:  # find which candidate fails: one at a time
             queue.extendleft(reversed([replace(task, indices=[i]) for i in task.indices]))
-        elif (failing := task.max_batch or _rows_hint(value)) > 1:  # fewer rows per pass: halve down to one
-            queue.appendleft(replace(task, max_batch=failing // 2))
+        elif (failing := task.max_batch or value.rows or 2) > 1:  # fewer rows per pass: halve down to one
+            queue.appendleft(replace(task, max_batch=failing // 2))  # (2 where unknown: the retry uses 1)
         else:
-            self._fail(task, f"{value} (also at 1 row per pass)", candidates, results)
+            self._fail(task, f"{value.reason} (also at 1 row per pass)", candidates, results)
 
     def _fail(self, task: _Task, reason: str, candidates, results) -> None:
         self.log(f"candidate {task.indices[0]} failed: {reason}")
@@ -395,12 +396,12 @@ class WorkerPool:
         self.close()
 
 
-def _rows_hint(reason: str) -> int:
-    """Rows of the failed pass if the evaluator said ('... with 8 row(s)'), else 2 (so the retry uses 1)."""
-    import re
+@dataclass(frozen=True)
+class _Failure:
+    """Why a task's scoring failed, and the rows of the pass that ran out of memory (if that was it)."""
 
-    match = re.search(r"with (\d+) row", reason)
-    return int(match.group(1)) if match else 2
+    reason: str
+    rows: int | None = None
 
 
 def _reason(exc: BaseException) -> str:

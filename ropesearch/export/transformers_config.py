@@ -7,6 +7,7 @@ import re
 
 from ropesearch.errors import RopesearchError
 from ropesearch.rope.factors import RopeBase, RopeFactors
+from ropesearch.rope.methods import METHODS, make_factors
 
 VLLM_ONLY_KEYS = frozenset({"long_mscale", "short_mscale"})  # written for vLLM; transformers ignores them
 
@@ -93,16 +94,13 @@ def factors_from_rope_parameters(params: dict, base: RopeBase, target_context: i
     )
 
 
-# transformers rope_type -> (our method, the parameters it takes from rope_parameters)
-_AS_IS = {"linear": ("pi", ()), "dynamic": ("dynamic-ntk", ()),
-          "yarn": ("yarn", ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate")),
-          "llama3": ("llama3", ("low_freq_factor", "high_freq_factor"))}
+# transformers rope_type -> our method, which reads its parameters from rope_parameters by name
+_AS_IS = {m.rope_type: m for m in METHODS.values() if m.rope_type}
 
 
 def factors_as_configured(config, base: RopeBase) -> RopeFactors:
     """The RoPE a config itself carries (`--method as-is`): what transformers applies when it loads
     the folder, e.g. an exported longrope folder, a YaRN or Llama-3 model, or plain RoPE."""
-    from ropesearch.rope import make_factors
 
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     rope_type = params.get("rope_type", params.get("type", "default"))
@@ -113,6 +111,6 @@ def factors_as_configured(config, base: RopeBase) -> RopeFactors:
     if rope_type not in _AS_IS:
         raise RopesearchError(f"--method as-is: rope_type {rope_type!r} of this model has no ropesearch form "
                               f"(known: default, longrope, {', '.join(_AS_IS)})")
-    method, keys = _AS_IS[rope_type]
-    extra = {k: params[k] for k in keys if params.get(k) is not None}
-    return make_factors(method, base, float(params.get("factor", 1.0)), **extra)
+    method = _AS_IS[rope_type]
+    extra = {p.name: params[p.name] for p in method.params if params.get(p.name) is not None}
+    return make_factors(method.name, base, float(params.get("factor", 1.0)), **extra)

@@ -27,7 +27,8 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.loss import trainable_mean_nll
 from ropesearch.validate import check_safetensors
 from ropesearch.own_files import atomic_write_text, current_umask
-from ropesearch.rope import RopeFactors, methods, patch_rope
+from ropesearch.rope import RopeFactors, methods
+from ropesearch.rope.patching import patch_rope
 
 SCHEDULES = ("linear", "constant", "cosine")
 

@@ -194,7 +194,7 @@ def _stage_problem(kind: str, s) -> str | None:
         checks += [(bool(s.formats) and set(s.formats) <= set(FORMATS),
                     f"formats must be a non-empty list of {', '.join(FORMATS)}, got {list(s.formats)}")]
     if kind == "evaluate":
-        known = sorted(set(METHODS) - {"longrope"})
+        known = list(METHODS)
         checks += [(all(n >= 2 for n in s.lengths + s.passkey_lengths), "lengths must be >= 2 tokens"),
                    (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
                    (s.samples >= 1 and s.passkey_trials >= 1, "samples and passkey_trials must be >= 1"),
@@ -203,7 +203,7 @@ def _stage_problem(kind: str, s) -> str | None:
                    (s.baseline_scale in ("target", "length"),
                     f"baseline_scale must be target or length, got {s.baseline_scale!r}")]
     if kind == "passkey":
-        known = sorted(set(METHODS) - {"longrope"})
+        known = list(METHODS)
         checks += [(all(n >= 2 for n in s.lengths), "lengths must be >= 2 tokens"),
                    (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
                    (s.trials >= 1 and (s.baseline_trials is None or s.baseline_trials >= 1),

@@ -74,19 +74,18 @@ class Pipeline:
     # ---- stages ------------------------------------------------------------------------
     def _search(self, stage: Stage, folder: Path) -> dict:
         from ropesearch.evaluate.workers import worker_options
-        from ropesearch.search.session import run_search
+        from ropesearch.search.session import SearchConfig, run_search
 
         settings = stage.settings
         reference = self.factors if settings.relative else None
         workers = worker_options(settings.workers, settings.ray_address, settings.gpus_per_worker)
-        result = run_search(self.model_spec, self.plan.data["search"], settings.target, folder / "search",
-                            space=settings.space, objective=settings.objective, samples=settings.samples,
-                            seed=settings.seed, resume=(folder / "search" / "config.json").is_file(),
-                            max_evals=settings.max_evals, time_minutes=settings.time_minutes, log=self.log,
-                            # workers load the model themselves: this process keeps no copy
-                            loaded=None if workers else self.loaded(), reference=reference,
-                            short_tolerance=settings.short_tolerance, pack=self.plan.pack,
-                            documents=self.documents("search"), workers=workers)
+        config = SearchConfig(self.model_spec, self.plan.data["search"], settings.target, space=settings.space,
+                              objective=settings.objective, samples=settings.samples, seed=settings.seed,
+                              max_evals=settings.max_evals, time_minutes=settings.time_minutes, reference=reference,
+                              short_tolerance=settings.short_tolerance, pack=self.plan.pack,
+                              documents=self.documents("search"), workers=workers)
+        result = run_search(config, folder / "search", resume=(folder / "search" / "config.json").is_file(),
+                            log=self.log, loaded=None if workers else self.loaded())  # workers load their own model
         from ropesearch.search.rundir import RunDir
         from ropesearch.search.screening import screen_rank_correlation
 
@@ -176,7 +175,7 @@ class Pipeline:
         save_factors(factors, Path(outputs["model"]) / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
 
     def _recover_short(self, stage: Stage, folder: Path) -> dict:
-        from ropesearch.search.session import run_search
+        from ropesearch.search.session import SearchConfig, run_search
         from ropesearch.search.space import load_space
 
         settings = stage.settings
@@ -187,12 +186,12 @@ class Pipeline:
         # short factors only: no attention or n̂ genes (those are shared with the long regime)
         space = replace(space, factors=replace(space.factors, high=settings.high, critical_dimension=None),
                         attention_factor=None, start_tokens=None, seeds=())
-        result = run_search(self.model_spec, self.plan.data["search"], factors.target_context, folder / "search",
-                            space=space, samples=settings.samples, seed=settings.seed,
-                            resume=(folder / "search" / "config.json").is_file(), max_evals=settings.max_evals,
-                            time_minutes=settings.time_minutes, log=self.log, loaded=self.loaded(),
-                            reference=factors, short_lengths=lengths, pack=self.plan.pack,
-                            documents=self.documents("search"))
+        config = SearchConfig(self.model_spec, self.plan.data["search"], factors.target_context, space=space,
+                              samples=settings.samples, seed=settings.seed, max_evals=settings.max_evals,
+                              time_minutes=settings.time_minutes, reference=factors, short_lengths=lengths,
+                              pack=self.plan.pack, documents=self.documents("search"))
+        result = run_search(config, folder / "search", resume=(folder / "search" / "config.json").is_file(),
+                            log=self.log, loaded=self.loaded())
         return {"factors": str(folder / "search" / "best.json"), "values": result.values,
                 "search_dir": str(folder / "search")}
 

@@ -29,8 +29,7 @@ METHOD_COLORS = {"found": "#d62728", "none": "#7f7f7f", "pi": "#ff7f0e", "ntk": 
 OTHER_COLORS = ("#9467bd", "#e377c2", "#17becf", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
 FOUND_NAMES = {"found", "best", "best.json"}  # a search's best.json, as the report and the CLI's --factors name it
 _other_colors: dict[str, str] = {}  # further factor files, in order of first appearance: the same in every plot of a report
-SPOKEN = {"none": "the unscaled model", "pi": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN",
-          "llama3": "Llama 3", "found": "the found factors"}
+SPOKEN = {name: method.spoken for name, method in METHODS.items()} | {"found": "the found factors"}
 
 
 def method_of(label: str) -> str:

@@ -1,17 +1,14 @@
-"""RoPE settings as data (factors, methods) and their application to loaded models (patching)."""
+"""RoPE settings as data (factors, methods); their application to loaded models is
+`ropesearch.rope.patching` (the one module here that needs torch)."""
 
 from ropesearch.rope.factors import RopeBase, RopeFactors
 from ropesearch.rope.methods import METHODS, critical_dimension, longrope, make_factors
-from ropesearch.rope.patching import RopePatch, patch_rope, rotary_modules
 
 __all__ = [
     "METHODS",
     "RopeBase",
     "RopeFactors",
-    "RopePatch",
     "critical_dimension",
     "longrope",
     "make_factors",
-    "patch_rope",
-    "rotary_modules",
 ]

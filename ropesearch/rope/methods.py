@@ -3,13 +3,15 @@
 Each constructor takes the model's `RopeBase` and the extension ratio `scale` (target
 window / original window) and returns a `RopeFactors`. The formulas equal transformers'
 `ROPE_INIT_FUNCTIONS` for the same settings (tests/test_rope_methods.py checks them).
-`METHODS` maps the CLI names to the constructors.
+`METHODS` is the table of baseline methods: name, constructor, parameters, transformers rope_type;
+the CLI's choices and options, the seed check and `--method as-is` all derive from it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -170,25 +172,78 @@ def critical_dimension(base: RopeBase) -> int:
     return int(min(max(value, 0), d))
 
 
-METHODS: dict[str, Callable[..., RopeFactors]] = {
-    "none": none,
-    "pi": pi,
-    "ntk": ntk,
-    "dynamic-ntk": dynamic_ntk,
-    "yarn": yarn,
-    "llama3": llama3,
-}
+@dataclass(frozen=True)
+class Param:
+    """One tunable of a method: its keyword, the values it accepts and a line of help.
+
+    `kind` is "positive" (a number > 0), "non-negative" (>= 0) or "flag" (true/false); the CLI
+    builds one option per name from these (`--beta-fast`), shared by the methods that take it.
+    """
+
+    name: str
+    help: str
+    kind: str = "positive"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A baseline RoPE method: the one table every other module derives what it knows from.
+
+    build(base, scale, **params) -> RopeFactors; `spoken` names it in sentences and plots;
+    `rope_type` is the transformers rope_type it reads back as (`eval --method as-is`), with the
+    `params` that transformers stores under the same names; `seeds` says whether its factors may
+    start a search's population (a dynamic method has no single set of factors to start from).
+    """
+
+    name: str
+    build: Callable[..., RopeFactors]
+    spoken: str
+    params: tuple[Param, ...] = ()
+    rope_type: str | None = None
+    seeds: bool = True
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("none", none, "the unscaled model"),
+    Method("pi", pi, "PI", rope_type="linear"),
+    Method("ntk", ntk, "NTK"),
+    Method("dynamic-ntk", dynamic_ntk, "dynamic NTK", rope_type="dynamic", seeds=False),
+    Method("yarn", yarn, "YaRN", rope_type="yarn", params=(
+        Param("beta_fast", "rotations above which dims are kept (default 32)"),
+        Param("beta_slow", "rotations below which dims are interpolated (default 1)"),
+        Param("mscale", "mscale (with --mscale-all-dim)"),
+        Param("mscale_all_dim", "mscale_all_dim", "non-negative"),
+        Param("attention_factor", "attention factor, also for longrope (default: the method's)"),
+        Param("truncate", "round the ramp's ends to whole dims as transformers does (default on)", "flag"),
+    )),
+    Method("llama3", llama3, "Llama 3", rope_type="llama3", params=(
+        Param("low_freq_factor", "low_freq_factor (default 1)"),
+        Param("high_freq_factor", "high_freq_factor (default 4)"),
+    )),
+)}
+
+
+def method_params() -> dict[str, tuple[Param, list[str]]]:
+    """Every parameter any method takes, with the methods that take it (for one CLI option each)."""
+    table: dict[str, tuple[Param, list[str]]] = {}
+    for method in METHODS.values():
+        for param in method.params:
+            table.setdefault(param.name, (param, []))[1].append(method.name)
+    return table
 
 
 def make_factors(method: str, base: RopeBase, scale: float, **params) -> RopeFactors:
     """A baseline method by name (see METHODS); unknown names and parameters are clear errors."""
-    try:
-        constructor = METHODS[method]
-    except KeyError:
-        raise RopesearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}") from None
+    if method not in METHODS:
+        raise RopesearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    known = [p.name for p in METHODS[method].params]
+    foreign = sorted(set(params) - set(known))
+    if foreign:
+        raise RopesearchError(f"method {method!r} takes no parameter {foreign[0]!r} "
+                              f"({'its parameters: ' + ', '.join(known) if known else 'it takes none'})")
     if not 0 < scale <= MAX_SCALE:  # also nan
         raise RopesearchError(f"scale {scale:g} for method {method!r} is out of range: give at most {MAX_SCALE}")
     try:
-        return constructor(base, scale, **params)
+        return METHODS[method].build(base, scale, **params)
     except TypeError as exc:
         raise RopesearchError(f"bad parameters for method {method!r}: {exc}") from None

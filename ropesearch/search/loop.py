@@ -22,7 +22,6 @@ from pymoo.core.problem import Problem
 from pymoo.core.termination import NoTermination
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.runs import prefix_windows
 from ropesearch.rope import RopeFactors, methods
 from ropesearch.search.checkpoint import algorithm_state, restore_algorithm
 from ropesearch.search.encoding import Encoding
@@ -88,7 +87,7 @@ class SearchState:
     progress: list = field(default_factory=list)  # one entry per generation
     best: float = math.inf
     stale: int = 0  # generations without improvement
-    short_reference: float | None = None  # unscaled perplexity at the original window (ppl+short)
+    short_reference: float | None = None  # what the objective measured at the start (ppl+short: the unscaled model's original window)
     stop_reason: str | None = None
     history_lines: int = 0
     baselines: dict = field(default_factory=dict)  # PI / NTK / YaRN at the target: what the search has to beat
@@ -107,7 +106,7 @@ class Search:
 
     def __init__(self, encoding: Encoding, objective: Objective, run_dir: RunDir, seed: int = 0,
                  max_evals: int | None = None, time_minutes: float | None = None, log=print,
-                 provenance: dict | None = None, short_tolerance: float = 0.02, status=None):
+                 provenance: dict | None = None, status=None):
         self.encoding = encoding
         self.objective = objective
         self.run_dir = run_dir
@@ -117,7 +116,6 @@ class Search:
         self.time_minutes = time_minutes if time_minutes is not None else budget.time_minutes
         self.log = log
         self.provenance = provenance or {}
-        self.short_tolerance = short_tolerance
         self.status = status  # () -> str for the progress line (a worker pool: workers alive, candidates/s)
 
     # ---- one generation -----------------------------------------------------------------
@@ -190,12 +188,7 @@ class Search:
         """Genome and objective values of the best survivor (for two objectives: the chosen front member)."""
         pop = state.algorithm.pop
         X, F = pop.get("X"), pop.get("F")
-        if self.objective.n_obj == 1:
-            index = int(np.argmin(F[:, 0]))
-        else:
-            # lowest target perplexity among those that keep the original window within tolerance
-            ok = F[:, 1] <= state.short_reference * (1 + self.short_tolerance)
-            index = int(np.argmin(np.where(ok, F[:, 0], np.inf))) if ok.any() else int(np.argmin(F[:, 1]))
+        index = self.objective.best_index(F)
         return X[index], F[index]
 
     def _after_generation(self, state: SearchState, started: float) -> None:
@@ -271,7 +264,7 @@ class Search:
         state.evaluator_seconds += sum(seconds)
         state.baselines = {name: float(value[0]) for name, value in zip(sets, values)}
         self.log(f"baselines at {encoding.target_context} tokens ({self.objective.names[0]}): "
-                 + ", ".join(f"{name.upper() if name != 'yarn' else 'YaRN'} {value:.4f}"
+                 + ", ".join(f"{methods.METHODS[name].spoken} {value:.4f}"
                              for name, value in state.baselines.items()) + "; generation 0 starts")
 
     def _stop_reason(self, state: SearchState) -> str | None:
@@ -307,17 +300,14 @@ class Search:
         saved = self.run_dir.start(config or {}, resume)
         if saved is not None:
             state = self._restore(saved)
+            self.objective.reference = state.short_reference
             self.log(f"resuming {self.run_dir.path} after generation {state.generation - 1} "
                      f"({state.full_evals} evaluations)")
         else:
             state = SearchState(algorithm=build_algorithm(self.encoding, self.objective.n_obj, self.seed))
             started = time.perf_counter()
-            if self.objective.kind == "ppl+short":
-                base = self.encoding.base
-                reference = self.objective.evaluator.score(
-                    [methods.none(base)], prefix_windows(self.objective.windows, self.objective.short_length))
-                state.short_reference = reference[0].ppl[self.objective.short_length]
-                state.evaluator_seconds += reference[0].seconds
+            state.evaluator_seconds += self.objective.start(self.encoding.base)
+            state.short_reference = self.objective.reference
             self._score_baselines(state)
             # what generation 0 is measured against is search time too: the wall time holds every
             # evaluator second (else the evaluator's minutes exceed the wall's)

@@ -4,57 +4,58 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ropesearch.data import Window
-from ropesearch.evaluate.runs import prefix_windows
-from ropesearch.rope import RopeFactors
-
-OBJECTIVES = ("ppl", "needle", "ppl+short")  # what users choose; "short" is the recover-short stage's
-
+from ropesearch.rope import RopeFactors, methods
 
 @dataclass
 class Objective:
-    """Scores candidates in full (`score`) or cheaply for screening (`screen`).
-
-    For "ppl+short" every candidate's factors serve every length (as vLLM applies
-    long_factor everywhere), and the second objective is the perplexity at the original window.
-    "short" (short-context recovery) scores the geometric mean perplexity over `short_lengths`.
+    """What a search minimises: perplexity at the target (`ppl`, the base class), and its kinds
+    below. Each knows its name, the lengths it scores, how it scores in full (`score`) and cheaply
+    for screening (`screen`), what it measures before generation 0 (`start`) and which member of
+    a population is the best (`best_index`). To add one: a subclass here and an entry in OBJECTIVES.
     """
 
-    kind: str
     evaluator: object
     windows: list[Window]
     target: int
-    short_length: int | None = None
+    short_length: int | None = None  # the original window (kinds that score it)
     screen_windows: list[Window] | None = None
-    short_lengths: tuple[int, ...] = ()
+    short_lengths: tuple[int, ...] = ()  # recover-short: the lengths it averages over
+    reference: float | None = None  # what `start` measured (kept in the checkpoint, restored on resume)
+
+    kind: ClassVar[str] = "ppl"
+    help: ClassVar[str] = "perplexity at the target"
+    needle: ClassVar[bool] = False  # its windows carry a needle (only the answer is scored)
+    guarded: ClassVar[bool] = True  # the short guard applies (short_factor = 1, attention factor capped)
 
     @property
     def names(self) -> list[str]:
-        if self.kind == "short":
-            return ["ppl@" + "+".join(str(n) for n in self.short_lengths)]
-        first = f"{'needle_ppl' if self.kind == 'needle' else 'ppl'}@{self.target}"
-        return [first, f"ppl@{self.short_length}"] if self.kind == "ppl+short" else [first]
+        return [f"ppl@{self.target}"]
 
     @property
     def n_obj(self) -> int:
         return len(self.names)
 
+    @property
+    def algorithm(self) -> str | None:
+        """The survival it needs ("nsga2" for two objectives), or None: the space's."""
+        return "nsga2" if self.n_obj > 1 else None
+
+    def lengths(self) -> list[int]:
+        return [self.target]
+
+    def values(self, score) -> list[float]:
+        return [score.ppl[self.target]]
+
     def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
-        """Objective values [n, n_obj], the GPU seconds spent on each candidate, and what the history
-        adds for each (which worker scored it; why it failed: a failed candidate's values are inf)."""
-        if self.kind == "short":
-            scores = self.evaluator.score(list(candidates), prefix_windows(self.windows, max(self.short_lengths)),
-                                          self.short_lengths)
-            values = np.array([[np.exp(np.mean([s.nll[n] for n in self.short_lengths])) if not s.failed else np.inf]
-                               for s in scores])
-            return values, [s.seconds for s in scores], _notes(scores)
-        lengths = [self.short_length, self.target] if self.kind == "ppl+short" else [self.target]
-        scores = self.evaluator.score(list(candidates), self.windows, lengths)
-        values = np.array([[s.ppl[self.target]] + ([s.ppl[self.short_length]] if self.short_length else [])
-                           if not s.failed else [np.inf] * self.n_obj for s in scores])
+        """Objective values [n, n_obj], the evaluator seconds spent on each candidate, and what the
+        history adds for each (which worker scored it; why it failed: a failed candidate's values are inf)."""
+        scores = self.evaluator.score(list(candidates), self.windows, self.lengths())
+        values = np.array([self.values(s) if not s.failed else [np.inf] * self.n_obj for s in scores])
         return values, [s.seconds for s in scores], _notes(scores)
 
     def screen(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
@@ -63,6 +64,81 @@ class Objective:
         scores = self.evaluator.score(list(candidates), self.screen_windows, [length])
         values = np.array([s.ppl[length] if not s.failed else np.inf for s in scores])
         return values, [s.seconds for s in scores], _notes(scores)
+
+    def start(self, base) -> float:
+        """Measures `reference` once before generation 0 (nothing here); returns the evaluator seconds."""
+        return 0.0
+
+    def best_index(self, F: np.ndarray) -> int:
+        """The best member of a population with objective values F [n, n_obj]."""
+        return int(np.argmin(F[:, 0]))
+
+
+@dataclass
+class NeedleObjective(Objective):
+    kind: ClassVar[str] = "needle"
+    help: ClassVar[str] = "needle-driven perplexity (only the answer to a needle placed early is scored)"
+    needle: ClassVar[bool] = True
+
+    @property
+    def names(self) -> list[str]:
+        return [f"needle_ppl@{self.target}"]
+
+
+@dataclass
+class WithShortObjective(Objective):
+    """Perplexity at the target and at the original window, one factor set for every length (as vLLM
+    applies long_factor everywhere); the best keeps the original window within `tolerance` of the
+    unscaled model, which `start` measures."""
+
+    tolerance: float = 0.02  # reference: the unscaled model's perplexity at the original window
+
+    kind: ClassVar[str] = "ppl+short"
+    help: ClassVar[str] = "also the original window, one factor set for every length (NSGA-II)"
+    guarded: ClassVar[bool] = False  # the second objective is the guard
+
+    @property
+    def names(self) -> list[str]:
+        return [f"ppl@{self.target}", f"ppl@{self.short_length}"]
+
+    def lengths(self) -> list[int]:
+        return [self.short_length, self.target]
+
+    def values(self, score) -> list[float]:
+        return [score.ppl[self.target], score.ppl[self.short_length]]
+
+    def start(self, base) -> float:
+        unscaled = self.evaluator.score([methods.none(base)], [w.prefix(self.short_length) for w in self.windows])
+        self.reference = unscaled[0].ppl[self.short_length]
+        return unscaled[0].seconds
+
+    def best_index(self, F: np.ndarray) -> int:
+        """The lowest target perplexity among those that keep the original window within tolerance."""
+        ok = F[:, 1] <= self.reference * (1 + self.tolerance)
+        return int(np.argmin(np.where(ok, F[:, 0], np.inf))) if ok.any() else int(np.argmin(F[:, 1]))
+
+
+@dataclass
+class ShortObjective(Objective):
+    """Short-context recovery (the recover-short stage): the geometric mean perplexity over `short_lengths`."""
+
+    kind: ClassVar[str] = "short"
+    help: ClassVar[str] = "geometric mean perplexity over the short lengths"
+
+    @property
+    def names(self) -> list[str]:
+        return ["ppl@" + "+".join(str(n) for n in self.short_lengths)]
+
+    def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
+        longest = max(self.short_lengths)
+        scores = self.evaluator.score(list(candidates), [w.prefix(longest) for w in self.windows], self.short_lengths)
+        values = np.array([[np.exp(np.mean([s.nll[n] for n in self.short_lengths])) if not s.failed else np.inf]
+                           for s in scores])
+        return values, [s.seconds for s in scores], _notes(scores)
+
+
+# what users choose (--objective, a space's or a plan's objective); ShortObjective is the recover-short stage's
+OBJECTIVES: dict[str, type[Objective]] = {kind.kind: kind for kind in (Objective, NeedleObjective, WithShortObjective)}
 
 
 def _notes(scores) -> list[dict]:
@@ -75,7 +151,7 @@ def screening_windows(windows: list[Window], samples: int, length_fraction: floa
     chosen = windows[:samples]
     length = max(2, int(chosen[0].length * length_fraction))
     if chosen[0].scored is None:
-        return prefix_windows(chosen, length)
+        return [w.prefix(length) for w in chosen]
     # a needle window shortened from the middle of its haystack keeps needle, question and answer
     cut = chosen[0].length - length
     shortened = []

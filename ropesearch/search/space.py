@@ -8,6 +8,8 @@ from typing import Any
 
 from ropesearch import resources
 from ropesearch.errors import RopesearchError
+from ropesearch.rope.methods import METHODS
+from ropesearch.search.objectives import OBJECTIVES
 from ropesearch.validate import check_fields
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def _check(space: SearchSpace, where: str) -> None:
         problems.append(f"fidelity.promote_max must be null or a whole number >= 1, got {pm!r}")
     if space.algorithm not in ("ga", "nsga2"):
         problems.append(f"algorithm must be ga or nsga2, got {space.algorithm!r}")
-    if space.objective not in ("ppl", "needle", "ppl+short"):
-        problems.append(f"objective must be ppl, needle or ppl+short, got {space.objective!r}")
+    if space.objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {', '.join(OBJECTIVES)}, got {space.objective!r}")
     if space.samples < 1:
         problems.append("samples must be >= 1")
     if space.workers is not None and (isinstance(space.workers, bool) or not isinstance(space.workers, int)
@@ -136,7 +138,7 @@ def _check(space: SearchSpace, where: str) -> None:
         problems.append("start_tokens must be a non-empty list of numbers >= 0")
     if space.attention_factor is not None and not 0 < space.attention_factor[0] <= space.attention_factor[1]:
         problems.append("attention_factor must be [low, high] with 0 < low <= high")
-    unknown_seeds = set(space.seeds) - {"pi", "ntk", "yarn", "llama3", "none"}
+    unknown_seeds = set(space.seeds) - {name for name, method in METHODS.items() if method.seeds}
     if unknown_seeds:
         problems.append(f"unknown seed method {sorted(unknown_seeds)[0]!r}")
     if problems:

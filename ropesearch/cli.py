@@ -341,9 +341,13 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     check_plots(plots, json_out)
     config = RulerConfig(comparison(model, methods, factor_files, scale, device, dtype), lengths, tasks, samples,
                          seed, data, text_field, max_batch, max_new_tokens, prefetch)
-    results = run_ruler(config, json_out, resume, log=lambda m: click.echo(m, err=True), command=" ".join(sys.argv))
-    click.echo(format_ruler(results))
-    _ruler_plots(results, plots)
+    run = run_ruler(config, json_out, resume, log=lambda m: click.echo(m, err=True), command=" ".join(sys.argv))
+    click.echo(format_ruler(run.results))
+    _ruler_plots(run.results, plots)
+    if not run.ran:
+        click.echo(f"nothing left to run: every factor set, length and task is already in {json_out}")
+    elif json_out:
+        click.echo(f"wrote {json_out}")
 
 
 def _ruler_plots(results: dict, plots) -> None:

@@ -30,10 +30,11 @@ from ropesearch.search.space import space_from_dict
 
 
 @pytest.fixture
-def fresh_cli():
+def fresh_cli(monkeypatch):
     """The CLI rebuilt from the tables as they are now (its choices and options derive from them
     when the module loads), and rebuilt again from the shipped tables afterwards."""
     yield lambda: importlib.reload(ropesearch.cli).cli
+    monkeypatch.undo()  # the shipped tables first, then the CLI from them
     importlib.reload(ropesearch.cli)
 
 

@@ -317,3 +317,11 @@ def test_the_demo_search_is_budgeted_in_evaluations_so_a_slow_machine_finds_the_
     assert slow.factors == quick.factors and slow.values == quick.values
     assert history_without_timing(tmp_path / "slow") == history_without_timing(tmp_path / "quick")
     assert slow.state.stop_reason == quick.state.stop_reason == "evaluation budget (30) spent"
+
+
+def test_a_search_config_without_a_target_is_one_clear_error():
+    from ropesearch.search.session import SearchConfig
+
+    with pytest.raises(RopesearchError, match="a search needs a target length"):
+        SearchConfig("pocket").checked()
+    assert SearchConfig("pocket", target_length=512).checked().samples == load_space("fast").samples

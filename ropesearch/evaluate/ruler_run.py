@@ -36,17 +36,26 @@ class RulerConfig:
     prefetch: bool | None = None  # None: on a GPU
 
 
+@dataclass(frozen=True)
+class RulerRun:
+    """Results by factor set (`format_ruler` prints them), and whether anything ran (False: every
+    cell was in the results file already, and no model was loaded)."""
+
+    results: dict[str, dict]
+    ran: bool
+
+
 def run_ruler(config: RulerConfig, json_out: str | Path | None = None, resume: bool = False, log=print,
-              command: str = "") -> dict[str, dict]:
-    """Results by factor set (`format_ruler` prints them); `json_out` gets them after every cell."""
+              command: str = "") -> RulerRun:
+    """The suite for every factor set; `json_out` gets the results after every cell, `log` a line per
+    factor set and length."""
     c = config
     lengths, tasks = check_lengths(parse_lengths(c.lengths)), parse_tasks(c.tasks)
     max_new_tokens = answer_cap(c.max_new_tokens, tasks)  # kept as none where it caps no task
     saved = _saved(c, json_out, resume, tasks, max_new_tokens)
     names = c.compare.names()
     if names and all(str(n) in saved.get("ruler", {}).get(name, {}).get("average", {}) for name in names for n in lengths):
-        log(f"nothing left to run: every factor set, length and task is already in {json_out}")
-        return saved["ruler"]
+        return RulerRun(saved["ruler"], ran=False)
     loaded, tokenizer = c.compare.load()
     document = _document(c, saved, loaded, command)
     sets = c.compare.sets(loaded, max(lengths))
@@ -77,9 +86,7 @@ def run_ruler(config: RulerConfig, json_out: str | Path | None = None, resume: b
                                                         on_cell=save(name, length), name=f"{name} {length}",
                                                         max_new_tokens=max_new_tokens, sizer=sizer, rope=ropes[name])
                 log(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
-    if json_out:
-        log(f"wrote {json_out}")
-    return document["ruler"]
+    return RulerRun(document["ruler"], ran=True)
 
 
 def _settings(c: RulerConfig) -> dict:

@@ -95,6 +95,8 @@ class SearchConfig:
             if not ok:
                 need = {"time_minutes": "> 0", "short_tolerance": ">= 0 (or None: no guard)"}.get(name, ">= 1")
                 raise RopesearchError(f"{name} must be {need}, got {getattr(self, name)}")
+        if self.regime == "long" and self.target_length is None:
+            raise RopesearchError("a search needs a target length (--target-length), or short_lengths to recover")
         space = self.space if isinstance(self.space, SearchSpace) else load_space(self.space)
         objective = "short" if self.short_lengths else (self.objective or space.objective)
         if self.regime == "long" and objective not in OBJECTIVES:
@@ -126,8 +128,9 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, log=
     with RunDir(out).opened(resume) as run_dir, contextlib.ExitStack() as cleanup:
         if loaded is None:
             # vLLM, or workers that load the model themselves: the config only
+            tokenizer = load_tokenizer(ref)  # a bad tokenizer fails before a long model load
             loaded = (load_config(ref) if c.workers else load_for_backend(ref, c.backend, device=c.device,
-                                                                             dtype=c.dtype), load_tokenizer(ref))
+                                                                             dtype=c.dtype), tokenizer)
         model, tokenizer = loaded
         base = rope_base(config_of(model))
         if c.reference is not None:

@@ -53,7 +53,7 @@ def run_passkey(config: PasskeyConfig, json_out: str | Path | None = None, log=p
         documents = tokenize_documents(load_documents(c.data), tokenizer)
         (window,) = build_windows(documents, tokenizer, max(lengths), 1, c.seed, pack=c.pack)
         haystack, extra = window.ids, {"data": c.data, "haystack": window.record()}
-    loaded, _ = c.compare.load()
+    loaded, _ = c.compare.load(tokenizer)
     results = {}
     for name, factors in c.compare.sets(loaded, max(lengths)).items():
         results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depths, c.trials, c.seed,

@@ -418,10 +418,10 @@ class Comparison:
     def names(self) -> list[str]:
         return comparison_names(self.methods, self.factor_files)
 
-    def load(self):
-        """(model, tokenizer), the model on `device` in `dtype`."""
+    def load(self, tokenizer=None):
+        """(model, tokenizer), the model on `device` in `dtype` (a tokenizer given is kept, not loaded again)."""
         ref = resolve_model(self.model)
-        return load_model(ref, device=self.device, dtype=self.dtype), load_tokenizer(ref)
+        return load_model(ref, device=self.device, dtype=self.dtype), tokenizer or load_tokenizer(ref)
 
     def sets(self, model, longest: int | None) -> dict[str, RopeFactors | None]:
         return comparison_sets(model, self.methods, self.factor_files, self.scale, longest)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ropesearch.evaluate.runs import baseline_table, format_table, save_json, setup  # noqa: E402
+from ropesearch.evaluate.runs import WindowSpec, baseline_table, format_table, save_json, setup  # noqa: E402
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     training = json.loads((folder / "training.json").read_text())
     context = training["arguments"]["context"]
     lengths = [context, 4 * context, 8 * context, 16 * context]
-    run = setup(str(folder), "builtin", max(lengths), samples=args.samples)
+    run = setup(str(folder), WindowSpec(samples=args.samples), max(lengths))
     table = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True)
     table["command"] = " ".join(["python"] + sys.argv)
     save_json(table, args.json)

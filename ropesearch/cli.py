@@ -153,15 +153,15 @@ def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_st
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
     from ropesearch.evaluate.runs import (baseline_table, describe_windows, failed_cells, format_table, parse_lengths,
-                                          save_json, searched_documents, setup)
+                                          WindowSpec, save_json, searched_documents, setup)
 
     workers = workers_from(table_args, torch_dtype(dtype))
     lengths = parse_lengths(lengths)
     check_json_out(json_out, model, table_args.get("factor_files", ()), data)
     exclude = searched_documents(heldout_of) if heldout_of else ()
-    run = setup(model, data, max(lengths), samples=samples, seed=seed, needle=needle, offset=offset,
-                text_field=text_field, split=split, device=device, exclude=exclude, backend=backend,
-                dtype=torch_dtype(dtype), pack=pack, config_only=workers is not None)
+    text = WindowSpec(data, samples, seed, offset, text_field, split, pack, exclude, needle=needle)
+    run = setup(model, text, max(lengths), device=device, backend=backend, dtype=torch_dtype(dtype),
+                config_only=workers is not None)
     table = baseline_table(run, lengths, max_batch=max_batch, backend=backend, workers=workers, **table_args)
     click.echo(format_table(table))
     click.echo(describe_windows(run, heldout_of), err=True)

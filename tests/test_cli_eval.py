@@ -94,7 +94,7 @@ def test_vllm_backend_loads_only_the_config(tiny_model_dir):
     """vLLM loads the weights itself: a torch copy would take the GPU memory the engine claims."""
     import torch
 
-    from ropesearch.evaluate.runs import environment, setup
+    from ropesearch.evaluate.runs import WindowSpec, environment, setup
     from ropesearch.models import load_for_backend, resolve_model
 
     model, docs = tiny_model_dir
@@ -102,7 +102,7 @@ def test_vllm_backend_loads_only_the_config(tiny_model_dir):
     for_torch, for_vllm = load_for_backend(ref, "torch", device="cpu"), load_for_backend(ref, "vllm")
     assert isinstance(for_torch, torch.nn.Module) and not isinstance(for_vllm, torch.nn.Module)
     assert for_vllm.to_dict() == for_torch.config.to_dict()
-    torch_run, vllm_run = (setup(model, docs, 128, samples=1, backend=b, device="cpu") for b in ("torch", "vllm"))
+    torch_run, vllm_run = (setup(model, WindowSpec(docs, samples=1), 128, backend=b, device="cpu") for b in ("torch", "vllm"))
     assert not isinstance(vllm_run.model, torch.nn.Module) and vllm_run.base == torch_run.base
     assert [w.name for w in vllm_run.windows] == [w.name for w in torch_run.windows]
     assert environment(vllm_run.model)["dtype"] == environment(torch_run.model)["dtype"] == "float32"

@@ -1,4 +1,4 @@
-"""The four common changes are one-file changes: each test adds a toy entry to one table (the
+"""The five common changes are one-file changes: each test adds a toy entry to one table (the
 file named in its docstring) and shows every other part of ropesearch picking it up."""
 
 import hashlib
@@ -26,7 +26,7 @@ from ropesearch.rope import methods
 from ropesearch.rope.factors import RopeBase
 from ropesearch.search import load_space, objectives
 from ropesearch.search.session import SearchConfig, run_search
-from ropesearch.search.space import space_from_dict
+from ropesearch.search.space import space_from_dict, space_to_dict
 
 
 @pytest.fixture
@@ -182,3 +182,51 @@ def test_an_architecture_is_one_entry_in_models_architectures(monkeypatch):
     chunked = TorchEvaluator(model, progress=False, sequence_chunk=100).score(candidates, data, [256])
     for a, b in zip(whole, chunked):
         assert b.nll[256] == pytest.approx(a.nll[256], rel=1e-6, abs=1e-6)
+
+
+@dataclass(frozen=True)
+class ToyStage:
+    """A toy stage's settings: writes the current factors' mean."""
+    digits: int = 3
+
+
+def _toy_stage(pipeline, stage, folder):
+    mean = round(float(np.mean(pipeline.factors.long_factor)), stage.settings.digits)
+    (folder / "mean.txt").write_text(f"{mean}\n")
+    return {"mean": mean}
+
+
+def test_a_stage_kind_is_one_entry_in_pipeline_stages(monkeypatch, tiny_model_dir, tmp_path):
+    """ropesearch/pipeline/stages.py: STAGES gets the kind; plans parse, check and order it, and
+    `ropesearch run` runs it, records it, skips it on --resume and sums it up."""
+    from ropesearch.pipeline import stages
+    from ropesearch.pipeline.plan import plan_from_dict
+    from ropesearch.pipeline.runner import run_plan, summary
+
+    toy = stages.StageKind(ToyStage, _toy_stage, checks=lambda s: [(0 <= s.digits <= 6, "digits must be 0-6")],
+                           produced=lambda outputs: f"mean factor {outputs['mean']}")
+    monkeypatch.setitem(stages.STAGES, "toy-mean", toy)
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    space = space_to_dict(load_space("fast"))
+    space["budget"].update(population=4, top_k=2, mutations=2, crossovers=1, generations=1)
+    (tmp_path / "space.json").write_text(json.dumps(space))
+    plan = {"name": "toy", "model": str(model), "data": str(docs),
+            "stages": [{"search": {"target": 256, "space": str(tmp_path / "space.json"), "samples": 1}},
+                       {"toy-mean": {"digits": 2}}]}
+    with pytest.raises(RopesearchError, match=r"stage 2 \(toy-mean\): digits must be 0-6"):
+        plan_from_dict(plan | {"stages": [plan["stages"][0], {"toy-mean": {"digits": 9}}]})
+    with pytest.raises(RopesearchError, match="unknown toy-mean setting 'colour'"):
+        plan_from_dict(plan | {"stages": [plan["stages"][0], {"toy-mean": {"colour": 1}}]})
+    with pytest.raises(RopesearchError, match="stage 01-toy-mean needs factors from an earlier search stage"):
+        plan_from_dict(plan | {"stages": [{"toy-mean": {}}]})
+
+    outputs = run_plan(plan_from_dict(plan), tmp_path / "run", log=lambda line: None)
+    best = float(np.mean(json.loads((tmp_path / "run" / "01-search" / "search" / "best.json").read_text())
+                         ["rope"]["long_factor"]))
+    assert outputs["02-toy-mean"] == {"mean": round(best, 2)}
+    assert (tmp_path / "run" / "02-toy-mean" / "mean.txt").read_text() == f"{round(best, 2)}\n"
+    assert summary(outputs)[1] == f"02-toy-mean: mean factor {round(best, 2)}"
+    lines = []
+    assert run_plan(plan_from_dict(plan), tmp_path / "run", resume=True, log=lines.append) == outputs
+    assert "[2/2] 02-toy-mean: done earlier, skipped" in lines

@@ -135,9 +135,9 @@ def test_e_eval_says_which_windows_it_scored(tmp_path):
     assert line.startswith("scored 2 windows of builtin (offset start, seed 0): ") and "@0" in line
     assert "not held out of any search" in line
 
-    from ropesearch.evaluate.runs import setup
+    from ropesearch.evaluate.runs import WindowSpec, setup
 
-    names = [w.name.split("@")[0] for w in setup("pocket", "builtin", 128, samples=1).windows]
+    names = [w.name.split("@")[0] for w in setup("pocket", WindowSpec(samples=1), 128).windows]
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "config.json").write_text(json.dumps({"windows": [f"{names[0]}@0"]}))
     result = run("eval", "--model", "pocket", "--method", "as-is", "--lengths", "128", "--samples", 1,

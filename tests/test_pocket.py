@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ropesearch.evaluate.runs import baseline_table, searched_documents, setup
+from ropesearch.evaluate.runs import WindowSpec, baseline_table, searched_documents, setup
 from ropesearch.models import load_model, load_tokenizer, resolve_model
 from ropesearch.search.session import SearchConfig, run_search
 
@@ -25,7 +25,7 @@ def test_pocket_ships_with_its_card_and_fails_past_its_window(pocket):
     assert model.config.max_position_embeddings == WINDOW and model.config.head_dim >= 32
     folder = Path(resolve_model("pocket").path)
     assert (folder / "README.md").is_file() and json.loads((folder / "training.json").read_text())["held_out_files"]
-    run = setup("pocket", "builtin", TARGET, samples=4, loaded=pocket)
+    run = setup("pocket", WindowSpec(samples=4), TARGET, loaded=pocket)
     ppl = baseline_table(run, [WINDOW, TARGET], ["none", "yarn"], progress=False)["ppl"]
     assert ppl["none"][str(TARGET)] > 3 * ppl["none"][str(WINDOW)], ppl  # unscaled RoPE breaks at 8x
     assert ppl["yarn"][str(TARGET)] < ppl["none"][str(TARGET)] / 3, ppl  # and YaRN mends most of it
@@ -39,7 +39,7 @@ def test_short_search_at_8x_beats_yarn_on_held_out_documents(pocket, tmp_path):
                                      short_tolerance=None),
                         out, loaded=pocket, log=lambda *_: None)
     searched = searched_documents(out)
-    run = setup("pocket", "builtin", TARGET, samples=4, exclude=searched, loaded=pocket)
+    run = setup("pocket", WindowSpec(samples=4, exclude=searched), TARGET, loaded=pocket)
     assert not set(searched) & {w.name.split("@")[0] for w in run.windows}
     table = baseline_table(run, [TARGET], ["yarn"], factor_files=[str(out / "best.json")], progress=False)
     yarn, found = table["ppl"]["yarn"][str(TARGET)], table["ppl"]["best.json"][str(TARGET)]

@@ -56,6 +56,6 @@ def test_passkey_is_found_within_the_trained_window(smollm2):
     assert len(prompt.ids) == 600
     text = tokenizer.decode(prompt.ids)
     assert text.count("48213") == 2 and text.endswith("The pass key is")
-    results = passkey_accuracy(model, tokenizer, None, [400, 800], [0.2, 0.8], trials=2, progress=False)
+    results = passkey_accuracy(model, tokenizer, None, [400, 800], [0.2, 0.8], trials=2)
     assert results["accuracy"] == {"400@0.2": 1.0, "400@0.8": 1.0, "800@0.2": 1.0, "800@0.8": 1.0}
     assert all(key == answer for pairs in results["answers"].values() for key, answer in pairs)

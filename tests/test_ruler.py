@@ -146,15 +146,16 @@ def no_network(monkeypatch):
 
 
 def test_tasks_with_one_answer_budget_share_generate_calls_and_each_keeps_its_answers(suite):
-    from ropesearch.evaluate.ruler_eval import BatchSizer, ruler_cell
+    from ropesearch.evaluate.ruler_eval import Answerer, ruler_cell
     from ropesearch.models import load_model
 
     model = load_model(resolve_model("pocket"), device="cpu")
     tasks = ["niah_single_1", "niah_single_2", "vt", "niah_multikey_1"]  # NIAH: 128 new tokens, vt: 30
-    alone = ruler_cell(model, suite.tokenizer, None, suite, tasks, 1000, 3, max_batch=1, max_new_tokens=4)
-    saved, sizer = [], BatchSizer(model)
-    shared = ruler_cell(model, suite.tokenizer, None, suite, tasks, 1000, 3, max_batch=4, max_new_tokens=4,
-                        sizer=sizer, on_task=lambda task, value, outputs: saved.append((task, outputs)))
+    alone = ruler_cell(Answerer(model, suite.tokenizer, max_batch=1, max_new_tokens=4), None, suite, tasks, 1000, 3)
+    saved, answerer = [], Answerer(model, suite.tokenizer, max_batch=4, max_new_tokens=4)
+    shared = ruler_cell(answerer, None, suite, tasks, 1000, 3,
+                        on_task=lambda task, value, outputs: saved.append((task, outputs)))
+    sizer = answerer.sizer
     # the two neighbouring NIAH tasks ran as calls of 4 + 2 samples, vt and the last NIAH task alone (3 each)
     assert sizer.used == {2, 3, 4}
     assert shared["predictions"] == alone["predictions"] and shared["scores"] == alone["scores"]
@@ -251,7 +252,7 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
 
 
 def test_lm_eval_runs_the_whole_suite_offline_at_exact_lengths(tmp_path, no_network):
-    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
+    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
     from ropesearch.evaluate.ruler_tasks import scores_by_length
     from ropesearch.models import load_model, rope_base
     from ropesearch.rope import make_factors
@@ -259,8 +260,8 @@ def test_lm_eval_runs_the_whole_suite_offline_at_exact_lengths(tmp_path, no_netw
     ref = resolve_model("pocket")
     model, tokenizer = load_model(ref, device="cpu"), load_tokenizer(ref)
     factors = make_factors("yarn", rope_base(model.config), 4)
-    results = run_lm_eval(model, tokenizer, factors, ["ropesearch_ruler"], tmp_path, lengths=[1024], limit=1,
-                          ruler_samples=1, ruler_max_new_tokens=2)
+    results = run_lm_eval(model, tokenizer, factors, ["ropesearch_ruler"], tmp_path,
+                          OfflineTasks(lengths=[1024], limit=1, ruler_samples=1, ruler_max_new_tokens=2))
     table = scores_by_length(results["results"])
     assert set(table) == {f"ropesearch_ruler_{t}" for t in TASKS} | {"ropesearch_ruler"}
     assert all(set(v) == {"1024"} and 0 <= v["1024"] <= 1 for v in table.values())

@@ -135,7 +135,7 @@ def test_essays_beyond_ascii_build_prompts_of_exact_length(tmp_path):
 
 
 def test_lm_eval_keeps_every_length_under_limit_and_takes_a_group_with_its_tasks(tmp_path):
-    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
+    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
     from ropesearch.evaluate.ruler_tasks import scores_by_length
     from ropesearch.models import load_model
 
@@ -144,7 +144,7 @@ def test_lm_eval_keeps_every_length_under_limit_and_takes_a_group_with_its_tasks
     # the group holds niah_single_1 too (lm-eval refuses a task named twice); --limit 1 with two
     # lengths used to keep the first row alone, and the second length had no score (-1)
     results = run_lm_eval(model, tokenizer, None, ["ropesearch_ruler_niah_single_1", "ropesearch_ruler_niah_single_1"],
-                          tmp_path, lengths=[600, 700], limit=1, ruler_max_new_tokens=2)
+                          tmp_path, OfflineTasks(lengths=[600, 700], limit=1, ruler_max_new_tokens=2))
     table = scores_by_length(results["results"])
     assert set(table) == {"ropesearch_ruler_niah_single_1"} and set(table["ropesearch_ruler_niah_single_1"]) == {"600", "700"}
     assert results["n-samples"]["ropesearch_ruler_niah_single_1"]["effective"] == 2
@@ -174,14 +174,14 @@ def test_report_leaves_out_a_damaged_ruler_json_and_reads_on(made, tmp_path):
 
 
 def test_lm_eval_refuses_a_limit_that_would_cut_ruler_lengths_beside_its_own_tasks(tmp_path):
-    from ropesearch.evaluate.lm_eval_bridge import run_lm_eval
+    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
     from ropesearch.models import load_model
 
     ref = resolve_model("pocket")
     model, tokenizer = load_model(ref, device="cpu"), load_tokenizer(ref)
     with pytest.raises(RopesearchError, match="give --limit 3 or more"):
-        run_lm_eval(model, tokenizer, None, ["ropesearch_ruler_vt", "hellaswag"], tmp_path, lengths=[600, 700, 800],
-                    limit=2)
+        run_lm_eval(model, tokenizer, None, ["ropesearch_ruler_vt", "hellaswag"], tmp_path,
+                    OfflineTasks(lengths=[600, 700, 800], limit=2))
     assert not any(tmp_path.iterdir())  # refused before any task data was written
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.ruler import RulerSuite
-from ropesearch.evaluate.ruler_eval import ruler_cell
+from ropesearch.evaluate.ruler_eval import Answerer, ruler_cell
 from ropesearch.evaluate.ruler_prefetch import PrefetchedSuite, ruler_suite
 from ropesearch.models import load_model, load_tokenizer, resolve_model
 
@@ -70,10 +70,10 @@ def test_a_killed_worker_leaves_the_building_to_this_process(tokenizer):
 
 
 def test_a_cell_scores_the_same_with_prompts_built_ahead(tokenizer, model):
-    alone = ruler_cell(model, tokenizer, None, RulerSuite(tokenizer), TASKS, 1024, 2, max_new_tokens=1)
+    alone = ruler_cell(Answerer(model, tokenizer, max_new_tokens=1), None, RulerSuite(tokenizer), TASKS, 1024, 2)
     with ruler_suite(tokenizer, prefetch=True) as ahead:
         assert isinstance(ahead, PrefetchedSuite)
-        built_ahead = ruler_cell(model, tokenizer, None, ahead, TASKS, 1024, 2, max_new_tokens=1)
+        built_ahead = ruler_cell(Answerer(model, tokenizer, max_new_tokens=1), None, ahead, TASKS, 1024, 2)
     assert built_ahead["predictions"] == alone["predictions"] and built_ahead["scores"] == alone["scores"]
     assert isinstance(ruler_suite(tokenizer), RulerSuite)
 
@@ -89,8 +89,8 @@ def test_a_cell_starts_answering_before_the_later_tasks_are_made(tokenizer, mode
     hook = model.register_forward_pre_hook(lambda module, args: events.append(("forward", None)))
     try:
         # the two NIAH tasks share generate calls of 2 samples: the first call holds the first task's alone
-        ruler_cell(model, tokenizer, None, Logged(tokenizer), ["niah_single_1", "niah_single_2", "vt"], 1024, 2,
-                   max_batch=2, max_new_tokens=2)
+        ruler_cell(Answerer(model, tokenizer, max_batch=2, max_new_tokens=2), None, Logged(tokenizer),
+                   ["niah_single_1", "niah_single_2", "vt"], 1024, 2)
     finally:
         hook.remove()
     made = [task for kind, task in events if kind == "made"]

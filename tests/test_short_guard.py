@@ -10,7 +10,7 @@ import pytest
 
 from ropesearch.data import Window
 from ropesearch.evaluate import Score, make_evaluator
-from ropesearch.evaluate.runs import prefix_windows, setup
+from ropesearch.evaluate.runs import WindowSpec, prefix_windows, setup
 from ropesearch.export import load_factors
 from ropesearch.models import rope_base
 from ropesearch.rope import RopeBase, make_factors
@@ -76,7 +76,7 @@ def test_the_guard_keeps_held_out_documents_within_its_tolerance(pocket):
     assert guard.windows == 16 and guard.margin == GUARD_MARGIN < 1
     assert guard.capped_ppl <= guard.unscaled_ppl * (1 + GUARD_MARGIN * 0.01)
     searched = sorted({w.name.rsplit("@", 1)[0] for w in windows})
-    held_out = setup("pocket", "builtin", 2048, samples=6, seed=0, loaded=pocket, exclude=searched).windows
+    held_out = setup("pocket", WindowSpec(samples=6, exclude=searched), 2048, loaded=pocket).windows
     capped = replace(make_factors("none", base, 1), attention_factor=guard.attention_cap)
     starts = prefix_windows(held_out, 256)
     spread = [Window(f"{w.name}+{at}", w.ids[at : at + 256]) for w in held_out for at in range(0, 2048, 256)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,35 +43,49 @@ def _round_robin(cells: list[list[dict]]) -> list[dict]:
     return rows
 
 
-def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: str | None, lengths: Sequence[int],
-                          depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 2, documents: int = 4,
-                          seed: int = 0, doc_tokens: int | None = None, limit: int | None = None,
-                          ppl_lengths: Sequence[int] = (), ruler_samples: int = 20,
-                          ruler_max_new_tokens: int | None = None) -> Path:
-    """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path.
+@dataclass(frozen=True)
+class OfflineTasks:
+    """What ropesearch's offline lm-eval tasks are made of: passkey prompts at `lengths` x `depths`
+    (`trials` keys a cell), `documents` documents of `data` cut to each of `ppl_lengths` (default
+    `lengths`) tokens, or to `doc_tokens`, for ropesearch_ppl (never a whole long file), and
+    `ruler_samples` RULER samples per task and length (answers capped at `ruler_max_new_tokens`).
+    With `limit`, each task holds about that many rows but at least one per length (and depth),
+    interleaved so that lm-eval's own limit keeps every length."""
 
-    ropesearch_ppl scores each document cut to each of `ppl_lengths` (default `lengths`) tokens, or to
-    `doc_tokens`, never
-    a whole long file. With `limit`, each task holds about that many rows but at least one per
-    length (and depth), interleaved so that lm-eval's own limit keeps every length.
-    """
+    data: str | None = "builtin"
+    lengths: Sequence[int] = ()
+    depths: Sequence[float] = (0.1, 0.5, 0.9)
+    trials: int = 2
+    documents: int = 4
+    seed: int = 0
+    doc_tokens: int | None = None
+    limit: int | None = None
+    ppl_lengths: Sequence[int] = ()
+    ruler_samples: int = 20
+    ruler_max_new_tokens: int | None = None
+
+
+def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, made: OfflineTasks) -> Path:
+    """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path."""
     from ropesearch.data import load_documents, tokenize_documents
     from ropesearch.evaluate.passkey import passkey_prompt
 
+    m = made
+    data, lengths, limit = m.data, m.lengths, m.limit
     workdir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(m.seed)
     if any(is_ruler_task(t) for t in tasks):
         # with `limit`: about that many samples per task, one per length at least (lm-eval's limit
         # would keep the first rows, and drop the later lengths)
-        samples = ruler_samples if limit is None else min(ruler_samples, max(1, -(-limit // len(lengths))))
-        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=samples, seed=seed,
-                          max_new_tokens=ruler_max_new_tokens)
+        samples = m.ruler_samples if limit is None else min(m.ruler_samples, max(1, -(-limit // len(lengths))))
+        write_ruler_tasks(workdir, tokenizer, tasks, lengths, data, samples=samples, seed=m.seed,
+                          max_new_tokens=m.ruler_max_new_tokens)
     for task in tasks:
         if task not in OFFLINE_TASKS:
             continue
         if task == "ropesearch_passkey":
-            cells = [(length, depth) for length in lengths for depth in depths]
-            per_cell = trials if limit is None else max(1, -(-limit // len(cells)))
+            cells = [(length, depth) for length in lengths for depth in m.depths]
+            per_cell = m.trials if limit is None else max(1, -(-limit // len(cells)))
             grid = []
             for length, depth in cells:
                 cell = []
@@ -85,8 +99,8 @@ def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, data: 
         else:
             if data is None:
                 raise RopesearchError("task ropesearch_ppl needs --data (the documents to score)")
-            cuts = (doc_tokens,) if doc_tokens else tuple(ppl_lengths or lengths)
-            per_cut = documents if limit is None else max(1, -(-limit // len(cuts)))
+            cuts = (m.doc_tokens,) if m.doc_tokens else tuple(m.ppl_lengths or lengths)
+            per_cut = m.documents if limit is None else max(1, -(-limit // len(cuts)))
             tokenized = [(d.name, d.ids) for d in tokenize_documents(load_documents(data), tokenizer)]
             grid = []
             for cut in cuts:
@@ -126,12 +140,14 @@ def quiet_lm_eval(verbose: bool = False) -> None:
 
 
 def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[str], workdir: str | Path,
-                data: str | None = "builtin", lengths: Sequence[int] = (), max_length: int | None = None,
-                limit: int | None = None, batch_size: int = 1, verbose: bool = False, **task_options) -> dict:
+                offline: OfflineTasks = OfflineTasks(), max_length: int | None = None, batch_size: int = 1,
+                verbose: bool = False) -> dict:
     """Evaluate `tasks` with lm-eval on the model as patched with `factors`; returns lm-eval's results.
 
-    Offline tasks (ropesearch_ruler's too) apply `limit` themselves (every length and depth kept);
-    registered tasks get lm-eval's own limit.
+    The offline tasks are made as `offline` says; without its lengths, passkey prompts and RULER
+    samples come at the original window and perplexity documents at the extended one. Offline
+    tasks (ropesearch_ruler's too) apply `offline.limit` themselves (every length and depth kept);
+    registered tasks get it as lm-eval's own limit.
     """
     try:
         import lm_eval
@@ -147,8 +163,9 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
     original = (factors.base if factors is not None else rope_base(model.config)).original_context
     max_length = max_length or (factors.target_context if factors is not None else None)
     # passkey prompts default to the original window; perplexity documents to the extended one
-    ppl_lengths = tuple(lengths) or ((max_length,) if max_length else ())
-    lengths = tuple(lengths) or (original,)
+    ppl_lengths = tuple(offline.lengths) or ((max_length,) if max_length else ())
+    lengths = tuple(offline.lengths) or (original,)
+    limit = offline.limit
     if limit is not None and limit < len(lengths) and any(is_ruler_task(t) for t in tasks) and \
             any(t not in OFFLINE_TASKS and not is_ruler_task(t) for t in tasks):
         # lm-eval's limit, there for its own tasks, also cuts ropesearch_ruler's rows (a sample index's
@@ -156,8 +173,8 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
         raise RopesearchError(f"--limit {limit} with lm-eval's own tasks keeps fewer RULER rows than the "
                               f"{len(lengths)} lengths: give --limit {len(lengths)} or more, or run "
                               "ropesearch_ruler in a command of its own")
-    include = prepare_offline_tasks(tasks, Path(workdir), tokenizer, data, lengths, limit=limit,
-                                    ppl_lengths=ppl_lengths, **task_options)
+    include = prepare_offline_tasks(tasks, Path(workdir), tokenizer,
+                                    replace(offline, lengths=lengths, ppl_lengths=offline.ppl_lengths or ppl_lengths))
     quiet_lm_eval(verbose)
     metadata = None
     if any(is_ruler_task(t) or t in LM_EVAL_RULER for t in tasks):
@@ -245,9 +262,9 @@ def compare_lm_eval(config: LmEvalConfig, json_out: str | Path | None = None, lo
     sets = c.compare.sets(loaded, max(lengths) if lengths else None)
     results = {}
     for name, factors in tqdm(sets.items(), desc="lm-eval", unit="model", total=len(sets), disable=len(sets) < 2):
+        offline = OfflineTasks(c.data, lengths, limit=c.limit, doc_tokens=c.doc_tokens)
         results[name] = run_lm_eval(loaded, tokenizer, factors, tasks, Path(c.workdir) / name.replace("/", "_"),
-                                    data=c.data, lengths=lengths, limit=c.limit, doc_tokens=c.doc_tokens,
-                                    verbose=c.verbose)
+                                    offline, verbose=c.verbose)
         for task, metrics in results[name]["results"].items():
             shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()  # -1: a length not run
                               if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len" and v != -1)

@@ -61,9 +61,11 @@ def _answer(tokenizer, generated: torch.Tensor) -> str:
     return match.group(0) if match else text.strip()
 
 
+ANSWER_TOKENS = 8  # new tokens generated for the answer: the key is 5 digits
+
+
 def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Sequence[int], depths: Sequence[float],
-                     trials: int = 5, seed: int = 0, max_new_tokens: int = 8, progress: bool = True,
-                     haystack: np.ndarray | None = None, previous: dict | None = None,
+                     trials: int = 5, seed: int = 0, haystack: np.ndarray | None = None, previous: dict | None = None,
                      on_cell: Callable[[dict], None] | None = None) -> dict:
     """Accuracy per (length, depth) over `trials` random keys; `factors` None runs the model unpatched.
 
@@ -83,7 +85,7 @@ def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Seq
     cells = {f"{n}@{d:g}" for n, d in jobs}
     done = {cell for cell in (previous or {}).get("accuracy", {}) if cell in cells}
     kept = sum(min(trials, len(v)) for c, v in (previous or {}).get("answers", {}).items() if c in cells)
-    bar = tqdm(total=len(jobs) * trials - kept, desc="passkey", disable=None if progress else True, leave=False)
+    bar = tqdm(total=len(jobs) * trials - kept, desc="passkey", disable=None, leave=False)  # shown on a terminal
     patch = patch_rope(model, factors) if factors is not None else None
     try:
         for length, depth in jobs:
@@ -94,13 +96,13 @@ def passkey_accuracy(model, tokenizer, factors: RopeFactors | None, lengths: Seq
             for _ in answers:
                 rng.integers(10_000, 100_000)
             if patch is not None and len(answers) < trials:
-                patch.pin(length + max_new_tokens)
+                patch.pin(length + ANSWER_TOKENS)
             for _ in range(trials - len(answers)):
                 key = str(int(rng.integers(10_000, 100_000)))
                 prompt = passkey_prompt(tokenizer, length, depth, key, haystack)
                 ids = torch.from_numpy(prompt.ids)[None].to(device)
                 with torch.no_grad():
-                    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=ANSWER_TOKENS,
                                             do_sample=False, pad_token_id=tokenizer.eos_token_id)
                 answers.append([key, _answer(tokenizer, output[0, ids.shape[1]:])])
                 results["answers"][cell] = answers

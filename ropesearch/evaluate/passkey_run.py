@@ -13,6 +13,7 @@ from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.passkey import passkey_accuracy
 from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
 from ropesearch.models import load_tokenizer, resolve_model
+from ropesearch.rope import RopeFactors
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,44 @@ def parse_depths(depths: str | Sequence[float]) -> list[float]:
     return values
 
 
+@dataclass(frozen=True)
+class PasskeyEntry:
+    """One row of a passkey comparison: a name, its factors (None: the model unscaled), keys per
+    (length, depth), and the model it runs on (None: the one `loaded(None)` gives)."""
+
+    name: str
+    factors: RopeFactors | None
+    trials: int
+    model: str | None = None
+
+
+def passkey_entries(entries: Sequence[PasskeyEntry], loaded, lengths: Sequence[int], depths: Sequence[float],
+                    seed: int = 0, haystack: np.ndarray | None = None, results: dict | None = None,
+                    save=None, log=print, on_result=None) -> dict[str, dict]:
+    """Each entry's accuracy by (length, depth), in order, on `loaded(entry.model) -> (model, tokenizer)`.
+    `results`: earlier (maybe partial) results by name, whose trials are kept; `save(results)` after
+    every new trial (a resumable run); a line of accuracies by length goes to `log` as each entry
+    finishes, and `on_result(name, result)` follows it."""
+    results = dict(results or {})
+    for entry in entries:
+        model, tokenizer = loaded(entry.model)
+        log(f"passkey {entry.name}: {len(lengths)} lengths x {len(depths)} depths x {entry.trials} trials")
+
+        def keep(result, name=entry.name):
+            results[name] = result
+            if save is not None:
+                save(results)
+
+        keep(passkey_accuracy(model, tokenizer, entry.factors, lengths, depths, entry.trials, seed, haystack=haystack,
+                              previous=results.get(entry.name), on_cell=keep if save is not None else None))
+        accuracy = results[entry.name]["accuracy"]
+        log(f"{entry.name:>24}  " + "  ".join(f"{n}:{np.mean([accuracy[f'{n}@{d:g}'] for d in depths]):.0%}"
+                                              for n in lengths))
+        if on_result:
+            on_result(entry.name, results[entry.name])
+    return results
+
+
 def run_passkey(config: PasskeyConfig, json_out: str | Path | None = None, log=print, on_result=None,
                 command: str = "") -> dict[str, dict]:
     """Results by factor set; each set's line of accuracies by length goes to `log` as it finishes,
@@ -54,14 +93,9 @@ def run_passkey(config: PasskeyConfig, json_out: str | Path | None = None, log=p
         (window,) = build_windows(documents, tokenizer, max(lengths), 1, c.seed, pack=c.pack)
         haystack, extra = window.ids, {"data": c.data, "haystack": window.record()}
     loaded, _ = c.compare.load(tokenizer)
-    results = {}
-    for name, factors in c.compare.sets(loaded, max(lengths)).items():
-        results[name] = passkey_accuracy(loaded, tokenizer, factors, lengths, depths, c.trials, c.seed,
-                                         haystack=haystack)
-        log(f"{name:>24}  " + "  ".join(f"{n}:{np.mean([results[name]['accuracy'][f'{n}@{d:g}'] for d in depths]):.0%}"
-                                        for n in lengths))
-        if on_result:
-            on_result(name, results[name])
+    entries = [PasskeyEntry(name, factors, c.trials) for name, factors in c.compare.sets(loaded, max(lengths)).items()]
+    results = passkey_entries(entries, lambda spec: (loaded, tokenizer), lengths, depths, c.seed, haystack=haystack,
+                              log=log, on_result=on_result)
     if json_out:
         save_json({"passkey": results, "model": c.compare.model, **extra, "command": command}, json_out)
         log(f"wrote {json_out}")

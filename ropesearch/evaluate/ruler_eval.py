@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from typing import Any
+from dataclasses import asdict, dataclass
 from itertools import groupby
 
 import numpy as np
@@ -119,21 +120,35 @@ class _Queue(Sequence):
         return self.cases(self.tasks[task])[index]
 
 
-def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
-               length: int, samples: int, max_batch: int | None = None, bar=None,
-               max_new_tokens: int | None = None,
-               on_task: Callable[[str, float, list], None] | None = None, sizer: BatchSizer | None = None) -> dict:
+@dataclass
+class Answerer:
+    """What answers RULER prompts: the model and tokenizer, `max_batch` samples a generate call
+    (None: as many as fit, which `sizer` finds; one BatchSizer serves every factor set of a run),
+    and at most `max_new_tokens` new tokens (None: each task's own budget)."""
+
+    model: Any
+    tokenizer: Any
+    max_batch: int | None = None
+    max_new_tokens: int | None = None
+    sizer: BatchSizer | None = None
+
+    def __post_init__(self):
+        self.sizer = self.sizer or BatchSizer(self.model)
+
+
+def ruler_cell(answerer: Answerer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
+               length: int, samples: int, bar=None, on_task: Callable[[str, float, list], None] | None = None) -> dict:
     """Scores of `tasks` at one length: {"scores": {task: mean}, "predictions": ..., "seconds": s};
     `on_task(task, score, predictions)` as each task's last answer comes, to save it. Neighbouring
     tasks whose prompts have the same tokens and answer budget (RULER's eight NIAH tasks) share
     generate calls: at short lengths a call holds more samples than one task has."""
+    model, max_new_tokens, sizer = answerer.model, answerer.max_new_tokens, answerer.sizer
     patch = patch_rope(model, factors) if factors is not None else None
     started = time.perf_counter()
     scores, predictions = {}, {}
     try:
         if patch is not None:
             patch.pin(length)  # prompt + new tokens never exceed the length
-        sizer = sizer or BatchSizer(model)
         sizer.used.clear()  # from here: this cell's batch sizes
         suite.plan((task, length, samples) for task in tasks)  # a worker builds them ahead, in answering order
 
@@ -153,7 +168,7 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
         for _, group in groupby(tasks, key=lambda task: _shape(task, length, max_new_tokens)):
             group, outputs = list(group), []
             queue = _Queue(group, samples, cases)
-            for answers in answer_batches(model, tokenizer, queue, max_batch, max_new_tokens, sizer):
+            for answers in answer_batches(model, answerer.tokenizer, queue, answerer.max_batch, max_new_tokens, sizer):
                 outputs += answers
                 while group and len(outputs) >= samples:  # the group's next task is answered
                     task = group.pop(0)
@@ -165,19 +180,18 @@ def ruler_cell(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite,
     return {"scores": scores, "predictions": predictions, "seconds": time.perf_counter() - started}
 
 
-def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
-                  lengths: Sequence[int], samples: int, max_batch: int | None = None, previous: dict | None = None,
-                  on_cell: Callable[[dict], None] | None = None, progress: bool = True, name: str = "",
-                  max_new_tokens: int | None = None, sizer: BatchSizer | None = None, rope: dict | None = None) -> dict:
+def ruler_results(answerer: Answerer, factors: RopeFactors | None, suite: RulerSuite, tasks: Sequence[str],
+                  lengths: Sequence[int], samples: int, previous: dict | None = None,
+                  on_cell: Callable[[dict], None] | None = None, name: str = "", rope: dict | None = None) -> dict:
     """Tasks x lengths for one factor set; scores present in `previous` (same settings) are kept, and
     `on_cell(result)` is called after each task, so a killed run loses at most the generate call it
     was in (which may hold several tasks' samples: see ruler_cell).
     A length's average and its place in "lengths" come when all its tasks are scored; "batch_sizes"
-    records the samples per generate call (bf16 greedy answers may depend on it). `sizer`: one
-    BatchSizer shared by the factor sets of a run (default: a new one); `rope` (rope_record) is kept
-    with the results."""
-    sizer = sizer or BatchSizer(model)
-    result = previous or {"lengths": [], "tasks": list(tasks), "samples": samples, "max_new_tokens": max_new_tokens,
+    records the samples per generate call (bf16 greedy answers may depend on it). `rope`
+    (rope_record) is kept with the results."""
+    sizer = answerer.sizer
+    result = previous or {"lengths": [], "tasks": list(tasks), "samples": samples,
+                          "max_new_tokens": answerer.max_new_tokens,
                           "scores": {t: {} for t in tasks},
                           "average": {}, "predictions": {t: {} for t in tasks}, "seconds": {}}
     if rope is not None:
@@ -185,7 +199,7 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
     todo = [n for n in lengths if str(n) not in result["average"]]
     left = {n: [t for t in tasks if str(n) not in result["scores"][t]] for n in todo}
     bar = tqdm(total=sum(len(v) for v in left.values()), desc=f"ruler {name}".strip(),
-               disable=None if progress else True, leave=False)
+               disable=None, leave=False)  # shown on a terminal
     try:
         for length in todo:
             key, started = str(length), time.perf_counter()
@@ -200,8 +214,7 @@ def ruler_results(model, tokenizer, factors: RopeFactors | None, suite: RulerSui
                 if on_cell is not None:
                     on_cell(result)
 
-            ruler_cell(model, tokenizer, factors, suite, left[length], length, samples, max_batch, bar,
-                       max_new_tokens, on_task=keep, sizer=sizer)
+            ruler_cell(answerer, factors, suite, left[length], length, samples, bar, on_task=keep)
             result["average"][key] = float(np.mean([result["scores"][t][key] for t in tasks]))
             result["seconds"][key] = earlier + time.perf_counter() - started
             result["lengths"] = sorted(set(result["lengths"]) | {length})

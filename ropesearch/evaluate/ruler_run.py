@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.ruler import answer_cap, check_lengths, parse_tasks
-from ropesearch.evaluate.ruler_eval import (BatchSizer, check_resumable, check_rope, check_ruler_json, check_settings,
+from ropesearch.evaluate.ruler_eval import (Answerer, check_resumable, check_rope, check_ruler_json, check_settings,
                                             pending_tasks, record_devices, rope_record, ruler_results)
 from ropesearch.evaluate.ruler_prefetch import ruler_suite
 from ropesearch.evaluate.runs import Comparison, environment, parse_lengths, save_json
@@ -73,7 +73,8 @@ def run_ruler(config: RulerConfig, json_out: str | Path | None = None, resume: b
         return write
 
     on_gpu = next(loaded.parameters()).device.type == "cuda"
-    sizer = BatchSizer(loaded)  # a row's memory, measured once per length, serves every factor set
+    # a row's memory, measured once per length (its BatchSizer), serves every factor set
+    answerer = Answerer(loaded, tokenizer, c.max_batch, max_new_tokens)
     with ruler_suite(tokenizer, c.data, text_field=c.text_field, seed=c.seed,
                      prefetch=on_gpu if c.prefetch is None else c.prefetch) as suite:
         for index, length in enumerate(lengths):  # every factor set at one length, then the next: samples made once
@@ -81,10 +82,9 @@ def run_ruler(config: RulerConfig, json_out: str | Path | None = None, resume: b
             suite.plan((task, n, c.samples) for n in lengths[index:index + 2]
                        for task in pending_tasks(document["ruler"], sets, tasks, n))
             for name, factors in sets.items():
-                document["ruler"][name] = ruler_results(loaded, tokenizer, factors, suite, tasks, [length], c.samples,
-                                                        c.max_batch, document["ruler"].get(name),
-                                                        on_cell=save(name, length), name=f"{name} {length}",
-                                                        max_new_tokens=max_new_tokens, sizer=sizer, rope=ropes[name])
+                document["ruler"][name] = ruler_results(answerer, factors, suite, tasks, [length], c.samples,
+                                                        document["ruler"].get(name), on_cell=save(name, length),
+                                                        name=f"{name} {length}", rope=ropes[name])
                 log(f"{name:>24}  {length}: {100 * document['ruler'][name]['average'][str(length)]:.1f}")
     return RulerRun(document["ruler"], ran=True)
 

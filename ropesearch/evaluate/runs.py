@@ -44,35 +44,54 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
     return parse_token_list(text)
 
 
-def setup(model: str, data: str, max_length: int, samples: int = 4, seed: int = 0, needle: bool = False,
-          offset: str = "start", text_field: str = "text", split: str = "test", device: str | None = None,
-          dtype=None, original_context: int | None = None, exclude: Sequence[str] = (), loaded=None,
-          backend: str = "torch", pack: bool = False, documents=None, config_only: bool = False) -> EvalSetup:
-    """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample windows.
+@dataclass(frozen=True)
+class WindowSpec:
+    """Which text a run scores: `samples` windows (seeded) of the longest length from `data`.
 
-    `exclude` names documents to leave out; `pack` joins documents into windows of the longest
-    length; `documents` (already loaded Document objects) replaces reading `data`. For the vLLM
-    backend, or with `config_only` (Ray workers load the model themselves), only the model's
-    config is loaded.
-    """
+    `offset`: where a window starts in its document (start or random); `text_field` and `split`: a
+    dataset's; `pack` joins documents into windows; `exclude` names documents to leave out (held
+    out of a search); `documents` (already loaded Document objects) replaces reading `data`;
+    `needle` puts a needle in each window (--needle scoring)."""
+
+    data: str = "builtin"
+    samples: int = 4
+    seed: int = 0
+    offset: str = "start"
+    text_field: str = "text"
+    split: str = "test"
+    pack: bool = False
+    exclude: Sequence[str] = ()
+    documents: list | None = None
+    needle: bool = False
+
+
+def setup(model: str, text: WindowSpec, max_length: int, device: str | None = None, dtype=None,
+          original_context: int | None = None, loaded=None, backend: str = "torch",
+          config_only: bool = False) -> EvalSetup:
+    """Load model and tokenizer (or take `loaded` = (model, tokenizer)) and sample the windows of
+    `text` at `max_length` tokens. For the vLLM backend, or with `config_only` (Ray workers load the
+    model themselves), only the model's config is loaded."""
     if loaded is None:
         ref = resolve_model(model)
         tokenizer = load_tokenizer(ref)
     else:
         loaded, tokenizer = loaded
+    documents = text.documents
     if documents is None:
-        documents = load_documents(data, text_field=text_field, split=split)
+        documents = load_documents(text.data, text_field=text.text_field, split=text.split)
     documents = tokenize_documents(documents, tokenizer)
-    if exclude:
-        documents = [d for d in documents if d.name not in set(exclude)]
+    if text.exclude:
+        documents = [d for d in documents if d.name not in set(text.exclude)]
         if not documents:
-            raise RopesearchError(f"every document of {data} was excluded: nothing is held out")
-    windows = build_windows(documents, tokenizer, max_length, samples, seed, needle=needle, offset=offset, pack=pack)
+            raise RopesearchError(f"every document of {text.data} was excluded: nothing is held out")
+    windows = build_windows(documents, tokenizer, max_length, text.samples, text.seed, needle=text.needle,
+                            offset=text.offset, pack=text.pack)
     if loaded is None:
         loaded = load_config(ref) if config_only else load_for_backend(ref, backend, dtype=dtype, device=device)
-    options = {"samples": samples, "seed": seed, "needle": needle, "offset": offset, "pack": pack,
-               "excluded_documents": sorted(exclude)}
-    return EvalSetup(model, data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows, options)
+    options = {"samples": text.samples, "seed": text.seed, "needle": text.needle, "offset": text.offset,
+               "pack": text.pack, "excluded_documents": sorted(text.exclude)}
+    return EvalSetup(model, text.data, loaded, tokenizer, rope_base(config_of(loaded), original_context), windows,
+                     options)
 
 
 def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 4) -> str:

@@ -14,6 +14,7 @@
 
 A `passkey: {lengths: [...], trials: 2, baseline_trials: 1}` stage runs passkey retrieval on its own,
 resumable by (length, depth) across sessions: for lengths where one trial is a long prefill.
+Every kind of stage, its settings and how it runs: `STAGES` in stages.py.
 
 Optional: `pack: true` joins documents into windows (for targets longer than any document);
 `holdout: {fraction: 0.4, seed: 0}` sets aside a seeded share of the documents (by characters)
@@ -29,84 +30,9 @@ from typing import Any
 
 from ropesearch import resources
 from ropesearch.errors import RopesearchError
-from ropesearch.pipeline.finetune import FinetuneConfig
+from ropesearch.pipeline.stages import STAGES
+from ropesearch.units import parse_token_list, parse_tokens
 from ropesearch.validate import check_device, check_fields
-
-
-@dataclass(frozen=True)
-class SearchStage:
-    target: int
-    space: str = "fast"
-    objective: str | None = None
-    relative: bool = False  # search on top of the previous stage's factors (after fine-tuning)
-    time_minutes: float | None = None
-    max_evals: int | None = None
-    samples: int | None = None
-    seed: int = 0
-    short_tolerance: float | None = 0.01  # the short guard (see search/short_guard.py); null: off
-    workers: int | None = None  # score on Ray workers (as search --workers; ray_address, gpus_per_worker too)
-    ray_address: str | None = None
-    gpus_per_worker: int | None = None
-
-
-@dataclass(frozen=True)
-class RecoverShortStage:
-    lengths: tuple[int, ...] = ()  # default: the original window and twice it
-    high: float = 1.25  # ceiling of the short factors (absolute)
-    space: str = "fast"
-    time_minutes: float | None = None
-    max_evals: int | None = None
-    samples: int | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ExportStage:
-    formats: tuple[str, ...] = ("hf", "vllm", "csv")
-
-
-@dataclass(frozen=True)
-class EvaluateStage:
-    lengths: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ("ntk", "yarn")
-    samples: int = 4
-    seed: int = 0
-    heldout: bool = True  # leave out the documents the last search stage scored on
-    passkey: bool = False
-    passkey_lengths: tuple[int, ...] = ()  # default: the evaluation lengths
-    passkey_depths: tuple[float, ...] = (0.1, 0.5, 0.9)
-    passkey_trials: int = 3
-    native: bool = False  # also the unscaled model reading the same text in windows of its own length
-    unscaled: bool = True  # the unscaled model at every length (false: only its native-window column)
-    baseline_scale: str = "target"  # baselines at the final target's scale at every length, or "length"
-
-
-@dataclass(frozen=True)
-class PasskeyStage:
-    """Passkey retrieval of the current model and factors against baselines on the starting model,
-    resumable cell by cell (one cell: a length and a depth; at 1M tokens a trial is a 1M prefill)."""
-    lengths: tuple[int, ...] = ()  # default: the original window x 2^k up to the target
-    depths: tuple[float, ...] = (0.1, 0.5, 0.9)
-    trials: int = 3  # keys per length and depth, found factors
-    baseline_trials: int | None = None  # keys per length and depth for the baselines (default: trials)
-    methods: tuple[str, ...] = ("ntk", "yarn")  # baselines at the target's scale; none: the unscaled model
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ReportStage:
-    pass
-
-
-STAGE_TYPES: dict[str, type] = {
-    "search": SearchStage,
-    "finetune": FinetuneConfig,
-    "recover-short": RecoverShortStage,
-    "export": ExportStage,
-    "evaluate": EvaluateStage,
-    "passkey": PasskeyStage,
-    "report": ReportStage,
-}
 
 
 @dataclass(frozen=True)
@@ -135,21 +61,15 @@ class Plan:
     holdout: Holdout | None = None
 
 
-def _settings(kind: str, values: Any, where: str):
-    return _settings_of(STAGE_TYPES[kind], values, where, kind)
-
-
-def _settings_of(cls: type, values: Any, where: str, label: str):
+def _settings_of(cls: type, values: Any, where: str, label: str, checks=lambda settings: []):
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise RopesearchError(f"{where}: settings of a {label} stage must be a mapping" if label in STAGE_TYPES
+        raise RopesearchError(f"{where}: settings of a {label} stage must be a mapping" if label in STAGES
                               else f"{where} must be a mapping")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise RopesearchError(f"{where}: unknown {label} setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    from ropesearch.units import parse_token_list, parse_tokens
-
     values = dict(values)
     for key in ("target", "length"):  # token counts may be written 32k, 1M
         if isinstance(values.get(key), (str, int)):  # ints too: bounded like the rest
@@ -162,60 +82,15 @@ def _settings_of(cls: type, values: Any, where: str, label: str):
         settings = cls(**values)
     except TypeError as exc:
         raise RopesearchError(f"{where}: {exc}") from None
-    problem = _stage_problem(label, settings)
+    problem = next((message for ok, message in checks(settings) if not ok), None)
     if problem:
         raise RopesearchError(f"{where}: {problem}")
     return settings
 
 
-def _stage_problem(kind: str, s) -> str | None:
-    """Ranges and names the types alone do not pin down (None: fine)."""
-    from ropesearch.export.model_folder import FORMATS
-    from ropesearch.rope.methods import METHODS
-    from ropesearch.search.objectives import OBJECTIVES
-    from ropesearch.search.space import load_space
-
-    checks = []
-    if kind in ("search", "recover-short"):
-        checks += [(s.time_minutes is None or s.time_minutes > 0, "time_minutes must be > 0"),
-                   (s.max_evals is None or s.max_evals >= 1, "max_evals must be >= 1"),
-                   (s.samples is None or s.samples >= 1, "samples must be >= 1"),
-                   (s.seed >= 0, "seed must be >= 0")]
-        load_space(s.space)  # a missing or invalid space fails here, before any stage runs
-    if kind == "search":
-        checks += [(s.target >= 2, f"target must be a length >= 2 tokens, got {s.target}"),
-                   (s.objective is None or s.objective in OBJECTIVES,
-                    f"objective must be one of {', '.join(OBJECTIVES)}, got {s.objective!r}"),
-                   (s.short_tolerance is None or s.short_tolerance >= 0,
-                    f"short_tolerance must be >= 0 (or null: no guard), got {s.short_tolerance}")]
-    if kind == "recover-short":
-        checks += [(all(n >= 2 for n in s.lengths), "lengths must be >= 2 tokens"), (s.high > 0, "high must be > 0")]
-    if kind == "export":
-        checks += [(bool(s.formats) and set(s.formats) <= set(FORMATS),
-                    f"formats must be a non-empty list of {', '.join(FORMATS)}, got {list(s.formats)}")]
-    if kind == "evaluate":
-        known = list(METHODS)
-        checks += [(all(n >= 2 for n in s.lengths + s.passkey_lengths), "lengths must be >= 2 tokens"),
-                   (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
-                   (s.samples >= 1 and s.passkey_trials >= 1, "samples and passkey_trials must be >= 1"),
-                   (all(0 <= d <= 1 for d in s.passkey_depths), "passkey_depths must lie in [0, 1]"),
-                   (s.seed >= 0, "seed must be >= 0"),
-                   (s.baseline_scale in ("target", "length"),
-                    f"baseline_scale must be target or length, got {s.baseline_scale!r}")]
-    if kind == "passkey":
-        known = list(METHODS)
-        checks += [(all(n >= 2 for n in s.lengths), "lengths must be >= 2 tokens"),
-                   (set(s.methods) <= set(known), f"methods must be among {', '.join(known)}, got {list(s.methods)}"),
-                   (s.trials >= 1 and (s.baseline_trials is None or s.baseline_trials >= 1),
-                    "trials and baseline_trials must be >= 1"),
-                   (bool(s.depths) and all(0 <= d <= 1 for d in s.depths), "depths must lie in [0, 1]"),
-                   (len(set(s.lengths)) == len(s.lengths), f"lengths must differ, got {list(s.lengths)}"),
-                   (len({f"{d:g}" for d in s.depths}) == len(s.depths), f"depths must differ, got {list(s.depths)}"),
-                   (s.seed >= 0, "seed must be >= 0")]
-    if kind == "holdout":
-        checks += [(0 < s.fraction < 1, f"holdout.fraction must be a number strictly between 0 and 1, got {s.fraction}"),
-                   (s.seed >= 0, "holdout.seed must be >= 0")]
-    return next((message for ok, message in checks if not ok), None)
+def _holdout_checks(h: Holdout) -> list[tuple[bool, str]]:
+    return [(0 < h.fraction < 1, f"holdout.fraction must be a number strictly between 0 and 1, got {h.fraction}"),
+            (h.seed >= 0, "holdout.seed must be >= 0")]
 
 
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
@@ -254,9 +129,10 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         if not isinstance(entry, dict) or len(entry) != 1:
             raise RopesearchError(f"{where}: stage {number} must be one '{{kind: settings}}' mapping")
         kind, values = next(iter(entry.items()))
-        if kind not in STAGE_TYPES:
-            raise RopesearchError(f"{where}: stage {number} has unknown kind {kind!r} (known: {', '.join(STAGE_TYPES)})")
-        settings = _settings(kind, values, f"{where}: stage {number} ({kind})")
+        if kind not in STAGES:
+            raise RopesearchError(f"{where}: stage {number} has unknown kind {kind!r} (known: {', '.join(STAGES)})")
+        settings = _settings_of(STAGES[kind].settings, values, f"{where}: stage {number} ({kind})", kind,
+                                STAGES[kind].checks)
         stages.append(Stage(kind, f"{number:02d}-{kind}", settings))
     _check_order(stages, where)
     pack = data.get("pack", False)
@@ -264,7 +140,7 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         raise RopesearchError(f"{where}: pack must be true or false, got {pack!r}")
     holdout = None
     if data.get("holdout") is not None:
-        holdout = _settings_of(Holdout, data["holdout"], f"{where}: holdout", "holdout")
+        holdout = _settings_of(Holdout, data["holdout"], f"{where}: holdout", "holdout", _holdout_checks)
     return Plan(name=str(data["name"]), model=str(data["model"]), data=sources, stages=tuple(stages),
                 device=data.get("device"), description=str(data.get("description", "")), pack=pack, holdout=holdout)
 
@@ -272,12 +148,10 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
 def _check_order(stages: list[Stage], where: str) -> None:
     have_factors = False
     for stage in stages:
-        needs = stage.kind in ("finetune", "recover-short", "export", "evaluate", "passkey") or (
-            stage.kind == "search" and stage.settings.relative)
-        if needs and not have_factors:
+        kind = STAGES[stage.kind]
+        if kind.needs_factors(stage.settings) and not have_factors:
             raise RopesearchError(f"{where}: stage {stage.name} needs factors from an earlier search stage")
-        if stage.kind == "search":
-            have_factors = True
+        have_factors = have_factors or kind.gives_factors
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -37,6 +37,7 @@ from ropesearch.evaluate.torch_backend import fastest_attention  # noqa: E402
 from ropesearch.models import load_model, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import make_factors  # noqa: E402
 from ropesearch.rope.patching import patch_rope  # noqa: E402
+from ropesearch.tables import markdown  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
 
 GIB = 2**30
@@ -114,15 +115,15 @@ def _cell(value: dict | str, key: str) -> str:
 def table(rows: list[dict]) -> str:
     header = ["tokens", "batch"] + [f"{v} {k}" for v in VARIANTS for k in ("prefill s", "ms/step")] + [
         "same tokens (reserved, fastest, ruler)", "peak GiB (default, ruler)"]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    body = []
     for r in rows:
         cells = [f"{r['tokens']:,}", str(r["batch"])]
         cells += [_cell(r[v], k) for v in VARIANTS for k in ("prefill_s", "ms_per_step")]
         cells.append(", ".join(str(r[v].get("same_tokens", "-")) if isinstance(r[v], dict) else "-"
                                for v in ("reserved", "fastest", "ruler")))
         cells.append(", ".join(str(r[v].get("peak_gib")) if isinstance(r[v], dict) else "-" for v in ("default", "ruler")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown(header, body)
 
 
 def main(argv=None) -> dict:

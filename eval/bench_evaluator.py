@@ -32,6 +32,7 @@ from ropesearch.evaluate.runs import EvalSetup  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import longrope, methods  # noqa: E402
 from ropesearch.rope.patching import patch_rope  # noqa: E402
+from ropesearch.tables import markdown_lines  # noqa: E402
 
 
 def sync():
@@ -162,19 +163,18 @@ def markdown(report) -> str:
         "",
         "## (a) One window per length: ours vs `model(input_ids, labels=input_ids)`",
         "",
-        "| tokens | ours tok/s | plain tok/s | speed ratio | ours TFLOP/s | plain TFLOP/s | ours peak GiB | "
-        "plain peak GiB | memory ratio | ppl ours | ppl plain | rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    for r in report["a"]:
-        lines.append(
-            f"| {r['length']} | {r['ours_tokens_per_s']:,.0f} | {fmt(r.get('hf_tokens_per_s'), ',.0f')} | "
-            f"{fmt(r.get('speedup'), '.2f')}x | {r['ours_tflops']:.0f} | {fmt(r.get('hf_tflops'), '.0f')} | "
-            f"{fmt(r['ours_peak_gib'], '.2f')} | {fmt(r.get('hf_peak_gib'), '.2f')} | "
-            f"{fmt(r.get('memory_ratio'), '.1%')} | {r['ours_ppl']:.3f} | {fmt(r.get('hf_ppl'), '.3f')} | "
-            f"{fmt(r.get('ppl_rel_diff'), '.3%')} |" + (f" plain: {r['hf_error']}" if r.get("hf_error") else "")
-        )
+    table = markdown_lines(
+        ["tokens", "ours tok/s", "plain tok/s", "speed ratio", "ours TFLOP/s", "plain TFLOP/s", "ours peak GiB",
+         "plain peak GiB", "memory ratio", "ppl ours", "ppl plain", "rel. diff"],
+        [[str(r["length"]), f"{r['ours_tokens_per_s']:,.0f}", fmt(r.get("hf_tokens_per_s"), ",.0f"),
+          f"{fmt(r.get('speedup'), '.2f')}x", f"{r['ours_tflops']:.0f}", fmt(r.get("hf_tflops"), ".0f"),
+          fmt(r["ours_peak_gib"], ".2f"), fmt(r.get("hf_peak_gib"), ".2f"), fmt(r.get("memory_ratio"), ".1%"),
+          f"{r['ours_ppl']:.3f}", fmt(r.get("hf_ppl"), ".3f"), fmt(r.get("ppl_rel_diff"), ".3%")] for r in report["a"]])
+    # the plain forward's error, where it failed, follows its row's table line
+    lines += table[:2] + [line + (f" plain: {r['hf_error']}" if r.get("hf_error") else "")
+                          for line, r in zip(table[2:], report["a"])]
     longest = report["a"][-1]
     lines += [
         "",
@@ -183,12 +183,10 @@ def markdown(report) -> str:
         "",
         "## (b) Candidates per second, one window each",
         "",
-        "| tokens | candidates | batched /s | one at a time /s | ratio | max NLL diff |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in report["b"]:
-        lines.append(f"| {r['length']} | {r['candidates']} | {r['batched_per_s']:.1f} | {r['single_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['max_nll_diff_batched_vs_single']:.1e} |")
+    lines += markdown_lines(["tokens", "candidates", "batched /s", "one at a time /s", "ratio", "max NLL diff"],
+                            [[str(r["length"]), str(r["candidates"]), f"{r['batched_per_s']:.1f}", f"{r['single_per_s']:.1f}",
+                              f"{r['speedup']:.2f}x", f"{r['max_nll_diff_batched_vs_single']:.1e}"] for r in report["b"]])
     lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} longest documents, "
               f"scale = length / {report['c']['original_context']}", "", "```", report["c_table"], "```", ""]
     return "\n".join(lines)

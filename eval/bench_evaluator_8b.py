@@ -50,6 +50,7 @@ from ropesearch.evaluate.memory import PeakMemory  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.models import rope_base  # noqa: E402
 from ropesearch.rope import methods  # noqa: E402
+from ropesearch.tables import markdown_lines  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0, original=8192)
@@ -218,18 +219,18 @@ def markdown(report: dict) -> str:
         f"Matrix peak measured in this run: {report['matmul_peak_tflops']:.3g} TFLOP/s "
         f"({report['matmul_size']}^3 {report['dtype']} product)",
         "",
-        "| tokens | mode | layers run | seconds (all layers) | peak GiB | activations KiB/token | TFLOP/s | "
-        "of matrix peak |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in report["rows"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['length']:,} | {r['mode']} | {r['layers']} | {r['status']} | | | | |")
+        if r["status"] != "ok":  # the status in the seconds column, the rest empty
+            rows.append([f"{r['length']:,}", r["mode"], str(r["layers"]), r["status"]])
             continue
         seconds = (f"{r['seconds_all_layers']:.1f} (measured {r['seconds']:.1f} s on {r['layers']} layers, "
                    "scaled by FLOPs)" if r["scaled"] else f"{r['seconds']:.1f}")
-        lines.append(f"| {r['length']:,} | {r['mode']} | {r['layers']} | {seconds} | {r['peak_gib']:.2f} | "
-                     f"{r['activation_kib_per_token']:.1f} | {r['tflops']:.3g} | {r['fraction_of_peak']:.0%} |")
+        rows.append([f"{r['length']:,}", r["mode"], str(r["layers"]), seconds, f"{r['peak_gib']:.2f}",
+                     f"{r['activation_kib_per_token']:.1f}", f"{r['tflops']:.3g}", f"{r['fraction_of_peak']:.0%}"])
+    lines += markdown_lines(["tokens", "mode", "layers run", "seconds (all layers)", "peak GiB", "activations KiB/token",
+                             "TFLOP/s", "of matrix peak"], rows)
     lines += ["", "`chunked`: decoder norms and MLP over chunks of the sequence, attention whole "
               "(`TorchEvaluator`'s default for long windows); `whole`: `sequence_chunk=0`. Peak GiB: weights plus "
               "the most the window added; a row with fewer layers keeps all layers' weights resident."]

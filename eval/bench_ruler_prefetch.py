@@ -45,6 +45,7 @@ from ropesearch.cli import cli  # noqa: E402
 from ropesearch.evaluate.ruler import TASKS  # noqa: E402
 from ropesearch.evaluate.runs import save_json  # noqa: E402
 from ropesearch.own_files import atomic_write_text  # noqa: E402
+from ropesearch.tables import markdown  # noqa: E402
 from ropesearch.units import parse_token_list  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +79,9 @@ def speedups(runs: list[dict]) -> tuple[dict, float, list[float]]:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| run | prefetch | cell s | wall s | average % | batch sizes |", "|---|---|---|---|---|---|"]
-    lines += [f"| {i + 1} | {'on' if r['prefetch'] else 'off'} | {r['cell_seconds']:.1f} | {r['wall_seconds']:.1f} | "
-              f"{r['average']:.1f} | {' '.join(map(str, r['batch_sizes']))} |" for i, r in enumerate(runs)]
-    return "\n".join(lines)
+    return markdown(["run", "prefetch", "cell s", "wall s", "average %", "batch sizes"],
+                    [[str(i + 1), "on" if r["prefetch"] else "off", f"{r['cell_seconds']:.1f}", f"{r['wall_seconds']:.1f}",
+                      f"{r['average']:.1f}", " ".join(map(str, r["batch_sizes"]))] for i, r in enumerate(runs)])
 
 
 def same_prompts(args, argv) -> dict:

@@ -28,6 +28,7 @@ from ropesearch.export import load_factors  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import make_factors  # noqa: E402
 from ropesearch.search.session import SearchConfig, run_search  # noqa: E402
+from ropesearch.tables import markdown_lines  # noqa: E402
 
 SEARCH_DOCS = "austen-emma.txt,j.fenimore.cooper.the.prairie.txt"
 
@@ -92,24 +93,32 @@ def compare(args):
              f"Command: `{report['command']}`  ", f"Device: {report['environment']['device']}, "
              f"{report['environment']['dtype']}; date {report['environment']['date']}", ""]
     names = list(candidates)
-    lines += ["| documents | " + " | ".join(names) + " | best search / YaRN |",
-              "|---" * (len(names) + 2) + "|"]
-    for label, row in table.items():
-        best = min(row[n] for n in names if n.startswith("search:")) if runs else float("nan")
-        lines.append(f"| {label} | " + " | ".join(f"{row[n]:.2f}" for n in names) + f" | {best / row['yarn']:.3f} |")
+    lines += heldout_lines(table, names, bool(runs))
     if race:
         lines += ["", f"## GPU seconds to reach {args.reference}'s final best ({race['target']:.2f} on the search "
-                  f"documents, after {race['reference_seconds']:.0f} s)", "",
-                  "| run | GPU seconds | fraction of the reference's | its final best |", "|---|---|---|---|"]
-        for name, row in race["runs"].items():
-            seconds = "not reached" if row["seconds"] is None else f"{row['seconds']:.0f}"
-            fraction = "" if row["fraction"] is None else f"{row['fraction']:.2f}"
-            lines.append(f"| {name} | {seconds} | {fraction} | {row['final_best']:.2f} |")
+                  f"documents, after {race['reference_seconds']:.0f} s)", ""] + race_lines(race)
     lines += ["", "## Best search perplexity (search documents) against GPU seconds", ""]
     for name, points in progress.items():
         lines.append(f"- {name}: " + ", ".join(f"{p['gpu_seconds']:.0f}s: {p['best']:.2f}" for p in points[:: max(1, len(points) // 12)]))
     (Path(args.out) / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def heldout_lines(table: dict, names: list[str], searched: bool) -> list[str]:
+    """Held-out perplexity per document set (rows) and factor set (columns), with the best search over YaRN."""
+    rows = []
+    for label, row in table.items():
+        best = min(row[n] for n in names if n.startswith("search:")) if searched else float("nan")
+        rows.append([label] + [f"{row[n]:.2f}" for n in names] + [f"{best / row['yarn']:.3f}"])
+    return markdown_lines(["documents", *names, "best search / YaRN"], rows)
+
+
+def race_lines(race: dict) -> list[str]:
+    """The GPU seconds each run took to reach the reference's final best (`time_to_reach`), as a table."""
+    return markdown_lines(["run", "GPU seconds", "fraction of the reference's", "its final best"],
+                          [[name, "not reached" if row["seconds"] is None else f"{row['seconds']:.0f}",
+                            "" if row["fraction"] is None else f"{row['fraction']:.2f}", f"{row['final_best']:.2f}"]
+                           for name, row in race["runs"].items()])
 
 
 def time_to_reach(progress: dict, reference: str) -> dict | None:

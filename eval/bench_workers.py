@@ -32,6 +32,7 @@ from ropesearch.evaluate import TorchEvaluator  # noqa: E402
 from ropesearch.evaluate.workers import WorkerOptions, WorkerPool  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import methods  # noqa: E402
+from ropesearch.tables import markdown_lines  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -133,16 +134,12 @@ def markdown(result: dict) -> str:
         f"({result['model']}); each worker one torch thread; scores identical in every setting: "
         f"{result['scores_identical']}",
         "",
-        "| setting | " + " | ".join(f"round {r + 1}" for r in rounds) + " | median |",
-        "|---|" + "---|" * (len(rounds) + 1),
     ]
-    for name in names:
-        values = result["candidates_per_second"][name]
-        lines.append(f"| {name} (cand/s) | " + " | ".join(f"{v:.3f}" for v in values)
-                     + f" | {result['median'][name]:.3f} |")
-    lines.append(f"| {result['workers']} workers / 1 worker | "
-                 + " | ".join(f"{s:.2f}x" for s in result["speedup_per_round"])
-                 + f" | {result['speedup_median']:.2f}x |")
+    rows = [[f"{name} (cand/s)"] + [f"{v:.3f}" for v in result["candidates_per_second"][name]]
+            + [f"{result['median'][name]:.3f}"] for name in names]
+    rows.append([f"{result['workers']} workers / 1 worker"] + [f"{s:.2f}x" for s in result["speedup_per_round"]]
+                + [f"{result['speedup_median']:.2f}x"])
+    lines += markdown_lines(["setting"] + [f"round {r + 1}" for r in rounds] + ["median"], rows)
     return "\n".join(lines)
 
 

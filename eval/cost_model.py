@@ -20,9 +20,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_evaluator import forward_flops  # noqa: E402
+
+from ropesearch.tables import markdown  # noqa: E402
 
 MEASURED_TFLOPS = {131_072: 476.0, 262_144: 515.0}  # Llama-3-8B shape, H100 (REFERENCE.md)
 MEASURED_BYTES_PER_TOKEN = 113e3  # activations of that model, per token
@@ -63,13 +66,11 @@ def main(argv=None) -> list[dict]:
     searches = list(SEARCHES)
     lines = ["# Cost model of a search (derived from measured H100 rates; see eval/cost_model.py)", "",
              f"Command: `python eval/cost_model.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             "| model | tokens | s / window | memory GB | GPUs / worker | GPUs | workers | "
-             + " | ".join(f"hours: {s}" for s in searches) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(searches)]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['tokens']:,} | {r['seconds_per_window']:.0f} | {r['memory_gb']:.0f} | "
-                     f"{r['gpus_per_worker']} | {r['gpus']} | {r['workers']} | "
-                     + " | ".join(f"{r['hours'][s]:.2f}" for s in searches) + " |")
+             markdown(["model", "tokens", "s / window", "memory GB", "GPUs / worker", "GPUs", "workers"]
+                      + [f"hours: {s}" for s in searches],
+                      [[r["model"], f"{r['tokens']:,}", f"{r['seconds_per_window']:.0f}", f"{r['memory_gb']:.0f}",
+                        r["gpus_per_worker"], r["gpus"], r["workers"]] + [f"{r['hours'][s]:.2f}" for s in searches]
+                       for r in rows])]
     table = "\n".join(lines)
     print(table)
     if args.markdown:

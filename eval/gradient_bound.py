@@ -48,6 +48,7 @@ from ropesearch.pipeline.finetune import enable_activation_checkpointing  # noqa
 from ropesearch.rope import make_factors, methods  # noqa: E402
 from ropesearch.rope.patching import rotary_modules  # noqa: E402
 from ropesearch.rope.tables import inv_freq  # noqa: E402
+from ropesearch.tables import markdown  # noqa: E402
 
 
 class DifferentiableRope:
@@ -219,11 +220,10 @@ def main():
                         "monotone": fitted.is_monotone()}
     save_json(report, out / "gradient.json")
     save_fitted(fitted, out, args.model, report["fit_on"])
-    print("\n| factors | held-out ppl | / YaRN |\n|---|---|---|")
-    for name, value in [("YaRN", yarn_ppl), (f"init ({args.init})", start_ppl), (f"gradient fit on {args.fit}", final)]:
-        print(f"| {name} | {value:.2f} | {value / yarn_ppl:.3f} |")
-    for name in (native_name, sliding_name):
-        print(f"| {name} (same tokens) | {report['baselines'][name]:.2f} | {report['baselines'][name] / yarn_ppl:.3f} |")
+    scored = [("YaRN", yarn_ppl), (f"init ({args.init})", start_ppl), (f"gradient fit on {args.fit}", final)]
+    scored += [(f"{name} (same tokens)", report["baselines"][name]) for name in (native_name, sliding_name)]
+    print("\n" + markdown(["factors", "held-out ppl", "/ YaRN"],
+                          [[name, f"{value:.2f}", f"{value / yarn_ppl:.3f}"] for name, value in scored]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.evaluate.runs import WindowSpec, baseline_table, format_table, save_json, setup  # noqa: E402
+from ropesearch.tables import markdown  # noqa: E402
 
 
 def main():
@@ -40,21 +41,30 @@ def main():
     # the library trained on may be another Python's (--stdlib): the shipped model used CPython 3.11's
     stdlib = (f"the standard library at `{training['stdlib']}` (given with --stdlib)"
               if training.get("stdlib") else f"Python {training['python']}'s standard library")
+    facts = markdown(["", ""], [
+        ["architecture", f"Llama: {arguments['layers']} layers, hidden {arguments['hidden']}, {arguments['heads']} heads of "
+                         f"{arguments['hidden'] // arguments['heads']} dims ({arguments['kv_heads']} KV heads), MLP "
+                         f"{arguments['intermediate']}, tied embeddings"],
+        ["RoPE", f"rope_theta {arguments['rope_theta']:g}, trained window {context} tokens"],
+        ["tokenizer", f"byte-level BPE, {arguments['vocab_size']} tokens, trained on the same files"],
+        ["training data", f"{len(training['training_files'])} `.py` files of {stdlib} (tests included), "
+                          f"{training['tokens'] / 1e6:.1f}M tokens; corpus sha256 `{training['corpus_sha256'][:16]}...`"],
+        ["held out", f"the built-in corpus files ({', '.join(training['held_out_files'])}): never trained on, used for "
+                     "evaluation"],
+        ["training", f"{arguments['steps']} steps of {arguments['batch']} x {context} tokens "
+                     f"({training['train_tokens_seen'] / 1e6:.1f}M tokens), AdamW lr {arguments['lr']:g} (warm-up "
+                     f"{arguments['warmup']}, cosine to 10%), bf16 autocast, seed {arguments['seed']}; "
+                     f"{training['seconds'] / 60:.0f} min on {training['device']}, {training['date']}"],
+        ["final loss", f"train {training['history'][-1]['loss']:.3f}, validation (last 1% of the training stream) "
+                       f"{training['final_valid_loss']:.3f}"],
+    ])
     card = f"""# pocket: a tiny RoPE model for CPU quickstarts and CI
 
 A {training['parameters'] / 1e6:.1f}M-parameter Llama-architecture model that ropesearch trains and ships, so the
 whole flow (baselines, search, export, report) runs on a laptop CPU in minutes. Not a useful
 language model: its job is to fail past its window the way large models do.
 
-| | |
-|---|---|
-| architecture | Llama: {arguments['layers']} layers, hidden {arguments['hidden']}, {arguments['heads']} heads of {arguments['hidden'] // arguments['heads']} dims ({arguments['kv_heads']} KV heads), MLP {arguments['intermediate']}, tied embeddings |
-| RoPE | rope_theta {arguments['rope_theta']:g}, trained window {context} tokens |
-| tokenizer | byte-level BPE, {arguments['vocab_size']} tokens, trained on the same files |
-| training data | {len(training['training_files'])} `.py` files of {stdlib} (tests included), {training['tokens'] / 1e6:.1f}M tokens; corpus sha256 `{training['corpus_sha256'][:16]}...` |
-| held out | the built-in corpus files ({', '.join(training['held_out_files'])}): never trained on, used for evaluation |
-| training | {arguments['steps']} steps of {arguments['batch']} x {context} tokens ({training['train_tokens_seen'] / 1e6:.1f}M tokens), AdamW lr {arguments['lr']:g} (warm-up {arguments['warmup']}, cosine to 10%), bf16 autocast, seed {arguments['seed']}; {training['seconds'] / 60:.0f} min on {training['device']}, {training['date']} |
-| final loss | train {training['history'][-1]['loss']:.3f}, validation (last 1% of the training stream) {training['final_valid_loss']:.3f} |
+{facts}
 
 Trained with `{training['command']}`; every file name and setting is in `training.json`.
 

@@ -27,6 +27,7 @@ from ropesearch.evaluate.torch_backend import fastest_attention
 from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, answer_cap, score
 from ropesearch.rope import RopeFactors
 from ropesearch.rope.patching import patch_rope
+from ropesearch.tables import aligned
 
 PREDICTION_CHARS = 200  # kept per sample in the JSON, to audit answers (with the sample's score)
 
@@ -357,9 +358,7 @@ def format_ruler(results: dict[str, dict]) -> str:
         header = ["tokens"] + names
         rows = [[str(n)] + [f"{100 * values[name][str(n)]:.1f}" if str(n) in values[name] else "-" for name in names]
                 for n in lengths]
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-        blocks.append("\n".join([f"{title}:", line(header)] + [line(r) for r in rows]))
+        blocks.append(f"{title}:\n" + aligned(header, rows, rule=False))
     return "\n\n".join(blocks)
 
 

@@ -22,6 +22,7 @@ from ropesearch.own_files import atomic_write_text
 from ropesearch.models import (config_of, dtype_of, load_config, load_for_backend, load_model, load_tokenizer,
                                resolve_model, rope_base)
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
+from ropesearch.tables import aligned
 
 
 @dataclass
@@ -374,9 +375,7 @@ def format_table(table: dict) -> str:
             value = table["ppl"][name].get(str(length))
             cells.append("-" if value is None else format_ppl(value))
         rows.append(cells)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return aligned(header, rows)
 
 
 def format_ppl(value: float) -> str:

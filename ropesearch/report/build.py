@@ -18,6 +18,7 @@ from ropesearch.report import sources
 from ropesearch.report.plots import (is_baseline, plot_factors, plot_loss, plot_passkey, plot_perplexity,
                                      plot_progress, plot_relative, plot_ruler, spoken, windows_of)
 from ropesearch.rope import make_factors
+from ropesearch.tables import markdown_lines
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv"}
 # JSON files of a run that hold no results table: read by their own section, or not by the report at all
@@ -51,13 +52,10 @@ def _search_section(folder: Path, out: Path, tag: str) -> list[str]:
             target = next(iter(scores))
             lines += [f"On the search windows ({target}, lower is better) the found factors score "
                       f"{comparison(next(iter(scores.values())), _ordered(provenance['baselines'], TARGET_ORDER))}.", ""]
-        lines += [
-                  f"![factors per dimension]({tag}factors.png)", "",
-                  "| i | found long | found short | " + " | ".join(baselines) + " |",
-                  "|---" * (len(baselines) + 3) + "|"]
-        for i, (long, short) in enumerate(zip(factors.long_factor, factors.short_factor)):
-            lines.append(f"| {i} | {long:.3f} | {short:.3f} | "
-                         + " | ".join(f"{b.long_factor[i]:.3f}" for b in baselines.values()) + " |")
+        lines += [f"![factors per dimension]({tag}factors.png)", ""]
+        lines += markdown_lines(["i", "found long", "found short", *baselines],
+                                [[str(i), f"{long:.3f}", f"{short:.3f}"] + [f"{b.long_factor[i]:.3f}" for b in baselines.values()]
+                                 for i, (long, short) in enumerate(zip(factors.long_factor, factors.short_factor))])
         lines.append("")
     progress = sources.progress(folder / "progress.json")
     if progress:
@@ -174,11 +172,11 @@ def _finetune_section(folder: Path, out: Path, tag: str) -> list[str]:
 def _passkey_lines(path: Path, results: dict, out: Path, tag: str) -> list[str]:
     lines = [f"Passkey retrieval ({path.name}): accuracy by length, mean over depths.", ""]
     first = next(iter(results.values()))
-    lines += ["| tokens | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+    rows = []
     for length in first["lengths"]:
         cells = [sum(r["accuracy"][f"{length}@{d:g}"] for d in r["depths"]) / len(r["depths"]) for r in results.values()]
-        lines.append(f"| {length} | " + " | ".join(f"{c:.0%}" for c in cells) + " |")
-    lines.append("")
+        rows.append([str(length)] + [f"{c:.0%}" for c in cells])
+    lines += markdown_lines(["tokens", *results], rows) + [""]
     for name, result in results.items():
         image = f"{tag}passkey-{path.stem}-{name.replace('/', '_')}.png"
         plot_passkey(result, out / image, f"Passkey: {name}")
@@ -187,13 +185,10 @@ def _passkey_lines(path: Path, results: dict, out: Path, tag: str) -> list[str]:
 
 
 def _lm_eval_lines(path: Path, results: dict) -> list[str]:
-    lines = [f"lm-eval ({path.name}):", "", "| factors | task | metric | value |", "|---|---|---|---|"]
-    for name, run in results.items():
-        for task, metrics in run["results"].items():
-            for metric, value in metrics.items():
-                if isinstance(value, (int, float)) and "stderr" not in metric and metric != "sample_len":
-                    lines.append(f"| {name} | {task} | {metric.split(',')[0]} | {value:.4g} |")
-    return lines + [""]
+    rows = [[name, task, metric.split(",")[0], f"{value:.4g}"] for name, run in results.items()
+            for task, metrics in run["results"].items() for metric, value in metrics.items()
+            if isinstance(value, (int, float)) and "stderr" not in metric and metric != "sample_len"]
+    return [f"lm-eval ({path.name}):", ""] + markdown_lines(["factors", "task", "metric", "value"], rows) + [""]
 
 
 def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:

@@ -30,7 +30,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ropesearch.evaluate.kv_cache import reserved_cache_kwargs  # noqa: E402
+from ropesearch.tasks.kv_cache import reserved_cache_kwargs  # noqa: E402
 from ropesearch.own_files import atomic_write_text  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.evaluate.torch_backend import fastest_attention  # noqa: E402

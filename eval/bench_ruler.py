@@ -175,7 +175,7 @@ def _beyond_training(factor_file: Path, length: int) -> str:
 def _noise(found: dict, others: dict[str, dict], length: int) -> tuple[str, bool]:
     """The found factors' lead over each baseline with its paired standard error, and whether any
     lead is within two standard errors of zero (a tie, not a win or a miss)."""
-    from ropesearch.evaluate.ruler_eval import paired_difference
+    from ropesearch.tasks.ruler_eval import paired_difference
 
     leads = {m: lead for m, other in others.items() if (lead := paired_difference(found, other, length))}
     if not leads:
@@ -206,7 +206,7 @@ def _columns(name: str, out: Path) -> str:
 
 
 def summary(args):
-    from ropesearch.evaluate.ruler_eval import format_ruler
+    from ropesearch.tasks.ruler_eval import format_ruler
     from ropesearch.evaluate.runs import parse_lengths
     from ropesearch.report.plots import plot_ruler
 
@@ -260,7 +260,7 @@ def summary(args):
 
 def speed(args):
     """Wall and CPU seconds to generate every task at one length (the issue's target: 64k x 20 in < 60 s)."""
-    from ropesearch.evaluate.ruler import TASKS, RulerSuite
+    from ropesearch.tasks.ruler import TASKS, RulerSuite
     from ropesearch.evaluate.runs import parse_lengths
     from ropesearch.models import load_tokenizer, resolve_model
 

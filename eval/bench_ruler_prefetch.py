@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.cli import cli  # noqa: E402
-from ropesearch.evaluate.ruler import TASKS  # noqa: E402
+from ropesearch.tasks.ruler import TASKS  # noqa: E402
 from ropesearch.evaluate.runs import save_json  # noqa: E402
 from ropesearch.own_files import atomic_write_text  # noqa: E402
 from ropesearch.tables import markdown  # noqa: E402
@@ -86,8 +86,8 @@ def table(runs: list[dict]) -> str:
 
 def same_prompts(args, argv) -> dict:
     """Every task's samples at --length built by the worker and in this process, compared (no model)."""
-    from ropesearch.evaluate.ruler import RulerSuite
-    from ropesearch.evaluate.ruler_prefetch import PrefetchedSuite
+    from ropesearch.tasks.ruler import RulerSuite
+    from ropesearch.tasks.ruler_prefetch import PrefetchedSuite
     from ropesearch.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(args.model))

@@ -17,6 +17,13 @@ from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
 from ropesearch.rope.methods import METHODS
 from ropesearch.search.objectives import OBJECTIVES
 from ropesearch.units import MAX_SCALE
+from ropesearch.api import baseline_factors, export, factors_from_csv
+from ropesearch.export import load_factors, save_factors
+from ropesearch.export.factor_file import factor_provenance, factors_to_dict
+from ropesearch.export.portable import original_window_caveat
+from ropesearch.models import fetch_model, load_config, resolve_model, rope_base
+from ropesearch.rope import critical_dimension
+from ropesearch.tasks.ruler import TASKS as RULER_TASKS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,15 +44,11 @@ def cli():
 @click.option("--force", is_flag=True, help="Download again even if cached.")
 def fetch_model_cmd(name, force):
     """Download a demo model (e.g. smollm2-135m) into the ropesearch cache and print its path."""
-    from ropesearch.models import fetch_model
-
     path = fetch_model(name, force=force, log=lambda msg: click.echo(msg, err=True))
     click.echo(str(path))
 
 
 def _model_base(model: str, original_context: int | None):
-    from ropesearch.models import load_config, resolve_model, rope_base
-
     ref = resolve_model(model)
     return ref, rope_base(load_config(ref), original_context)
 
@@ -66,9 +69,6 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
 
     Baseline methods use the same factors at every length.
     """
-    from ropesearch.api import baseline_factors, factors_from_csv
-    from ropesearch.export import save_factors
-
     ref, base = _model_base(model, original_context)
     params = {k: v for k, v in options.items() if v is not None}
     if method == "longrope":
@@ -92,8 +92,6 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
 
 
 def _summary(factors) -> str:
-    from ropesearch.rope import critical_dimension
-
     base = factors.base
     lines = [
         f"method {factors.method}: rope_theta {base.rope_theta:g}, {base.rotary_dim} rotary dims, "
@@ -112,9 +110,6 @@ def _summary(factors) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the validated file as JSON.")
 def show_cmd(factor_file, as_json):
     """Validate a factor file and print its factors."""
-    from ropesearch.export import load_factors
-    from ropesearch.export.factor_file import factors_to_dict
-
     factors = load_factors(factor_file)
     click.echo(json.dumps(factors_to_dict(factors), indent=2) if as_json else _summary(factors))
 
@@ -133,16 +128,11 @@ def show_cmd(factor_file, as_json):
 @click.option("--ignore-start-tokens", is_flag=True, help="Export although configs cannot express start tokens.")
 def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_start_tokens):
     """Export FACTOR_FILE for a model as a transformers folder, vLLM overrides or CSV."""
-    from ropesearch.api import export
-
     if copy and symlink:
         raise RopesearchError("--copy and --symlink exclude each other: choose one")
     path = export(factor_file, model, out, fmt=fmt, copy=copy, overwrite=overwrite,
                   allow_start_tokens=ignore_start_tokens, symlink=symlink)
     click.echo(f"wrote {path}")
-    from ropesearch.export import load_factors
-    from ropesearch.export.factor_file import factor_provenance
-    from ropesearch.export.portable import original_window_caveat
 
     provenance = factor_provenance(factor_file)
     caveat = original_window_caveat(load_factors(factor_file), provenance)
@@ -289,7 +279,7 @@ def search_cmd(model, data, target_length, space, out, resume, objective, max_ev
 def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, lengths, depths, trials, seed, plots,
                 data, pack):
     """Passkey retrieval: accuracy by length and depth for baselines and factor files (greedy, exact match)."""
-    from ropesearch.evaluate.passkey_run import PasskeyConfig, run_passkey
+    from ropesearch.tasks.passkey_run import PasskeyConfig, run_passkey
 
     check_json_out(json_out, model, factor_files, data)
     check_plots(plots, json_out)
@@ -310,8 +300,7 @@ def passkey_cmd(model, methods, scale, factor_files, device, dtype, json_out, le
 @compare_options
 @click.option("--lengths", "-l", required=True, help="Sequence lengths in tokens (prompt + answer), e.g. 8k,16k,32k.")
 @click.option("--tasks", default="all", show_default=True,
-              help="Comma-separated RULER tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
-              "niah_multiquery, vt, cwe, fwe; or all.")
+              help=f"Comma-separated RULER tasks: {', '.join(RULER_TASKS)}; or all.")
 @click.option("--samples", "-k", type=count(1), default=20, show_default=True, help="Samples per task and length.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Every sample's seed derives from it.")
 @click.option("--data", "-d", default="builtin", show_default=True, help="Documents for the essay haystack (as for eval).")
@@ -334,8 +323,8 @@ def ruler_cmd(model, methods, scale, factor_files, device, dtype, json_out, leng
     Generated offline at exactly each length in the model's tokens (RULER's convention: the prompt
     is the length minus the task's answer budget). Tables per task and the average per length.
     """
-    from ropesearch.evaluate.ruler_eval import format_ruler
-    from ropesearch.evaluate.ruler_run import RulerConfig, run_ruler
+    from ropesearch.tasks.ruler_eval import format_ruler
+    from ropesearch.tasks.ruler_run import RulerConfig, run_ruler
 
     check_json_out(json_out, model, factor_files, data)
     check_plots(plots, json_out)
@@ -378,7 +367,7 @@ def _ruler_plots(results: dict, plots) -> None:
 def lm_eval_cmd(model, methods, scale, factor_files, device, dtype, json_out, tasks, data, lengths, limit, doc_tokens,
                 workdir, verbose):
     """lm-evaluation-harness on the patched model (max_length from the factors), offline tasks included."""
-    from ropesearch.evaluate.lm_eval_bridge import LmEvalConfig, compare_lm_eval
+    from ropesearch.tasks.lm_eval_bridge import LmEvalConfig, compare_lm_eval
 
     check_json_out(json_out, model, factor_files)
     config = LmEvalConfig(comparison(model, methods, factor_files, scale, device, dtype), tasks, data, lengths, limit,

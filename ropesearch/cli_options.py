@@ -9,7 +9,7 @@ import click
 
 from ropesearch.errors import RopesearchError
 from ropesearch.rope.methods import METHODS, method_params
-from ropesearch.units import MAX_SCALE
+from ropesearch.units import MAX_SCALE, token_count_type
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
 
 
@@ -61,8 +61,6 @@ class Group(click.Group):
 
 def tokens(minimum: int = 1):
     """The token-count parameter type (2048, 2k, 1M), at least `minimum`."""
-    from ropesearch.units import token_count_type
-
     return token_count_type(minimum)
 
 

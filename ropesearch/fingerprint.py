@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from ropesearch.models.registry import cache_dir, sha256_of
+from ropesearch.own_files import atomic_write_text
 
 HASH_CACHE_FORMAT = "ropesearch/file-hashes@1"
 HASH_CACHE_ENTRIES = 512  # files remembered (the oldest are forgotten first)
@@ -69,8 +71,6 @@ def config_file_fingerprint(path: Path) -> str:
 
 # ---- the whole-file hash and its cache -------------------------------------------------------------
 def _cache_file() -> Path:
-    from ropesearch.models.registry import cache_dir
-
     return cache_dir() / "file-hashes.json"
 
 
@@ -98,8 +98,6 @@ def _read_cache() -> dict[str, dict]:
 
 
 def _write_cache(entries: dict[str, dict]) -> None:
-    from ropesearch.own_files import atomic_write_text
-
     kept = dict(list(entries.items())[-HASH_CACHE_ENTRIES:])
     try:
         atomic_write_text(_cache_file(), json.dumps({"format": HASH_CACHE_FORMAT, "entries": kept}) + "\n")
@@ -115,7 +113,6 @@ def file_sha256(path: str | Path) -> str:
     cached = entries.get(real)
     if cached is not None and {k: cached.get(k) for k in stamp} == stamp:
         return cached["sha256"]
-    from ropesearch.models.registry import sha256_of
 
     sha256 = sha256_of(Path(real))
     if _stamp(os.stat(real)) == stamp:  # not written to while it was read

@@ -19,7 +19,7 @@ from ropesearch.data import Window
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate import TorchEvaluator
 from ropesearch.evaluate.chunking import SequenceChunking
-from ropesearch.evaluate import ruler
+from ropesearch.tasks import ruler
 from ropesearch.models import load_tokenizer, resolve_model, rope_base
 from ropesearch.models.architectures import ARCHITECTURES, Architecture
 from ropesearch.rope import methods
@@ -89,8 +89,8 @@ def _toy_task(suite, rng, spec, budget, what):
                          depths=[0.5]), [value]
 
 
-def test_a_ruler_task_is_one_entry_in_evaluate_ruler(monkeypatch, fresh_cli):
-    """ropesearch/evaluate/ruler.py: TASKS (and FAMILIES for a new kind of prompt) get the task; no
+def test_a_ruler_task_is_one_entry_in_tasks_ruler(monkeypatch, fresh_cli):
+    """ropesearch/tasks/ruler.py: TASKS (and FAMILIES for a new kind of prompt) get the task; no
     other task's samples change, wherever it goes, and its own do not depend on its place."""
     suite = ruler.RulerSuite(load_tokenizer(resolve_model("pocket")))
     shipped = list(ruler.TASKS)
@@ -107,6 +107,8 @@ def test_a_ruler_task_is_one_entry_in_evaluate_ruler(monkeypatch, fresh_cli):
 
     monkeypatch.setattr(ruler, "TASKS", {**{t: s for t, s in ruler.TASKS.items() if t != "toy"}, "toy": spec})
     assert ruler.RulerSuite(load_tokenizer(resolve_model("pocket"))).sample("toy", 1024, 0) == first
+    help_text = " ".join(CliRunner().invoke(fresh_cli(), ["ruler", "--help"]).output.split())
+    assert "fwe, toy; or all" in help_text  # ruler --tasks lists it
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from ropesearch.evaluate.kv_cache import ReservedLayer, reserved_cache_kwargs
+from ropesearch.tasks.kv_cache import ReservedLayer, reserved_cache_kwargs
 from ropesearch.models import rope_base
 from ropesearch.rope import make_factors
 from ropesearch.rope.patching import patch_rope

@@ -230,7 +230,7 @@ def test_passkey_memory_grows_linearly_with_the_prompt():
     """Generation keeps a KV cache and no length x length mask: what lets a 1M-token prompt fit."""
     from conftest import tiny_model, tiny_tokenizer
     from ropesearch.evaluate.memory import PeakMemory
-    from ropesearch.evaluate.passkey import passkey_accuracy
+    from ropesearch.tasks.passkey import passkey_accuracy
     from ropesearch.models import rope_base
     from ropesearch.rope import make_factors
 
@@ -255,7 +255,7 @@ def test_passkey_hides_the_key_in_packed_documents(tiny_model_dir, short_docs, t
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert len(record["haystack"]["parts"]) >= 2 and record["data"] == str(docs)
-    from ropesearch.evaluate.passkey import passkey_prompt
+    from ropesearch.tasks.passkey import passkey_prompt
     from ropesearch.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(str(model)))

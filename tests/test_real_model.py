@@ -49,7 +49,7 @@ def test_cli_yarn_factors_export_loads_in_transformers_with_same_logits(smollm2,
 
 
 def test_passkey_is_found_within_the_trained_window(smollm2):
-    from ropesearch.evaluate.passkey import passkey_accuracy, passkey_prompt
+    from ropesearch.tasks.passkey import passkey_accuracy, passkey_prompt
 
     ref, model, tokenizer = smollm2
     prompt = passkey_prompt(tokenizer, 600, 0.5, "48213")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler import TASKS, RulerSuite, score, string_match_all, string_match_part
+from ropesearch.tasks.ruler import TASKS, RulerSuite, score, string_match_all, string_match_part
 from ropesearch.models import load_tokenizer, resolve_model
 
 LENGTHS = (1024, 3000, 4500)  # below and above 4k (cwe switches to RULER's long settings there)
@@ -146,7 +146,7 @@ def no_network(monkeypatch):
 
 
 def test_tasks_with_one_answer_budget_share_generate_calls_and_each_keeps_its_answers(suite):
-    from ropesearch.evaluate.ruler_eval import Answerer, ruler_cell
+    from ropesearch.tasks.ruler_eval import Answerer, ruler_cell
     from ropesearch.models import load_model
 
     model = load_model(resolve_model("pocket"), device="cpu")
@@ -165,7 +165,7 @@ def test_tasks_with_one_answer_budget_share_generate_calls_and_each_keeps_its_an
 
 
 def test_paired_difference_of_two_factor_sets_on_the_same_samples():
-    from ropesearch.evaluate.ruler_eval import paired_difference
+    from ropesearch.tasks.ruler_eval import paired_difference
 
     def result(rows):  # rows per task: (answer, kept output, score or None: saved before scores were kept)
         predictions = {t: {"9000": [[[a], o] + ([v] if v is not None else []) for a, o, v in r]}
@@ -252,8 +252,8 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
 
 
 def test_lm_eval_runs_the_whole_suite_offline_at_exact_lengths(tmp_path, no_network):
-    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
-    from ropesearch.evaluate.ruler_tasks import scores_by_length
+    from ropesearch.tasks.lm_eval_bridge import OfflineTasks, run_lm_eval
+    from ropesearch.tasks.ruler_tasks import scores_by_length
     from ropesearch.models import load_model, rope_base
     from ropesearch.rope import make_factors
 

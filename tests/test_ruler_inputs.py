@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler import TASKS, RulerSuite, parse_tasks
+from ropesearch.tasks.ruler import TASKS, RulerSuite, parse_tasks
 from ropesearch.models import load_tokenizer, resolve_model
 
 BASE = ["ruler", "--model", "pocket", "--lengths", "600", "--tasks", "niah_single_1", "--samples", "1",
@@ -135,8 +135,8 @@ def test_essays_beyond_ascii_build_prompts_of_exact_length(tmp_path):
 
 
 def test_lm_eval_keeps_every_length_under_limit_and_takes_a_group_with_its_tasks(tmp_path):
-    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
-    from ropesearch.evaluate.ruler_tasks import scores_by_length
+    from ropesearch.tasks.lm_eval_bridge import OfflineTasks, run_lm_eval
+    from ropesearch.tasks.ruler_tasks import scores_by_length
     from ropesearch.models import load_model
 
     ref = resolve_model("pocket")
@@ -153,7 +153,7 @@ def test_lm_eval_keeps_every_length_under_limit_and_takes_a_group_with_its_tasks
 
 
 def test_without_covered_drops_a_groups_own_tasks():
-    from ropesearch.evaluate.ruler_tasks import without_covered
+    from ropesearch.tasks.ruler_tasks import without_covered
 
     assert without_covered(["ropesearch_ruler", "ropesearch_ruler_vt", "hellaswag", "hellaswag"]) == \
         ["ropesearch_ruler", "hellaswag"]
@@ -174,7 +174,7 @@ def test_report_leaves_out_a_damaged_ruler_json_and_reads_on(made, tmp_path):
 
 
 def test_lm_eval_refuses_a_limit_that_would_cut_ruler_lengths_beside_its_own_tasks(tmp_path):
-    from ropesearch.evaluate.lm_eval_bridge import OfflineTasks, run_lm_eval
+    from ropesearch.tasks.lm_eval_bridge import OfflineTasks, run_lm_eval
     from ropesearch.models import load_model
 
     ref = resolve_model("pocket")

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.ruler import RulerSuite
-from ropesearch.evaluate.ruler_eval import Answerer, ruler_cell
-from ropesearch.evaluate.ruler_prefetch import PrefetchedSuite, ruler_suite
+from ropesearch.tasks.ruler import RulerSuite
+from ropesearch.tasks.ruler_eval import Answerer, ruler_cell
+from ropesearch.tasks.ruler_prefetch import PrefetchedSuite, ruler_suite
 from ropesearch.models import load_model, load_tokenizer, resolve_model
 
 TASKS = ["niah_single_2", "niah_multikey_2", "vt", "cwe"]  # an essay haystack among them
@@ -118,7 +118,7 @@ def test_the_cli_with_prompts_built_ahead_writes_what_it_writes_without(tmp_path
 
 
 def test_pending_tasks_are_those_a_factor_set_lacks():
-    from ropesearch.evaluate.ruler_eval import pending_tasks
+    from ropesearch.tasks.ruler_eval import pending_tasks
 
     results = {"yarn": {"scores": {"vt": {"600": 0.5}, "cwe": {"600": 1.0}}}, "ntk": {"scores": {"vt": {"600": 0.0}}}}
     assert pending_tasks(results, ["yarn", "ntk"], ["vt", "cwe", "fwe"], 600) == ["cwe", "fwe"]

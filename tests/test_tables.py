@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 from ropesearch.evaluate.runs import format_table
-from ropesearch.evaluate.ruler_eval import format_ruler
+from ropesearch.tasks.ruler_eval import format_ruler
 from ropesearch.tables import aligned, markdown, markdown_lines
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -368,3 +368,24 @@ def test_out_of_memory_carries_its_row_count_to_the_pool(pocket, monkeypatch):
     worker.evaluator = evaluator
     outcome, failure = worker.score([methods.yarn(base, 2)], windows, None, None)
     assert outcome == "failed" and failure == _Failure(f"OutOfMemory: {raised.value}".replace(" 6 row", " 3 row"), 3)
+
+
+def test_the_torch_evaluator_and_the_pool_keep_one_contract(pool, pocket):
+    """Both are Evaluators (results.py) and refuse a bad request with the same words, the pool
+    before any task goes to a worker."""
+    from ropesearch.data import Window
+    from ropesearch.evaluate import Evaluator
+
+    model, _ = pocket
+    torch_evaluator = TorchEvaluator(model, progress=False)
+    assert isinstance(torch_evaluator, Evaluator) and isinstance(pool, Evaluator)
+    base = rope_base(model.config)
+    rng = np.random.default_rng(0)
+    uneven = [Window("a", rng.integers(0, 100, 64)), Window("b", rng.integers(0, 100, 32))]
+    even = uneven[:1]
+    for evaluator in (torch_evaluator, pool):
+        for candidates, windows, lengths, message in (([], even, None, "nothing to score"),
+                                                      ([methods.none(base)], uneven, None, "the same length"),
+                                                      ([methods.none(base)], even, [128], r"lie in \[2, 64\]")):
+            with pytest.raises(RopesearchError, match=message):
+                evaluator.score(candidates, windows, lengths)

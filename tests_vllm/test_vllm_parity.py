@@ -115,3 +115,18 @@ def test_vllm_and_torch_rank_eight_candidates_identically(pocket, windows, engin
     ours = [s.ppl[LONG] for s in TorchEvaluator(model, progress=False).score(candidates, windows, [LONG])]
     theirs = [s.ppl[LONG] for s in engine.score(candidates, windows, [LONG])]
     assert list(np.argsort(ours)) == list(np.argsort(theirs)), (ours, theirs)
+
+
+def test_vllm_keeps_the_evaluator_contract(pocket, windows, engine):
+    """An Evaluator (results.py) that refuses what the torch one refuses, and windows longer than its engine."""
+    from ropesearch.errors import RopesearchError
+    from ropesearch.evaluate import Evaluator
+
+    _, _, _, base = pocket
+    assert isinstance(engine, Evaluator)
+    for candidates, shown, lengths, message in (([], windows, None, "nothing to score"),
+                                                ([methods.none(base)], windows, [LONG + 1], r"lie in \[2, 512\]"),
+                                                ([methods.none(base)], [windows[0], prefix_windows(windows, 64)[1]],
+                                                 None, "the same length")):
+        with pytest.raises(RopesearchError, match=message):
+            engine.score(candidates, shown, lengths)

@@ -1,3 +1,3 @@
 """lm-eval hooks of the ropesearch_ruler tasks: RULER's scoring from ropesearch (copied next to the filled YAML)."""
 
-from ropesearch.evaluate.ruler_tasks import mean_present, process_results  # noqa: F401
+from ropesearch.tasks.ruler_tasks import mean_present, process_results  # noqa: F401

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ropesearch.data.documents import Document
-from ropesearch.data.samples import Window
+from ropesearch.data.samples import Window, needle_windows, sample_windows
 from ropesearch.data.tokens import TokenizedDocument
 from ropesearch.errors import RopesearchError
 
@@ -91,8 +91,6 @@ def split_holdout(documents: Sequence[Document], fraction: float, seed: int = 0)
 def build_windows(documents: Sequence[TokenizedDocument], tokenizer, length: int, count: int, seed: int = 0,
                   needle: bool = False, offset: str = "start", pack: bool = False) -> list[Window]:
     """The windows every command scores: cut from single documents, packed, or needle windows."""
-    from ropesearch.data.samples import needle_windows, sample_windows
-
     if pack:
         if needle:
             raise RopesearchError("needle windows are cut from single documents: drop --pack, or --needle")

@@ -2,7 +2,7 @@
 
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.backends import BACKENDS, local_evaluator
-from ropesearch.evaluate.results import Score
+from ropesearch.evaluate.results import Evaluator, Score
 from ropesearch.evaluate.torch_backend import TorchEvaluator, plan_jobs
 from ropesearch.evaluate.workers import WorkerPool
 
@@ -26,4 +26,4 @@ def make_evaluator(model, backend: str = "torch", model_spec: str | None = None,
     return WorkerPool(model_spec, workers, backend=backend, max_length=max_length, evaluator_options=options)
 
 
-__all__ = ["BACKENDS", "Score", "TorchEvaluator", "make_evaluator", "plan_jobs"]
+__all__ = ["BACKENDS", "Evaluator", "Score", "TorchEvaluator", "make_evaluator", "plan_jobs"]

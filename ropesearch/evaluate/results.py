@@ -1,9 +1,14 @@
-"""What an evaluation returns: per candidate, summed NLL and token counts per length."""
+"""What an evaluation returns (per candidate, summed NLL and token counts per length), and the
+contract every evaluator keeps (`Evaluator`: the torch and vLLM backends and the Ray worker pool)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ropesearch.errors import RopesearchError
 
 from ropesearch.rope.factors import RopeFactors
 
@@ -43,3 +48,38 @@ class Score:
             "window_nll": {str(k): v for k, v in self.window_nll.items()},
             "seconds": self.seconds,
         }
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What scores candidates: TorchEvaluator, VllmEvaluator and WorkerPool alike."""
+
+    def score(self, candidates: Sequence[RopeFactors], windows: Sequence, lengths: Sequence[int] | None = None
+              ) -> list[Score]:
+        """One Score per candidate, in order: its NLL at every length of `lengths` (prefixes of the
+        windows; default the window length). Windows of one call share their length."""
+        ...
+
+    def close(self) -> None:
+        """Free what the evaluator holds (workers, an engine); a closed evaluator scores no more."""
+        ...
+
+
+def checked_lengths(candidates: Sequence, windows: Sequence, lengths: Sequence[int] | None,
+                    longest: int | None = None) -> list[int]:
+    """The request every evaluator refuses alike, checked; returns the lengths sorted. `longest`:
+    the most tokens a window may have on this evaluator (a vLLM engine's)."""
+    if not candidates or not windows:
+        raise RopesearchError("nothing to score: give at least one candidate and one window")
+    window_length = windows[0].length
+    if any(w.length != window_length for w in windows):
+        raise RopesearchError("all windows of one evaluation must have the same length")
+    lengths = sorted(set(lengths or [window_length]))
+    if lengths[-1] > window_length or lengths[0] < 2:
+        raise RopesearchError(f"lengths must lie in [2, {window_length}] (the window length), got {lengths}")
+    if longest is not None and window_length > longest:
+        raise RopesearchError(f"windows of {window_length} tokens are longer than the {longest} this evaluator "
+                              "was built for")
+    if windows[0].scored is not None and lengths != [window_length]:
+        raise RopesearchError("needle windows are scored at their full length only")
+    return lengths

@@ -23,6 +23,10 @@ from ropesearch.models import (config_of, dtype_of, load_config, load_for_backen
                                resolve_model, rope_base)
 from ropesearch.rope import RopeBase, RopeFactors, make_factors
 from ropesearch.tables import aligned
+from ropesearch.data.samples import native_windows
+from ropesearch.export.transformers_config import factors_as_configured
+from ropesearch.units import parse_token_list
+from ropesearch.validate import ListOf, conform, read_json
 
 
 @dataclass
@@ -40,8 +44,6 @@ class EvalSetup:
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
     """Comma-separated token counts such as 16384,32k,1M (see ropesearch.units)."""
-    from ropesearch.units import parse_token_list
-
     return parse_token_list(text)
 
 
@@ -113,8 +115,6 @@ def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 
 def searched_documents(run_dir: str | Path) -> list[str]:
     """The documents a run used: a search run's windows (packed ones with all their parts), or
     for a plan's run directory every document its search and fine-tuning stages read."""
-    from ropesearch.validate import ListOf, conform, read_json
-
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").is_file():
         used = set()
@@ -195,8 +195,6 @@ def native_column(evaluator, run: EvalSetup, lengths: Sequence[int]) -> dict[str
     """Perplexity of the unscaled model reading the first L tokens of the same windows in
     back-to-back windows of its own trained length, for each length L that is a multiple of it:
     the floor an extension is measured against (same text, no extrapolation)."""
-    from ropesearch.data.samples import native_windows
-
     original = run.base.original_context
     chunks = native_windows(run.windows, original)
     (score,) = _scored(evaluator.score([make_factors("none", run.base, 1.0)], chunks, [original]),
@@ -263,7 +261,6 @@ def baseline_table(run: EvalSetup, lengths: Sequence[int], methods: Sequence[str
             if name in files:
                 factors = files[name]
             elif name == "as-is":  # the model as its own config sets up RoPE
-                from ropesearch.export.transformers_config import factors_as_configured
 
                 factors = factors_as_configured(config_of(run.model), run.base)
             else:

@@ -23,7 +23,7 @@ from ropesearch.errors import OutOfMemory, RopesearchError
 from ropesearch.evaluate.chunking import SequenceChunking, auto_chunk_tokens
 from ropesearch.evaluate.loss import scored_nll, token_nll
 from ropesearch.evaluate.memory import RowMemory
-from ropesearch.evaluate.results import Score
+from ropesearch.evaluate.results import Score, checked_lengths
 from ropesearch.rope.factors import RopeFactors
 from ropesearch.rope.patching import RopePatch
 
@@ -119,21 +119,15 @@ class TorchEvaluator:
         with self.row_memory.measuring(ids.shape[1], ids.shape[0]):
             return self._forward_nll(ids, windows)
 
-    # ---- public -----------------------------------------------------------------------
+    # ---- public: the Evaluator contract (results.py) ------------------------------------------
+    def close(self) -> None:
+        """Nothing to free: the model is the caller's."""
+
     def score(self, candidates: Sequence[RopeFactors], windows: Sequence[Window],
               lengths: Sequence[int] | None = None) -> list[Score]:
-        """Perplexity of every candidate at every length (prefixes of the windows)."""
-        if not candidates or not windows:
-            raise RopesearchError("nothing to score: give at least one candidate and one window")
-        window_length = windows[0].length
-        if any(w.length != window_length for w in windows):
-            raise RopesearchError("all windows of one evaluation must have the same length")
-        lengths = sorted(set(lengths or [window_length]))
-        if lengths[-1] > window_length or lengths[0] < 2:
-            raise RopesearchError(f"lengths must lie in [2, {window_length}] (the window length), got {lengths}")
+        """Perplexity of every candidate at every length (prefixes of the windows): Evaluator.score."""
+        lengths = checked_lengths(candidates, windows, lengths)
         needle = windows[0].scored is not None
-        if needle and lengths != [window_length]:
-            raise RopesearchError("needle windows are scored at their full length only")
 
         scores = [Score(f) for f in candidates]
         jobs = plan_jobs(candidates, lengths)

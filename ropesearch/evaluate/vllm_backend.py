@@ -20,7 +20,7 @@ import numpy as np
 
 from ropesearch.data.samples import Window
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.results import Score
+from ropesearch.evaluate.results import Score, checked_lengths
 from ropesearch.export.transformers_config import rope_parameters
 from ropesearch.rope import RopeBase, RopeFactors, methods
 
@@ -43,7 +43,7 @@ def _rewrite_rope_tables(model, long_factor, short_factor, long_mscale, short_ms
 
 
 class VllmEvaluator:
-    """Scores factor sets with vLLM prompt logprobs. Same `score()` contract as the torch evaluator."""
+    """Scores factor sets with vLLM prompt logprobs: an Evaluator (results.py), as the torch one."""
 
     def __init__(self, model_path: str, base: RopeBase, max_length: int, dtype: str = "auto",
                  max_num_batched_tokens: int | None = None, partial_rotary_factor: float | None = None,
@@ -92,13 +92,14 @@ class VllmEvaluator:
             result.append(np.asarray(values, dtype=np.float64))
         return result
 
+    def close(self) -> None:
+        """Lets the engine go (its memory returns when nothing else holds it)."""
+        self.llm = None
+
     def score(self, candidates: Sequence[RopeFactors], windows: Sequence[Window],
               lengths: Sequence[int] | None = None) -> list[Score]:
-        window_length = windows[0].length
-        lengths = sorted(set(lengths or [window_length]))
-        if lengths[-1] > window_length or window_length > self.max_length:
-            raise RopesearchError(f"lengths must be at most the window length {window_length}, and windows at most "
-                                  f"the {self.max_length} tokens this vLLM engine was built for")
+        """Evaluator.score, with vLLM's prompt logprobs."""
+        lengths = checked_lengths(candidates, windows, lengths, longest=self.max_length)
         scores = []
         for factors in candidates:
             started = time.perf_counter()

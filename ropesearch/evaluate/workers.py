@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 
 from ropesearch.errors import OutOfMemory, RopesearchError
 from ropesearch.evaluate.backends import local_evaluator
-from ropesearch.evaluate.results import Score
+from ropesearch.evaluate.results import Score, checked_lengths
+from ropesearch.models import load_for_backend, resolve_model
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ class ScoringWorker:
     def __init__(self, model_spec: str, backend: str, gpus: int, threads: int, max_length: int | None,
                  evaluator_options: dict, dtype=None):
         import torch
-
-        from ropesearch.models import load_for_backend, resolve_model
 
         if not gpus:
             torch.set_num_threads(threads)
@@ -285,11 +284,10 @@ class WorkerPool:
 
     # ---- the score() contract ---------------------------------------------------------------
     def score(self, candidates: Sequence, windows: Sequence, lengths: Sequence[int] | None = None) -> list[Score]:
-        """Perplexity of every candidate at every length, as TorchEvaluator.score, on the workers."""
+        """Evaluator.score, on the workers."""
         from tqdm.auto import tqdm
 
-        if not candidates or not windows:
-            raise RopesearchError("nothing to score: give at least one candidate and one window")
+        checked_lengths(candidates, windows, lengths)
         ray = self.ray
         candidates = list(candidates)
         lengths = list(lengths) if lengths else None

@@ -15,6 +15,9 @@ from pathlib import Path
 from ropesearch.errors import RopesearchError
 from ropesearch.models.registry import DEMO_MODELS, PACKAGED_MODELS, cache_dir, fetch_model
 from ropesearch.rope.factors import RopeBase
+from ropesearch.own_files import current_umask
+from ropesearch.units import MAX_TOKENS
+from ropesearch.validate import check_model_folder, conform, damaged, read_json
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,6 @@ def check_config_file(path: str | Path) -> dict:
     before transformers reads it (which fails on these deep inside, or not at all)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from ropesearch.validate import conform, damaged, read_json
-
     path = Path(path)
     config = read_json(path, "model config", CONFIG_FIX, expect=dict)
     source = f"model config {path}"
@@ -190,8 +191,6 @@ def load_tokenizer(ref: ModelRef):
     if cached is not None:
         import tempfile
 
-        from ropesearch.own_files import current_umask
-
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at
         staging.chmod(0o777 & ~current_umask())
@@ -249,7 +248,6 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     # transformers' per-tensor loading bars and warnings drown our own output
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    from ropesearch.validate import check_model_folder
 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
     _check_local_config(ref)
@@ -282,8 +280,6 @@ def rope_base(config, original_context: int | None = None) -> RopeBase:
 
 def _trained_window(value, arch: str) -> int:
     """original_max_position_embeddings (or max_position_embeddings): a whole token count in range."""
-    from ropesearch.units import MAX_TOKENS
-
     whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
     if isinstance(value, bool) or not whole or not 1 <= value <= MAX_TOKENS:
         raise RopesearchError(f"{arch} config: original_max_position_embeddings (the trained window) must be a "

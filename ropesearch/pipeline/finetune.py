@@ -25,7 +25,7 @@ import torch
 from ropesearch.data import TokenizedDocument
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.loss import trainable_mean_nll
-from ropesearch.validate import check_safetensors
+from ropesearch.validate import ListOf, check_safetensors, conform, read_json
 from ropesearch.own_files import atomic_write_text, current_umask
 from ropesearch.rope import RopeFactors, methods
 from ropesearch.rope.patching import patch_rope
@@ -213,8 +213,6 @@ class Finetuner:
             return 0, []
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-        from ropesearch.validate import ListOf, conform, read_json
 
         fix = f"remove {self.checkpoint_dir} to fine-tune again from step 0"
         state = read_json(state_file, "fine-tuning checkpoint", fix, expect=dict)

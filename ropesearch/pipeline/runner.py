@@ -14,13 +14,15 @@ from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.lock import LOCK_NAME, DirectoryLock
-from ropesearch.validate import ListOf, MapOf, conform, read_json
+from ropesearch.validate import ListOf, MapOf, check_model_folder, check_output, conform, read_json
 from ropesearch.export.factor_file import load_factors
 from ropesearch.own_files import atomic_write_text
 from ropesearch.pipeline.plan import Plan, load_plan
 from ropesearch.pipeline.records import check_record, read_record, write_record
 from ropesearch.pipeline.stages import STAGES
 from ropesearch.rope import RopeFactors
+from ropesearch.data import load_documents, split_holdout
+from ropesearch.models import load_model, load_tokenizer, resolve_model
 
 
 class Pipeline:
@@ -45,8 +47,6 @@ class Pipeline:
 
     def loaded(self, spec: str | None = None):
         """(model, tokenizer) of `spec` (default: the current model), loaded once."""
-        from ropesearch.models import load_model, load_tokenizer, resolve_model
-
         spec = spec or self.model_spec
         if self._loaded is None or self._loaded[0] != spec:
             self._loaded = None  # free the previous one first
@@ -61,8 +61,6 @@ class Pipeline:
     def documents(self, role: str):
         """The documents a stage reads: with a holdout, search and fine-tuning get the part that is
         not held out, evaluation the held-out part (of the same data; other data is used whole)."""
-        from ropesearch.data import load_documents, split_holdout
-
         spec = self.plan.data[role]
         if spec not in self._documents:  # read once per run: several stages (and the checks) use them
             self._documents[spec] = load_documents(spec)
@@ -103,10 +101,6 @@ class Pipeline:
 
     def check_inputs(self) -> None:
         """The model and local data exist and read as they should, before anything is written."""
-        from ropesearch.data import load_documents
-        from ropesearch.models import resolve_model
-        from ropesearch.validate import check_model_folder, check_output
-
         ref = resolve_model(self.plan.model, fetch=False)
         check_model_folder(ref.path)
         inputs = {"the model": ref.path if Path(ref.path).exists() else None}

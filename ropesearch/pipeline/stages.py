@@ -19,14 +19,19 @@ from typing import Any
 
 from ropesearch.errors import RopesearchError
 from ropesearch.export.factor_file import load_factors, save_factors
-from ropesearch.export.model_folder import FORMATS
+from ropesearch.export.model_folder import FORMATS, save_model_folder
 from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 from ropesearch.pipeline.finetune import FinetuneConfig
 from ropesearch.rope import make_factors
 from ropesearch.rope.methods import METHODS
 from ropesearch.search.objectives import OBJECTIVES
 from ropesearch.search.space import load_space
-from ropesearch.validate import read_json
+from ropesearch.validate import check_safetensors, read_json
+from ropesearch.api import export
+from ropesearch.data import tokenize_documents
+from ropesearch.export import apply_to_config
+from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model
+from ropesearch.search.screening import screen_rank_correlation
 
 
 # ---- settings --------------------------------------------------------------------------------
@@ -153,7 +158,6 @@ def run_search_stage(p, stage, folder: Path) -> dict:
     from ropesearch.evaluate.workers import worker_options
     from ropesearch.search.session import SearchConfig, run_search
     from ropesearch.search.rundir import RunDir
-    from ropesearch.search.screening import screen_rank_correlation
 
     s = stage.settings
     workers = worker_options(s.workers, s.ray_address, s.gpus_per_worker)
@@ -194,8 +198,6 @@ def run_recover_short_stage(p, stage, folder: Path) -> dict:
 def run_finetune_stage(p, stage, folder: Path) -> dict:
     import torch
 
-    from ropesearch.data import tokenize_documents
-    from ropesearch.models import load_model, load_tokenizer, resolve_model
     from ropesearch.pipeline.finetune import Finetuner
 
     ref = resolve_model(p.model_spec)
@@ -223,10 +225,6 @@ def run_finetune_stage(p, stage, folder: Path) -> dict:
 
 def _save_finetuned(model, tokenizer, ref, factors, folder: Path, weights=None) -> None:
     """folder/model: the weights, the tokenizer and the config with the factors, plus the factor file."""
-    from ropesearch.export import apply_to_config
-    from ropesearch.export.model_folder import save_model_folder
-    from ropesearch.models import load_config
-
     config = load_config(ref)
     apply_to_config(config, factors, allow_start_tokens=True)
     save_model_folder(model, tokenizer, config, folder / "model", state_dict=weights)
@@ -249,9 +247,6 @@ def restore_finetune_stage(p, folder: Path, record: dict, check) -> dict:
 def _rebuild_finetuned(p, folder: Path, outputs: dict) -> None:
     import torch
     from safetensors.torch import load_file
-
-    from ropesearch.models import load_model, load_tokenizer, resolve_model
-    from ropesearch.validate import check_safetensors
 
     trained, target = folder / "trained.safetensors", folder / "model"
     again = "run the fine-tuning again (delete its done.json) or restore the folder"
@@ -282,14 +277,12 @@ def _rebuild_finetuned(p, folder: Path, outputs: dict) -> None:
 
 
 def run_export_stage(p, stage, folder: Path) -> dict:
-    from ropesearch.api import export
-
     return {"exports": {fmt: str(export(p.factors_file, p.model_spec, folder / fmt, fmt=fmt, overwrite=True,
                                         allow_start_tokens=True)) for fmt in stage.settings.formats}}
 
 
 def run_evaluate_stage(p, stage, folder: Path) -> dict:
-    from ropesearch.evaluate.passkey_run import passkey_entries
+    from ropesearch.tasks.passkey_run import passkey_entries
     from ropesearch.evaluate.runs import (baseline_table, format_table, original_window_warnings, save_json,
                                           searched_documents, setup, WindowSpec)
 
@@ -344,7 +337,7 @@ def run_evaluate_stage(p, stage, folder: Path) -> dict:
 def _passkey_entries(p, names, trials: int, baseline_trials: int | None = None) -> list:
     """"found" (the current model and factors), then each baseline method on the model the plan
     started from, at the found factors' scale ("none": that model unscaled)."""
-    from ropesearch.evaluate.passkey_run import PasskeyEntry
+    from ropesearch.tasks.passkey_run import PasskeyEntry
 
     factors = p.factors
     scale = factors.target_context / factors.base.original_context
@@ -356,8 +349,8 @@ def _passkey_entries(p, names, trials: int, baseline_trials: int | None = None) 
 def run_passkey_stage(p, stage, folder: Path) -> dict:
     """The found model first, then each baseline on the starting model at the target's scale;
     every finished (length, depth) cell is saved, and a rerun keeps them."""
-    from ropesearch.evaluate.passkey import passkey_prompt
-    from ropesearch.evaluate.passkey_run import passkey_entries
+    from ropesearch.tasks.passkey import passkey_prompt
+    from ropesearch.tasks.passkey_run import passkey_entries
     from ropesearch.evaluate.runs import save_json
 
     s = stage.settings

@@ -19,6 +19,7 @@ from ropesearch.report.plots import (is_baseline, plot_factors, plot_loss, plot_
                                      plot_progress, plot_relative, plot_ruler, spoken, windows_of)
 from ropesearch.rope import make_factors
 from ropesearch.tables import markdown_lines
+from ropesearch.search.screening import screen_rank_correlation
 
 SKIP = {"report", "model", "checkpoint", "hf", "vllm", "csv"}
 # JSON files of a run that hold no results table: read by their own section, or not by the report at all
@@ -145,8 +146,6 @@ def verdict_lines(table: dict) -> list[str]:
 
 def _screen_lines(folder: Path) -> list[str]:
     """How well the screen ranked the candidates that were also scored in full."""
-    from ropesearch.search.screening import screen_rank_correlation
-
     records, partial = sources.history(folder / "history.jsonl")
     cut = ([f"history.jsonl ends in a partial line (a process stopped while writing it, or the search is "
             f"running): read up to it, {len(records)} records.", ""] if partial else [])
@@ -192,7 +191,7 @@ def _lm_eval_lines(path: Path, results: dict) -> list[str]:
 
 
 def _ruler_lines(path: Path, document: dict, out: Path, tag: str) -> list[str]:
-    from ropesearch.evaluate.ruler_eval import check_ruler_json, format_ruler
+    from ropesearch.tasks.ruler_eval import check_ruler_json, format_ruler
 
     try:
         check_ruler_json(document, path)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
+from ropesearch.own_files import atomic_write_bytes
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,8 +58,6 @@ def spoken(label: str) -> str:
 
 def _save(figure, path: Path) -> Path:
     import io
-
-    from ropesearch.own_files import atomic_write_bytes
 
     figure.tight_layout()
     image = io.BytesIO()

@@ -27,7 +27,8 @@ from ropesearch.search.objectives import OBJECTIVES, ShortObjective, screening_w
 from ropesearch.search.rundir import RunDir
 from ropesearch.search.short_guard import ShortGuard, guarded_space, measure_guard
 from ropesearch.search.space import SearchSpace, load_space, space_to_dict
-from ropesearch.validate import check_model_folder
+from ropesearch.validate import check_model_folder, read_json, require
+from ropesearch.rope.methods import longrope_mscale
 
 
 def search_windows(tokenizer, data: str, length: int, samples: int, seed: int, needle: bool, text_field: str = "text",
@@ -227,8 +228,6 @@ def _saved_guard(earlier: dict, saved: Path) -> ShortGuard:
     """The guard a run measured, each field of the right type (a hand-edited config is one line)."""
     from dataclasses import fields as dataclass_fields
 
-    from ropesearch.validate import require
-
     fix = "start a new run with another --out"
     unknown = set(earlier) - {f.name for f in dataclass_fields(ShortGuard)}
     if unknown:
@@ -245,14 +244,11 @@ def _saved_guard(earlier: dict, saved: Path) -> ShortGuard:
 def _short_guard(out, resume: bool, evaluator, windows, base, target: int, tolerance: float,
                  space: SearchSpace) -> ShortGuard:
     """Measure the guard, or on resume take the one the run measured (so its config stays the same)."""
-    from ropesearch.validate import read_json
-
     saved = Path(out) / "config.json"
     if resume and saved.is_file():
         earlier = read_json(saved, "search config", "start a new run with another --out").get("short_guard")
         if isinstance(earlier, dict) and earlier.get("tolerance") == tolerance:
             return _saved_guard(earlier, saved)
-    from ropesearch.rope.methods import longrope_mscale
 
     highest = space.attention_factor[1] if space.attention_factor else longrope_mscale(
         target / base.original_context, base.original_context)

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ropesearch.errors import RopesearchError
 from ropesearch.fingerprint import data_fingerprint
-from ropesearch.evaluate.kv_cache import reserved_cache_kwargs
+from ropesearch.tasks.kv_cache import reserved_cache_kwargs
 from ropesearch.evaluate.memory import RowMemory
 from ropesearch.evaluate.torch_backend import fastest_attention
-from ropesearch.evaluate.ruler import TASKS, RulerSample, RulerSuite, answer_cap, score
+from ropesearch.tasks.ruler import TASKS, RulerSample, RulerSuite, answer_cap, score
 from ropesearch.rope import RopeFactors
 from ropesearch.rope.patching import patch_rope
 from ropesearch.tables import aligned

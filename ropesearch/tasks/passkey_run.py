@@ -10,7 +10,7 @@ import numpy as np
 
 from ropesearch.data import build_windows, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.passkey import passkey_accuracy
+from ropesearch.tasks.passkey import passkey_accuracy
 from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
 from ropesearch.models import load_tokenizer, resolve_model
 from ropesearch.rope import RopeFactors

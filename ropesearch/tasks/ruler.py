@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ropesearch.errors import RopesearchError
+from ropesearch.data import load_documents
 
 WORDS_FILE = Path(__file__).resolve().parents[1] / "assets" / "ruler" / "words.json"
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -258,7 +259,6 @@ class RulerSuite:
 
     def _essay_units(self) -> list[str]:
         if self._essay_cache is None:
-            from ropesearch.data import load_documents
 
             sentences: list[str] = []
             for document in load_documents(self.data, text_field=self.text_field):

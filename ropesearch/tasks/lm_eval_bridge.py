@@ -2,7 +2,7 @@
 
 The offline tasks live in eval/tasks/ as YAML templates (shipped as ropesearch.lm_eval_tasks): `ropesearch_passkey` (passkey retrieval
 over data generated here), `ropesearch_ppl` (rolling perplexity over the user's documents) and
-`ropesearch_ruler` (the RULER-style suite, ropesearch.evaluate.ruler_tasks).
+`ropesearch_ruler` (the RULER-style suite, ropesearch.tasks.ruler_tasks).
 Their data is written to a working folder and the templates are filled with its path, so no
 hub access is needed.
 """
@@ -20,11 +20,13 @@ from tqdm.auto import tqdm
 from ropesearch import resources
 from ropesearch.errors import RopesearchError
 from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
-from ropesearch.evaluate.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
+from ropesearch.tasks.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
 from ropesearch.own_files import atomic_write_text
 from ropesearch.rope import RopeFactors
 from ropesearch.rope.patching import patch_rope
+from ropesearch.data import load_documents, tokenize_documents
+from ropesearch.models.loading import rope_base
 
 OFFLINE_TASKS = ("ropesearch_passkey", "ropesearch_ppl")
 
@@ -67,8 +69,7 @@ class OfflineTasks:
 
 def prepare_offline_tasks(tasks: Sequence[str], workdir: Path, tokenizer, made: OfflineTasks) -> Path:
     """Write the data of the offline tasks asked for and their filled-in YAML; returns the include path."""
-    from ropesearch.data import load_documents, tokenize_documents
-    from ropesearch.evaluate.passkey import passkey_prompt
+    from ropesearch.tasks.passkey import passkey_prompt
 
     m = made
     data, lengths, limit = m.data, m.lengths, m.limit
@@ -158,7 +159,6 @@ def run_lm_eval(model, tokenizer, factors: RopeFactors | None, tasks: Sequence[s
     tasks = without_covered(tasks)
     if not tasks:
         raise RopesearchError("--tasks is empty: name lm-eval tasks, e.g. ropesearch_ruler or ropesearch_passkey")
-    from ropesearch.models.loading import rope_base
 
     original = (factors.base if factors is not None else rope_base(model.config)).original_context
     max_length = max_length or (factors.target_context if factors is not None else None)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from ropesearch.evaluate.ruler import RulerSample, RulerSuite
+from ropesearch.tasks.ruler import RulerSample, RulerSuite
 
 _worker_suite: RulerSuite | None = None  # the worker process's own suite (its caches live there)
 

@@ -1,6 +1,6 @@
 """The RULER-style suite as lm-eval tasks: `ropesearch_ruler` (a group) and `ropesearch_ruler_<task>`.
 
-Data is generated offline (ropesearch.evaluate.ruler) into a working folder with filled-in
+Data is generated offline (ropesearch.tasks.ruler) into a working folder with filled-in
 task files; scores are reported per length, as metrics named by the length (as lm-eval's own
 RULER tasks do), so one run can hold several lengths. lm-eval's own `ruler` group (niah_*,
 ruler_vt, ...) needs its data from the network (essays, NLTK punkt_tab, SQuAD, HotpotQA) and
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ropesearch import resources
-from ropesearch.evaluate.ruler import TASKS, RulerSuite, check_lengths, score
+from ropesearch.tasks.ruler import TASKS, RulerSuite, check_lengths, score
 from ropesearch.own_files import atomic_write_bytes, atomic_write_text
 
 GROUP = "ropesearch_ruler"

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.data import Window, load_documents, sample_windows, tokenize_documents  # noqa: E402
 from ropesearch.evaluate import TorchEvaluator  # noqa: E402
-from ropesearch.evaluate.runs import baseline_table, environment, format_table, save_json  # noqa: E402
+from ropesearch.evaluate.baselines import baseline_table, format_table  # noqa: E402
+from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.evaluate.runs import EvalSetup  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model, rope_base  # noqa: E402
 from ropesearch.rope import longrope, methods  # noqa: E402

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ropesearch.evaluate.runs import WindowSpec, baseline_table, format_table, save_json, setup  # noqa: E402
+from ropesearch.evaluate.baselines import baseline_table, format_table  # noqa: E402
+from ropesearch.evaluate.runs import WindowSpec, save_json, setup  # noqa: E402
 from ropesearch.tables import markdown  # noqa: E402
 
 

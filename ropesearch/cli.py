@@ -142,8 +142,9 @@ def export_cmd(factor_file, model, out, fmt, copy, symlink, overwrite, ignore_st
 
 def _run_table(model, data, lengths, samples, seed, offset, text_field, split, heldout_of, pack, max_batch, device,
                backend, dtype, json_out, needle=False, **table_args):
-    from ropesearch.evaluate.runs import (baseline_table, describe_windows, failed_cells, format_table, parse_lengths,
-                                          WindowSpec, save_json, searched_documents, setup)
+    from ropesearch.evaluate.baselines import baseline_table, failed_cells, format_table
+    from ropesearch.evaluate.runs import (describe_windows, parse_lengths, WindowSpec, save_json, searched_documents,
+                                          setup)
 
     workers = workers_from(table_args, torch_dtype(dtype))
     lengths = parse_lengths(lengths)
@@ -159,7 +160,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
     if failed:
         raise RopesearchError(f"non-finite perplexity (shown as failed) for {', '.join(failed)}: those factors "
                               "break the model at that length; no result is written")
-    from ropesearch.evaluate.runs import original_window_warnings
+    from ropesearch.evaluate.baselines import original_window_warnings
 
     for warning in original_window_warnings(table):
         click.echo(warning, err=True)
@@ -209,7 +210,7 @@ def baselines_cmd(methods, scale, per_length_scale, factor_files, native, **opti
 
     Every column is one model at one scale, shown in its header.
     """
-    from ropesearch.evaluate.runs import method_names
+    from ropesearch.evaluate.comparison import method_names
 
     names = method_names(methods)
     if scale and per_length_scale:

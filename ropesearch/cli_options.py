@@ -185,14 +185,14 @@ def compare_options(function):
 
 def comparison(model, methods, factor_files, scale, device, dtype):
     """What compare_options give, as the task runs take it."""
-    from ropesearch.evaluate.runs import Comparison
+    from ropesearch.evaluate.comparison import Comparison
 
     return Comparison(model, methods, factor_files, scale, device, torch_dtype(dtype))
 
 
 def check_json_out(json_out, model, factor_files, data=None) -> None:
     if json_out:
-        from ropesearch.evaluate.runs import factor_labels  # LABEL=PATH: the path is the input
+        from ropesearch.evaluate.baselines import factor_labels  # LABEL=PATH: the path is the input
 
         inputs = {"the model": model, **{f"factor file {f}": f for f in factor_labels(factor_files).values()}}
         check_output(json_out, inputs | ({"the data": data} if data else {}), "--json", folder=False)

@@ -74,7 +74,7 @@ def test_all_runs_every_cell_once_in_order_and_resumes(tmp_path, monkeypatch):
                               "none": ["9000"]},
                      "1m": {"ntk": ["600"], "yarn": ["600"]}, "1m-found": {"found-1m.json": ["600"]}}
     assert first["1m-found"]["model"] == pocket and first["1m"]["model"] == "pocket"
-    with mock.patch("ropesearch.evaluate.runs.load_model", side_effect=AssertionError("model loaded")):
+    with mock.patch("ropesearch.evaluate.comparison.load_model", side_effect=AssertionError("model loaded")):
         bench_ruler.main()  # everything is there: nothing runs again, no model even loads
     again = {name: json.loads((out / f"ruler-{name}.json").read_text())["ruler"] for name in names}
     assert all(again[n][m]["seconds"] == first[n]["ruler"][m]["seconds"] for n in names for m in again[n])

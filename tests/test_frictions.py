@@ -112,7 +112,7 @@ def test_d_plan_summary_is_readable_and_a_finished_run_shows_its_result_again(tm
 
     again = run("run", tmp_path / "plan.yaml", "--out", out, "--resume")
     assert again.exit_code == 0 and again.output.count("done earlier, skipped") == 3
-    from ropesearch.evaluate.runs import format_table
+    from ropesearch.evaluate.baselines import format_table
 
     table = format_table(json.loads((out / "03-evaluate" / "perplexity.json").read_text()))
     assert table in again.stderr and again.stdout == first.stdout  # the result again, and the same summary

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ropesearch.evaluate.runs import WindowSpec, baseline_table, searched_documents, setup
+from ropesearch.evaluate.baselines import baseline_table
+from ropesearch.evaluate.runs import WindowSpec, searched_documents, setup
 from ropesearch.models import load_model, load_tokenizer, resolve_model
 from ropesearch.search.session import SearchConfig, run_search
 

@@ -204,14 +204,14 @@ def test_cli_ruler_table_json_resume_and_report(tmp_path, no_network):
     assert "yarn  640:" not in result.stdout and "yarn  640:" in result.stderr
     # --resume keeps what is there: all of it, so no model is even loaded (a GPU command that only
     # passes over finished cells costs no load), the table and heatmaps still come ...
-    with mock.patch("ropesearch.evaluate.runs.load_model", side_effect=AssertionError("model loaded")):
+    with mock.patch("ropesearch.evaluate.comparison.load_model", side_effect=AssertionError("model loaded")):
         result = CliRunner().invoke(cli, args + ["--resume", "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     assert "nothing left to run" in result.output and "average:" in result.output
     assert (tmp_path / "plots" / "ruler-yarn.png").stat().st_size > 10_000
     assert json.loads(out.read_text())["ruler"]["yarn"]["seconds"] == yarn["seconds"]
     # (a factor set or length not in the JSON yet does load it: a pending cell is never skipped)
-    with mock.patch("ropesearch.evaluate.runs.load_model", side_effect=AssertionError("model loaded")):
+    with mock.patch("ropesearch.evaluate.comparison.load_model", side_effect=AssertionError("model loaded")):
         for more in (["--methods", "yarn,ntk"], ["--lengths", "640,700"]):
             result = CliRunner().invoke(cli, args + more + ["--resume"])
             assert isinstance(result.exception, AssertionError), result.output

@@ -4,7 +4,7 @@ ropesearch/ or eval/ spells a Markdown separator ("|---") in a string literal.""
 import ast
 from pathlib import Path
 
-from ropesearch.evaluate.runs import format_table
+from ropesearch.evaluate.baselines import format_table
 from ropesearch.tasks.ruler_eval import format_ruler
 from ropesearch.tables import aligned, markdown, markdown_lines
 

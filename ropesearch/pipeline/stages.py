@@ -283,8 +283,8 @@ def run_export_stage(p, stage, folder: Path) -> dict:
 
 def run_evaluate_stage(p, stage, folder: Path) -> dict:
     from ropesearch.tasks.passkey_run import passkey_entries
-    from ropesearch.evaluate.runs import (baseline_table, format_table, original_window_warnings, save_json,
-                                          searched_documents, setup, WindowSpec)
+    from ropesearch.evaluate.baselines import baseline_table, format_table, original_window_warnings
+    from ropesearch.evaluate.runs import save_json, searched_documents, setup, WindowSpec
 
     s = stage.settings
     factors = p.factors
@@ -384,7 +384,7 @@ def run_report_stage(p, stage, folder: Path) -> dict:
 
 # ---- what a finished stage says (ropesearch run's summary, and a resume that skips it) -----------------
 def _searched(outputs: dict) -> str:
-    from ropesearch.evaluate.runs import format_ppl
+    from ropesearch.evaluate.baselines import format_ppl
 
     best = Path(outputs["factors"])
     scores = (read_json(best, "the found factors", "remove the stage's done.json to run it again")
@@ -406,7 +406,7 @@ def _exported(outputs: dict) -> str:
 
 
 def _evaluated(outputs: dict) -> str:
-    from ropesearch.evaluate.runs import format_ppl
+    from ropesearch.evaluate.baselines import format_ppl
 
     table = read_json(outputs["table"], "the evaluation table", "remove the stage's done.json to run it again") \
         if Path(outputs["table"]).is_file() else {}
@@ -420,7 +420,7 @@ def _evaluated(outputs: dict) -> str:
 
 def _evaluated_again(p, outputs: dict) -> None:
     """A skipped evaluation stage shows its table again."""
-    from ropesearch.evaluate.runs import format_table
+    from ropesearch.evaluate.baselines import format_table
 
     if Path(outputs.get("table", "")).is_file():
         p.log(format_table(read_json(outputs["table"], "the evaluation table",

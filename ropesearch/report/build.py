@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.runs import format_table
+from ropesearch.evaluate.baselines import format_table
 from ropesearch.export.factor_file import factors_from_dict
 from ropesearch.own_files import atomic_write_text
 from ropesearch.report import sources

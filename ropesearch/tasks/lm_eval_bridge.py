@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from ropesearch import resources
 from ropesearch.errors import RopesearchError
-from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
+from ropesearch.evaluate.comparison import Comparison
+from ropesearch.evaluate.runs import parse_lengths, save_json
 from ropesearch.tasks.ruler_tasks import (LM_EVAL_RULER, is_ruler_task, lm_eval_metadata, without_covered,
                                              write_ruler_tasks)
 from ropesearch.own_files import atomic_write_text

@@ -11,7 +11,8 @@ import numpy as np
 from ropesearch.data import build_windows, load_documents, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.tasks.passkey import passkey_accuracy
-from ropesearch.evaluate.runs import Comparison, parse_lengths, save_json
+from ropesearch.evaluate.comparison import Comparison
+from ropesearch.evaluate.runs import parse_lengths, save_json
 from ropesearch.models import load_tokenizer, resolve_model
 from ropesearch.rope import RopeFactors
 

@@ -16,7 +16,8 @@ from ropesearch.tasks.ruler import answer_cap, check_lengths, parse_tasks
 from ropesearch.tasks.ruler_eval import (Answerer, check_resumable, check_rope, check_ruler_json, check_settings,
                                             pending_tasks, record_devices, rope_record, ruler_results)
 from ropesearch.tasks.ruler_prefetch import ruler_suite
-from ropesearch.evaluate.runs import Comparison, environment, parse_lengths, save_json
+from ropesearch.evaluate.comparison import Comparison
+from ropesearch.evaluate.runs import environment, parse_lengths, save_json
 from ropesearch.validate import read_json
 
 

@@ -11,6 +11,7 @@ from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
 from ropesearch.tasks.ruler import TASKS, RulerSuite, parse_tasks
 from ropesearch.models import load_tokenizer, resolve_model
+from conftest import stdlib_text
 
 BASE = ["ruler", "--model", "pocket", "--lengths", "600", "--tasks", "niah_single_1", "--samples", "1",
         "--max-new-tokens", "2"]
@@ -211,3 +212,40 @@ def test_a_saved_cap_above_every_budget_resumes_with_the_same_cap_or_none(made, 
         assert result.exit_code == 0 and "nothing left to run" in result.output, (cap, result.output)
     result = ruler(*BASE, "--methods", "yarn", "--scale", "4", "--json", str(path), "--resume")  # a real cap: 2
     assert result.exit_code != 0 and "has --max-new-tokens none, this run 2" in result.output
+
+
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def qwen2_like_tokenizer():
+    """A byte-level BPE with Qwen2's pre-tokenizer, trained in the test: punctuation and the newlines
+    after it are one piece, so ".\\n" is one token, as in Qwen2.5's tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ropesearch.tasks.ruler import NOISE
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([stdlib_text("argparse.py"), ("\n" + NOISE) * 200], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_prompts_are_exact_where_the_filler_merges_with_what_follows():
+    """Qwen2.5's tokenizer reads ".\\n" as one token: a filler cut after a full stop merges with the
+    newline the question starts with, so one more token of filler gives two more tokens of prompt and
+    the length was skipped at every cut (vt and niah_multikey_2 at 32k with the Qwen model, 2026-12-07)."""
+    tokenizer = qwen2_like_tokenizer()
+    assert len(tokenizer(".\n", add_special_tokens=False)["input_ids"]) == 1
+    suite = RulerSuite(tokenizer, "builtin")
+    for task in ("vt", "niah_multikey_2", "niah_single_1"):
+        for length in (1024, 1500, 2048, 3000):
+            for sample in suite.samples(task, length, 2):
+                want = length - TASKS[task].max_new_tokens
+                assert len(tokenizer(sample.prompt)["input_ids"]) == sample.prompt_tokens == want, (task, length)

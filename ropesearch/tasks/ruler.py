@@ -19,6 +19,7 @@ tasks that define it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import string
@@ -211,6 +212,9 @@ def _distinct(rng: np.random.Generator, kind: str, count: int, taken: set[str]) 
 
 # ---------------------------------------------------------------- exact-length assembly
 
+TRIM_SPOTS = 6  # whole units inside the filler where _exact may drop a surplus token or two
+
+
 @dataclass
 class _Layout:
     """A prompt as head + filler units (with inserts between them) + tail; the filler is cut to fit."""
@@ -304,9 +308,12 @@ class RulerSuite:
                 cuts.append(unit[:end])
         return cuts[0] if cuts else ""
 
-    def _fill(self, layout: _Layout, room: int, clean: bool = False, skip: int = 0) -> str:
+    def _fill(self, layout: _Layout, room: int, clean: bool = False, skip: int = 0,
+              trim: tuple[int, int] = (0, 0)) -> str:
         """head + `room` tokens of filler (inserts at their depths, the last unit cut to fit) + tail;
-        `clean` cuts between characters (text beyond ASCII: see _cut), else by decoding the tokens."""
+        `clean` cuts between characters (text beyond ASCII: see _cut), else by decoding the tokens.
+        `trim` = (n, at) then drops the last n tokens of one whole unit inside the filler (the at-th of
+        a few spread over it), leaving the filler's end, and so its junction with the tail, as it was."""
         per_unit = max(1.0, float(self._count(layout.units(16), layout.cache_units).mean()))
         n = int(room / per_unit * 1.1) + 4
         units = layout.units(n)
@@ -325,6 +332,9 @@ class RulerSuite:
         else:
             partial = self.tokenizer.decode(self._ids(units[whole])[:left])
         pieces = list(units[:whole])
+        if trim[0] and whole:
+            k = whole * (trim[1] + 1) // (TRIM_SPOTS + 1)
+            pieces[k] = self.tokenizer.decode(self._ids(pieces[k])[:-trim[0]])
         slots = sorted(zip((int(round(d * whole)) for d in layout.depths), range(len(layout.inserts))), reverse=True)
         for slot, order in slots:
             pieces.insert(slot, layout.inserts[order])
@@ -334,13 +344,26 @@ class RulerSuite:
         """Refill until the whole prompt is `budget` tokens: counts of pieces add up exactly unless
         tokens merge across a boundary, which the next try corrects."""
         room = self._room(layout, budget, what, answer)
+        over = None  # the try that overshot least: (tokens over, room, clean, skip)
         # cut by decoding first (every prompt of ASCII text, as made so far), then between characters
         for attempt in range(12):
             if got == budget:
                 return text
             room += budget - got
-            text = self._fill(layout, room, clean=attempt >= 6, skip=max(0, attempt - 6))
+            clean, skip = attempt >= 6, max(0, attempt - 6)
+            text = self._fill(layout, room, clean=clean, skip=skip)
             got = self.prompt_tokens(text)
+            if got > budget and (over is None or got - budget < over[0]):
+                over = (got - budget, room, clean, skip)
+        # the filler's end merges with the tail at every cut that would fit (Qwen2's tokenizer reads
+        # ".\n" as one token, so room r gives budget - 1 and r + 1 budget + 1): keep an end that does
+        # not merge and drop the surplus inside the filler instead (a token or two more where the
+        # dropped end itself merged with the next unit)
+        for at, extra in itertools.product(range(TRIM_SPOTS), range(3)) if over else ():
+            text = self._fill(layout, over[1], clean=over[2], skip=over[3], trim=(over[0] + extra, at))
+            got = self.prompt_tokens(text)
+            if got == budget:
+                return text
         raise RopesearchError(f"{what}: could not build a prompt of exactly {budget} tokens with this tokenizer "
                               f"(last try {got}): the haystack text of --data {self.data} does not cut to an exact "
                               "length here (characters of several tokens each, such as emoji, at every cut); "

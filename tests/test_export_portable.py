@@ -36,3 +36,17 @@ def test_moved_export_loads_with_the_factors_and_describes_itself(tmp_path):
     serve = (folder / "serve.sh").read_text()
     assert str(tmp_path) not in serve and 'dirname -- "$0"' in serve and 'vllm serve "$here"' in serve
     assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_card_says_what_each_runtime_reads_and_which_short_window_a_fine_tune_kept(tmp_path):
+    factors = make_factors("yarn", rope_base(load_model(resolve_model("pocket"), device="cpu").config), 4)
+    cards = {}
+    for name, training in (("plain", None), ("mixed", {"length": 1024, "mixed_window": 0.25, "mixed_window_rope": "vllm"})):
+        save_factors(factors, tmp_path / f"{name}.json", provenance={"model": "pocket", **({"training": training} if training else {})})
+        export(tmp_path / f"{name}.json", "pocket", tmp_path / name)
+        cards[name] = (tmp_path / name / "README.md").read_text()
+    for card in cards.values():
+        runtimes = [line.split(" | ")[0] for line in card.splitlines() if line.startswith(("| transformers", "| vLLM"))]
+        assert runtimes == ["| transformers", "| vLLM, `--max-model-len` > 256", "| vLLM, `--max-model-len` <= 256"]
+    assert "25% of its micro-batches at 256 tokens with vLLM's RoPE there (`mixed_window_rope: vllm`)" in cards["mixed"]
+    assert "mixed_window_rope" not in cards["plain"]

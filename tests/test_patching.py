@@ -214,3 +214,21 @@ def test_pinned_generation_uses_one_table_for_prompt_and_new_tokens(tiny_llama):
     assert torch.allclose(generate(switching, ORIGINAL + 4), expected, atol=1e-5)
     # unpinned, the prompt is rotated with the short factors and the new tokens with the long ones
     assert not torch.allclose(generate(switching, None), expected, atol=1e-3)
+
+
+def test_mixed_window_ropes_are_what_each_runtime_applies_at_the_original_window(exported):
+    """Fine-tuning's original-window micro-batches: the transformers view scores as transformers runs
+    the exported folder there; the vLLM view is its long factors with long_mscale at every length
+    (vLLM past the window, checked against vLLM in tests_vllm); neither is the set's own switch."""
+    from ropesearch.export.transformers_config import rope_parameters
+    from ropesearch.pipeline.finetune import MIXED_WINDOW_ROPE
+
+    model, factors, reloaded = exported("llama")
+    (as_transformers,), (as_vllm,) = MIXED_WINDOW_ROPE["transformers"], MIXED_WINDOW_ROPE["vllm"]
+    ids = ids_of(ORIGINAL)
+    reference = logits(reloaded, ids)
+    assert (logits(model, ids, as_transformers(factors)) - reference).abs().max().item() <= TOLERANCE
+    served = as_vllm(factors)
+    assert list(served.factors_for_length(ORIGINAL)) == list(factors.long_factor)
+    assert served.attention_factor == rope_parameters(factors)["long_mscale"]
+    assert (logits(model, ids, served) - reference).abs().max().item() > 100 * TOLERANCE

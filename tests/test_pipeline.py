@@ -188,19 +188,60 @@ def test_finetune_under_torchrun_with_fsdp(tmp_path):
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
 
 
-def test_mixed_window_trains_short_windows_with_the_original_rope(tmp_path, monkeypatch):
+def test_tied_embeddings_checkpoint_and_resume_on_a_cpu(tmp_path):
+    """A model whose LM head is its embedding (SmolLM2, Qwen2.5, pocket): the checkpoint used to fail
+    on a CPU (safetensors refuses two names for one tensor); it now saves, resumes and stays tied."""
+    from transformers import LlamaForCausalLM
+
+    from conftest import tiny_config
+
+    def tied():
+        torch.manual_seed(0)
+        config = tiny_config("llama")
+        config.tie_word_embeddings = True
+        return LlamaForCausalLM(config)
+
+    documents = [TokenizedDocument("d", np.random.default_rng(0).integers(3, 128, 4000).astype(np.int32))]
+    settings = dict(length=128, global_batch=1, micro_batch=1, save_every=2, gradient_checkpointing=False)
+    model = tied()
+    factors = methods.yarn(rope_base(model.config), 2)
+    Finetuner(model, factors, documents, FinetuneConfig(steps=2, **settings), tmp_path, log=lambda m: None).run()
+    again = tied()
+    logged = []
+    history = Finetuner(again, factors, documents, FinetuneConfig(steps=2, **settings), tmp_path, log=logged.append).run()
+    assert logged == ["resuming fine-tuning at step 2"] and len(history) == 2
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("rope", ["transformers", "vllm", "both", "original"])
+def test_mixed_window_trains_short_windows_with_the_runtimes_rope(tmp_path, monkeypatch, rope):
+    """The original-window micro-batches get the RoPE the runtime applies there (transformers: the
+    short factors with the attention factor; vLLM past the window: the long factors), the long ones
+    the factor set."""
+    from ropesearch.rope import longrope
     from ropesearch.rope.patching import RopePatch
 
     seen = []
     original_set = RopePatch.set_factors
-    monkeypatch.setattr(RopePatch, "set_factors", lambda self, f: seen.append(f.method) or original_set(self, f))
+    monkeypatch.setattr(RopePatch, "set_factors", lambda self, f: seen.append(f) or original_set(self, f))
     documents = [TokenizedDocument("d", np.random.default_rng(0).integers(3, 128, 4000).astype(np.int32))]
     model = tiny_model("llama")
+    base = rope_base(model.config)
+    factors = longrope(base, np.linspace(1, 4, base.n_factors), short_factor=np.linspace(1, 1.5, base.n_factors),
+                       scale=4, attention_factor=1.1)
     config = FinetuneConfig(length=256, steps=10, global_batch=2, micro_batch=1, mixed_window=0.5, save_every=100,
-                            gradient_checkpointing=False)
-    Finetuner(model, methods.yarn(rope_base(model.config), 4), documents, config, tmp_path, log=lambda m: None).run()
+                            gradient_checkpointing=False, mixed_window_rope=rope)
+    Finetuner(model, factors, documents, config, tmp_path, log=lambda m: None).run()
     training = seen[1:]  # the first call installs the patch
-    assert len(training) == 20 and 4 <= training.count("none") <= 16 and "yarn" in training
+    short = [f for f in training if f != factors]
+    assert len(training) == 20 and 4 <= len(short) <= 16
+    kinds = {("short" if f.long_factor == factors.short_factor else "long" if f.long_factor == factors.long_factor
+              else f.method, f.attention_factor, f.same_at_all_lengths) for f in short}
+    assert kinds == {"transformers": {("short", 1.1, True)}, "vllm": {("long", 1.1, True)},
+                     "both": {("short", 1.1, True), ("long", 1.1, True)}, "original": {("none", 1.0, True)}}[rope]
+    with pytest.raises(RopesearchError, match="mixed_window_rope must be one of transformers, vllm, both, original"):
+        FinetuneConfig(length=256, steps=1, mixed_window_rope="sglang")
 
 
 def test_passkey_stage_resumes_cell_by_cell(plan_file, tmp_path):

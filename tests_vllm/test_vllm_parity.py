@@ -13,6 +13,7 @@ from ropesearch.data import load_documents, sample_windows, tokenize_documents
 from ropesearch.evaluate import TorchEvaluator, make_evaluator
 from ropesearch.evaluate.runs import prefix_windows
 from ropesearch.export import export_vllm
+from ropesearch.pipeline.finetune import MIXED_WINDOW_ROPE
 from ropesearch.models import load_config, load_model, load_tokenizer, resolve_model, rope_base
 from ropesearch.rope import longrope, methods
 
@@ -71,6 +72,9 @@ def test_below_the_window_vllm_keeps_long_factors_where_transformers_switches(po
     served = engine.score([switching], prefix_windows(windows, SHORT), [SHORT])[0].ppl[SHORT]
     # vLLM: long factors at every length once max_model_len exceeds the window
     assert served == pytest.approx(torch_ppl(model, found, windows, SHORT), rel=TOLERANCE)
+    # what mixed-window fine-tuning trains the short windows with for vLLM (mixed_window_rope: vllm)
+    (as_vllm,) = MIXED_WINDOW_ROPE["vllm"]
+    assert served == pytest.approx(torch_ppl(model, as_vllm(switching), windows, SHORT), rel=TOLERANCE)
     # transformers (and the torch evaluator): the short factors at or below the window
     assert abs(served / torch_ppl(model, switching, windows, SHORT) - 1) > 10 * TOLERANCE
 

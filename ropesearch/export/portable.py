@@ -20,6 +20,7 @@ from pathlib import Path
 from ropesearch.errors import RopesearchError
 from ropesearch.own_files import atomic_write_text
 from ropesearch.rope.factors import RopeFactors
+from ropesearch.tables import markdown_lines
 
 OLDEST_TRANSFORMERS_4 = "4.51.0"  # first 4.x whose Llama rotary module applies longrope's short/long switch
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # 5.x's "TokenizersBackend" does not exist in 4.x
@@ -136,6 +137,32 @@ def original_window_caveat(factors: RopeFactors, provenance: dict | None = None)
             + "; ".join(problems) + "): compare with `ropesearch baselines --methods none --factors ...`")
 
 
+WHOSE_ROPE = {"transformers": "transformers'", "vllm": "vLLM's", "both": "both runtimes'", "original": "the unscaled"}
+
+
+def runtime_knobs(factors: RopeFactors, provenance: dict | None = None) -> list[str]:
+    """Which keys of the config each runtime honours, and what that makes of the original window."""
+    n = factors.base.original_context
+    training = (provenance or {}).get("training") or {}
+    kept = training.get("mixed_window_rope") if training.get("mixed_window") else None
+    lines = [
+        f"What each runtime reads (`rope_parameters`), and what it runs at or below {n} tokens:", "",
+        *markdown_lines(["runtime", "reads", f"at or below {n} tokens", "ignores"], [
+            ["transformers", "`short_factor`, `long_factor`, `attention_factor`",
+             "`short_factor`, with `attention_factor` (it applies that one factor at every length)",
+             "`short_mscale`, `long_mscale`"],
+            [f"vLLM, `--max-model-len` > {n}", "`long_factor`, `long_mscale`",
+             "`long_factor` with `long_mscale`: the long set at every length, short prompts included",
+             "`short_factor`, `short_mscale`, `attention_factor`"],
+            [f"vLLM, `--max-model-len` <= {n}", "`short_factor`, `short_mscale`", "`short_factor` with `short_mscale`",
+             "`long_factor`, `long_mscale`, `attention_factor`"]]),
+    ]
+    if kept:
+        lines += ["", f"This model was fine-tuned with {training['mixed_window']:.0%} of its micro-batches at {n} tokens "
+                  f"with {WHOSE_ROPE.get(kept, kept)} RoPE there (`mixed_window_rope: {kept}`)."]
+    return lines
+
+
 def _scores_lines(provenance: dict) -> list[str]:
     scores = provenance.get("scores") or {}
     if not scores:
@@ -163,7 +190,7 @@ def model_card(factors: RopeFactors, model_spec: str, provenance: dict, factor_f
         f"data `{provenance.get('data', '?')}`, objective `{provenance.get('objective', '?')}`, "
         f"ropesearch {provenance.get('ropesearch_version', '?')}, {provenance.get('created', '?')}.",
         *_scores_lines(provenance),
-        *([f"- The same windows at the target with the baselines: "
+        *(["- The same windows at the target with the baselines: "
            + ", ".join(f"{k} {v:.4f}" for k, v in provenance["baselines"].items()) + "."]
           if provenance.get("baselines") else []),
         *([f"- Short guard: {provenance['short_guard']['length']} tokens kept within "
@@ -181,10 +208,8 @@ def model_card(factors: RopeFactors, model_spec: str, provenance: dict, factor_f
         "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
         "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")",
         "```", "",
-        f"transformers uses `short_factor` up to {base.original_context} tokens and `long_factor` above, "
-        "and applies the attention factor at every length.", "",
-        "vLLM (reads `long_mscale`/`short_mscale`, and uses `long_factor` at every length once "
-        "`--max-model-len` exceeds the original window):", "",
+        *runtime_knobs(factors, provenance), "",
+        "vLLM:", "",
         "```sh",
         f"vllm serve path/to/this/folder --max-model-len {factors.target_context}   # or: sh serve.sh",
         "```", "",

@@ -4,7 +4,8 @@ Long documents are packed into one token stream and cut into windows of the stag
 The length grows linearly during `length_warmup` of the steps (stability at large batch and
 learning rate). Gradient accumulation reaches the global batch; the loss is chunked like the
 evaluator's. LongRoPE2's mixed-window option trains a share of the micro-batches on windows
-of the original length with the original RoPE. Under `torchrun` the model is sharded with
+of the original length, with the RoPE the target runtime applies there (MIXED_WINDOW_ROPE), so
+the fine-tuned model keeps its original window where it will be served. Under `torchrun` the model is sharded with
 FSDP (fully_shard) and each rank reads its own windows. A checkpoint every `save_every`
 steps lets a killed run continue where it stopped.
 """
@@ -16,7 +17,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,32 @@ from ropesearch.rope.patching import patch_rope
 SCHEDULES = ("linear", "constant", "cosine")
 
 
+def _as_transformers_runs_it(factors: RopeFactors) -> RopeFactors:
+    """At or below the original window transformers' longrope switches to short_factor and still
+    applies attention_factor (the one factor it reads, at every length)."""
+    return replace(factors, long_factor=factors.short_factor, dynamic_factor=None)
+
+
+def _as_vllm_serves_it(factors: RopeFactors) -> RopeFactors:
+    """vLLM serving past the original window (--max-model-len above it) applies long_factor and
+    long_mscale (exported = attention_factor) at every length, short prompts included."""
+    return replace(factors, short_factor=factors.long_factor)
+
+
+def _original_rope(factors: RopeFactors) -> RopeFactors:
+    return methods.none(factors.base)
+
+
+# what the original-window micro-batches of a mixed-window run are trained with, by runtime: the
+# model keeps its original window where it is served so ("both" alternates the two runtimes)
+MIXED_WINDOW_ROPE = {
+    "transformers": (_as_transformers_runs_it,),
+    "vllm": (_as_vllm_serves_it,),
+    "both": (_as_transformers_runs_it, _as_vllm_serves_it),
+    "original": (_original_rope,),  # LongRoPE2's: the unscaled RoPE, which no runtime applies to an export
+}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     length: int
@@ -47,7 +74,10 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     clip: float = 1.0
     gradient_checkpointing: bool = True
-    mixed_window: float = 0.0  # share of micro-batches at the original window with the original RoPE
+    mixed_window: float = 0.0  # share of micro-batches at the original window (their RoPE: mixed_window_rope)
+    # a key of MIXED_WINDOW_ROPE, the runtime whose original window to keep (None: transformers, the default
+    # runtime; None also matches the plan copy of a run made before this setting existed)
+    mixed_window_rope: str | None = None
     save_every: int = 50
     seed: int = 0
     logits_chunk: int = 4096
@@ -61,6 +91,9 @@ class FinetuneConfig:
             raise RopesearchError(f"finetune schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.steps < 1 or self.length < 2 or self.micro_batch < 1 or self.global_batch < self.micro_batch:
             raise RopesearchError("finetune needs steps >= 1, length >= 2 and global_batch >= micro_batch >= 1")
+        if self.mixed_window_rope is not None and self.mixed_window_rope not in MIXED_WINDOW_ROPE:
+            raise RopesearchError(f"finetune mixed_window_rope must be one of {', '.join(MIXED_WINDOW_ROPE)}, got "
+                                  f"{self.mixed_window_rope!r}")
         if not 0 <= self.mixed_window < 1 or not 0 <= self.length_warmup <= 1:
             raise RopesearchError("finetune mixed_window must lie in [0, 1) and length_warmup in [0, 1]")
         if not (self.lr > 0 and self.clip > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0
@@ -121,6 +154,19 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _unshared(weights: dict) -> dict:
+    """The state dict with a copy of every tensor that shares memory with an earlier one: tied
+    embeddings (SmolLM2, Qwen2.5, the pocket model) are one tensor under two names on a CPU, which
+    safetensors refuses to write; loading sets both names, so the tie holds."""
+    seen, out = set(), {}
+    for name, tensor in weights.items():
+        tensor = tensor.contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    return out
+
+
 class LossModule(torch.nn.Module):
     """The training forward as one root module: hidden states, then the chunked loss.
 
@@ -164,7 +210,7 @@ class Finetuner:
                                   f"({per_step})")
         self.accumulation = config.global_batch // per_step
         self.original = factors.base.original_context
-        self.plain = methods.none(factors.base)
+        self.short_ropes = [view(factors) for view in MIXED_WINDOW_ROPE[config.mixed_window_rope or "transformers"]]
         self.trainee = LossModule(model, config.logits_chunk)
         if config.trainable:
             chosen = 0
@@ -196,7 +242,7 @@ class Finetuner:
         self.out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint.", suffix=".tmp"))
         staging.chmod(0o777 & ~current_umask())
-        save_file({k: v.contiguous() for k, v in weights.items()}, staging / "model.safetensors")
+        save_file(_unshared(weights), staging / "model.safetensors")
         torch.save({"optimizer": optimizer_state, "generator": generator.get_state()}, staging / "trainer.pt")
         atomic_write_text(staging / "state.json", json.dumps({"step": step, "config": asdict(self.config),
                                                               "history": history}))
@@ -267,7 +313,8 @@ class Finetuner:
                 for _ in range(self.accumulation):
                     short = config.mixed_window > 0 and torch.rand((), generator=generator).item() < config.mixed_window
                     ids = self._windows(generator, config.micro_batch, self.original if short else length)
-                    patch.set_factors(self.plain if short else self.factors)
+                    rope = self.short_ropes[len(history) % len(self.short_ropes)] if short else self.factors
+                    patch.set_factors(rope)
                     with autocast:
                         loss = self.trainee(ids)
                     (loss / self.accumulation).backward()
@@ -276,11 +323,18 @@ class Finetuner:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                now = time.perf_counter() - started
                 entry = {"step": step, "loss": total, "length": length, "lr": optimizer.param_groups[0]["lr"],
-                         "grad_norm": float(norm), "seconds": round(time.perf_counter() - started, 2)}
+                         "grad_norm": float(norm), "seconds": round(now, 2),
+                         "step_seconds": round(now - (history[-1]["seconds"] if history else 0.0), 3)}
+                if self.device.type == "cuda":  # this step's peak (reset below), what sizes the longest window
+                    entry["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 history.append(entry)
                 if step % 10 == 0 or step == config.steps:
-                    self.log(f"step {step}/{config.steps}  loss {total:.4f}  length {length}  lr {entry['lr']:.2e}")
+                    peak = f"  peak {entry['peak_gib']:.1f} GiB" if "peak_gib" in entry else ""
+                    self.log(f"step {step}/{config.steps}  loss {total:.4f}  length {length}  lr {entry['lr']:.2e}  "
+                             f"{entry['step_seconds']:.2f} s/step{peak}")
                 if step % config.save_every == 0 or step == config.steps:
                     self._save_checkpoint(step, optimizer, generator, history)
         finally:

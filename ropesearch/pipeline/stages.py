@@ -210,7 +210,7 @@ def run_finetune_stage(p, stage, folder: Path) -> dict:
     trainer = Finetuner(model, factors, documents, stage.settings, folder, eos_id=tokenizer.eos_token_id, log=p.log)
     history = trainer.run()
     weights = trainer.full_state_dict()
-    _save_finetuned(model, tokenizer, ref, factors, folder, weights)
+    save_finetuned(model, tokenizer, ref, factors, folder, weights, training=_training_record(stage.settings))
     if stage.settings.trainable:  # the trained tensors alone: base model + this file = the fine-tuned model
         from safetensors.torch import save
 
@@ -223,12 +223,22 @@ def run_finetune_stage(p, stage, folder: Path) -> dict:
             "documents": sorted(d.name for d in documents)}
 
 
-def _save_finetuned(model, tokenizer, ref, factors, folder: Path, weights=None) -> None:
+def _training_record(settings) -> dict:
+    """What the factor file of a fine-tuned model says of its training: the length, and for a
+    mixed-window run the runtime whose original window the short micro-batches kept."""
+    record = {"length": settings.length, "steps": settings.steps}
+    if settings.mixed_window:
+        record |= {"mixed_window": settings.mixed_window, "mixed_window_rope": settings.mixed_window_rope or "transformers"}
+    return record
+
+
+def save_finetuned(model, tokenizer, ref, factors, folder: Path, weights=None, training: dict | None = None) -> None:
     """folder/model: the weights, the tokenizer and the config with the factors, plus the factor file."""
     config = load_config(ref)
     apply_to_config(config, factors, allow_start_tokens=True)
     save_model_folder(model, tokenizer, config, folder / "model", state_dict=weights)
-    save_factors(factors, folder / "model" / "ropesearch_factors.json", provenance={"finetuned": str(folder)})
+    save_factors(factors, folder / "model" / "ropesearch_factors.json",
+                 provenance={"finetuned": str(folder), **({"training": training} if training else {})})
 
 
 def restore_finetune_stage(p, folder: Path, record: dict, check) -> dict:
@@ -273,7 +283,7 @@ def _rebuild_finetuned(p, folder: Path, outputs: dict) -> None:
     model.load_state_dict(tensors, strict=False)
     saved = outputs.get("factors")
     factors = load_factors(saved) if saved and Path(saved).is_file() else p.factors
-    _save_finetuned(model, load_tokenizer(ref), ref, factors, folder)
+    save_finetuned(model, load_tokenizer(ref), ref, factors, folder)
 
 
 def run_export_stage(p, stage, folder: Path) -> dict:

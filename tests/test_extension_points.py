@@ -133,7 +133,7 @@ def test_an_objective_is_one_entry_in_search_objectives(monkeypatch, fresh_cli, 
     """ropesearch/search/objectives.py: a subclass and its OBJECTIVES entry; the CLI, spaces and the
     loop take it as they take the shipped ones."""
     monkeypatch.setitem(objectives.OBJECTIVES, "toy", _TwoLengths)
-    help_text = CliRunner().invoke(fresh_cli(), ["search", "--help"]).output
+    help_text = " ".join(CliRunner().invoke(fresh_cli(), ["search", "--help"]).output.split())  # as wrapped
     assert "toy: the toy objective" in help_text
     assert space_from_dict({"name": "t", "objective": "toy"}).objective == "toy"
 

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from conftest import DELETE, search_kwargs, with_value
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
+from ropesearch.search.objectives import OBJECTIVES
 
 ROOT = Path(__file__).resolve().parents[1]
 POCKET = ROOT / "ropesearch" / "assets" / "pocket"
@@ -244,7 +245,7 @@ SEARCH_VALUES = {
     "--target-length": st.one_of(st.integers(max_value=1), not_int),
     "--device": st.one_of(st.sampled_from(["gpu", "cuda", "cuda:0", "tpu", "cpu:x", "meta", "cuda:-1"]),
                           printable.filter(lambda t: not re.fullmatch(r"(cpu|mps)(:\d+)?", t))),
-    "--objective": printable.filter(lambda t: t not in ("ppl", "needle", "ppl+short")),
+    "--objective": printable.filter(lambda t: t not in OBJECTIVES),
     "--backend": printable.filter(lambda t: t not in ("torch", "vllm")),
 }
 

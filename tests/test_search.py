@@ -68,7 +68,7 @@ def test_shipped_spaces_load_with_the_documented_settings():
     ({"factors": {"critical_dimension": 7}}, "critical_dimension must be null, 'theory' or an even number"),
     ({"seeds": ["pi", "rope9"]}, "unknown seed method 'rope9'"),
     ({"colour": "red"}, "unknown key 'colour'"),
-    ({"objective": "bleu"}, r"objective must be one of ppl, needle, ppl\+short"),
+    ({"objective": "bleu"}, r"objective must be one of ppl, needle, ppl\+needle, ppl\+short"),
 ])
 def test_bad_spaces_are_named(tmp_path, change, message):
     data = yaml.safe_load(open("search_spaces/fast.yaml"))
@@ -325,3 +325,17 @@ def test_a_search_config_without_a_target_is_one_clear_error():
     with pytest.raises(RopesearchError, match="a search needs a target length"):
         SearchConfig("pocket").checked()
     assert SearchConfig("pocket", target_length=512).checked().samples == load_space("fast").samples
+
+
+def test_ppl_needle_searches_packed_windows_and_resumes_to_the_same_result(loaded, tmp_path):
+    """`ppl+needle` plants a needle in each search window, so it runs where whole documents are
+    shorter than the target (packed windows, the 1M stage); a stopped run resumes to the same best."""
+    space = tiny_space("fast", generations=2, population=6, mutations=3, crossovers=1, top_k=3)
+    whole = search(loaded, tmp_path / "whole", space, objective="ppl+needle", pack=True, samples=2)
+    best = json.loads((tmp_path / "whole" / "best.json").read_text())
+    assert set(best["provenance"]["scores"]) == {f"ppl+needle@{TARGET}"}
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    assert all(f"ppl+needle@{TARGET}" in r["metrics"] for r in rows if r["fidelity"] == "full")
+    search(loaded, tmp_path / "split", space, objective="ppl+needle", pack=True, samples=2, stop_after=1)
+    resumed = search(loaded, tmp_path / "split", space, objective="ppl+needle", pack=True, samples=2, resume=True)
+    assert resumed.values == whole.values

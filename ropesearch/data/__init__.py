@@ -2,7 +2,7 @@
 
 from ropesearch.data.documents import BUILTIN_FILES, Document, load_documents
 from ropesearch.data.packing import build_windows, pack_windows, split_holdout
-from ropesearch.data.samples import Window, document_of, needle_windows, sample_windows
+from ropesearch.data.samples import Window, document_of, needle_windows, plant_needle, sample_windows
 from ropesearch.data.tokens import TokenizedDocument, tokenize_documents
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "document_of",
     "load_documents",
     "needle_windows",
+    "plant_needle",
     "sample_windows",
     "tokenize_documents",
 ]

@@ -103,18 +103,23 @@ def needle_windows(documents: list[TokenizedDocument], tokenizer, length: int, c
     eligible = long_enough(documents, length, count)
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(eligible), size=count, replace=False).tolist())
+    return [plant_needle(Window(eligible[index].name, eligible[index].ids[:length]), tokenizer, rng, depth)
+            for index in chosen]
+
+
+def plant_needle(window: Window, tokenizer, rng: np.random.Generator, depth: tuple[float, float] = (0.0, 0.2)) -> Window:
+    """The window as a needle window of the same length: its text cut to make room for a number stated
+    at a seeded depth and asked for at the end; only the answer's tokens are scored. Works on packed
+    windows too (their parts keep naming the documents read)."""
+    length = window.length
+    number = int(rng.integers(10_000, 100_000))
+    needle = tokenize(tokenizer, NEEDLE.format(number=number))
     question = tokenize(tokenizer, QUESTION)
-    windows = []
-    for index in chosen:
-        number = int(rng.integers(10_000, 100_000))
-        needle = tokenize(tokenizer, NEEDLE.format(number=number))
-        answer = tokenize(tokenizer, ANSWER.format(number=number))
-        filler = length - len(needle) - len(question) - len(answer)
-        if filler < 1:
-            raise RopesearchError(f"length {length} is too short for a needle window")
-        at = int(filler * rng.uniform(*depth))
-        haystack = eligible[index].ids[:filler]
-        ids = np.concatenate([haystack[:at], needle, haystack[at:], question, answer]).astype(np.int32)
-        scored = np.arange(length - len(answer), length)
-        windows.append(Window(f"{eligible[index].name}#needle@{at}", ids, scored))
-    return windows
+    answer = tokenize(tokenizer, ANSWER.format(number=number))
+    filler = length - len(needle) - len(question) - len(answer)
+    if filler < 1:
+        raise RopesearchError(f"length {length} is too short for a needle window")
+    at = int(filler * rng.uniform(*depth))
+    haystack = window.ids[:filler]
+    ids = np.concatenate([haystack[:at], needle, haystack[at:], question, answer]).astype(np.int32)
+    return Window(f"{window.name}#needle@{at}", ids, np.arange(length - len(answer), length), window.parts)

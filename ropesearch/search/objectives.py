@@ -26,10 +26,12 @@ class Objective:
     screen_windows: list[Window] | None = None
     short_lengths: tuple[int, ...] = ()  # recover-short: the lengths it averages over
     reference: float | None = None  # what `start` measured (kept in the checkpoint, restored on resume)
+    needle_windows: list[Window] | None = None  # kinds that plant needles: `windows` with a needle each
 
     kind: ClassVar[str] = "ppl"
     help: ClassVar[str] = "perplexity at the target"
     needle: ClassVar[bool] = False  # its windows carry a needle (only the answer is scored)
+    plants_needles: ClassVar[bool] = False  # it also scores `windows` with a needle planted in each
     guarded: ClassVar[bool] = True  # the short guard applies (short_factor = 1, attention factor capped)
 
     @property
@@ -86,6 +88,33 @@ class NeedleObjective(Objective):
 
 
 @dataclass
+class PplNeedleObjective(Objective):
+    """Perplexity at the target and the needle-driven perplexity on the same windows with a needle
+    planted in each (plant_needle), as one value: exp((1 - w)·nll + w·needle nll), the geometric
+    mix with weight `needle_weight`. Plain perplexity at 1M barely sees whether a number stated
+    early can be read back; the needle term does, at the cost of a second pass."""
+
+    needle_weight: float = 0.5
+
+    kind: ClassVar[str] = "ppl+needle"
+    help: ClassVar[str] = "perplexity mixed with the needle perplexity of the same windows (two passes)"
+    plants_needles: ClassVar[bool] = True
+
+    @property
+    def names(self) -> list[str]:
+        return [f"ppl+needle@{self.target}"]
+
+    def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
+        plain = self.evaluator.score(list(candidates), self.windows, [self.target])
+        needle = self.evaluator.score(list(candidates), self.needle_windows, [self.target])
+        w, t = self.needle_weight, self.target
+        values = np.array([[np.exp((1 - w) * p.nll[t] + w * n.nll[t]) if not (p.failed or n.failed) else np.inf]
+                           for p, n in zip(plain, needle)])
+        notes = [{**n, **p} for p, n in zip(_notes(plain), _notes(needle))]  # a failure of either is kept
+        return values, [p.seconds + n.seconds for p, n in zip(plain, needle)], notes
+
+
+@dataclass
 class WithShortObjective(Objective):
     """Perplexity at the target and at the original window, one factor set for every length (as vLLM
     applies long_factor everywhere); the best keeps the original window within `tolerance` of the
@@ -138,7 +167,8 @@ class ShortObjective(Objective):
 
 
 # what users choose (--objective, a space's or a plan's objective); ShortObjective is the recover-short stage's
-OBJECTIVES: dict[str, type[Objective]] = {kind.kind: kind for kind in (Objective, NeedleObjective, WithShortObjective)}
+OBJECTIVES: dict[str, type[Objective]] = {kind.kind: kind for kind in (Objective, NeedleObjective, PplNeedleObjective,
+                                                                          WithShortObjective)}
 
 
 def _notes(scores) -> list[dict]:

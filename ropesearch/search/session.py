@@ -7,10 +7,11 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ropesearch import __version__
-from ropesearch.data import build_windows, load_documents, tokenize_documents
+from ropesearch.data import build_windows, load_documents, plant_needle, tokenize_documents
 from ropesearch.errors import RopesearchError
 from ropesearch.data.tokens import tokenizer_fingerprint
 from ropesearch.evaluate import make_evaluator
@@ -154,8 +155,12 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, log=
         fidelity = space.fidelity
         screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
                   if fidelity.screen_samples else None)
+        planted = None
+        if kind.plants_needles:  # the same windows, each with a needle (numbers and depths from the seed)
+            rng = np.random.default_rng(c.seed)
+            planted = [plant_needle(window, tokenizer, rng) for window in windows]
         scorer = kind(evaluator, windows, target, short_length=c.short_length or base.original_context,
-                      screen_windows=screen, short_lengths=c.short_lengths)
+                      screen_windows=screen, short_lengths=c.short_lengths, needle_windows=planted)
         if scorer.algorithm and space.algorithm != scorer.algorithm:
             space = replace(space, algorithm=scorer.algorithm)  # two objectives need a multi-objective survival
         record = _run_config(c, space, scorer, guard, base, windows, _model_fingerprints(ref, model), tokenizer)

@@ -18,6 +18,7 @@ shortest length shows what the defaults save, in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,10 @@ TRAINABLE = ("q_proj", "k_proj", "norm")
 
 
 def one_length(ref, device: str, length: int, steps: int, trainable: tuple[str, ...], checkpointing: bool) -> dict:
+    if device == "cuda":  # nothing of an earlier row (an out-of-memory one too) in this row's peak
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model = load_model(ref, dtype=torch.float32, device=device)
     base = rope_base(model.config)
     factors = make_factors("yarn", base, max(1.0, length / base.original_context))
@@ -61,9 +66,6 @@ def one_length(ref, device: str, length: int, steps: int, trainable: tuple[str, 
                 "final_loss": round(history[-1]["loss"], 4)}
     except torch.OutOfMemoryError:
         row |= {"oom": True}
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ropesearch.data import Document, tokenize_documents  # noqa: E402
+from ropesearch.data import BUILTIN_FILES, Document, tokenize_documents  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
 from ropesearch.export import load_factors, save_factors  # noqa: E402
 from ropesearch.models import load_model, load_tokenizer, resolve_model  # noqa: E402
@@ -43,9 +43,10 @@ from ropesearch.tables import markdown_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # modules of the standard library outside the built-in corpus (ropesearch/data/documents.py)
-TRAINING_FILES = ("typing.py", "inspect.py", "functools.py", "dataclasses.py", "enum.py", "shutil.py",
+TRAINING_FILES = ("functools.py", "dataclasses.py", "enum.py", "shutil.py",
                   "threading.py", "pathlib/__init__.py", "logging/__init__.py", "collections/__init__.py",
-                  "configparser.py", "zipfile/__init__.py", "ast.py", "pickle.py", "datetime.py")
+                  "configparser.py", "zipfile/__init__.py", "ast.py", "pickle.py", "datetime.py", "tokenize.py",
+                  "heapq.py", "statistics.py")
 # key: (label, mixed_window_rope); None: not fine-tuned, "": fine-tuned without short windows
 VARIANTS = {"none": ("not fine-tuned", None), "plain": ("no short windows", ""),
             **{rope: (f"mixed, {rope}", rope) for rope in ("transformers", "vllm", "both")}}
@@ -55,7 +56,7 @@ def training_documents() -> list[Document]:
     import sysconfig
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    found = [stdlib / name for name in TRAINING_FILES if (stdlib / name).is_file()]
+    found = [stdlib / name for name in TRAINING_FILES if (stdlib / name).is_file() and name not in BUILTIN_FILES]
     return [Document(f"python:{p.relative_to(stdlib)}", p.read_text(encoding="utf-8", errors="replace")) for p in found]
 
 

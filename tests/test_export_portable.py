@@ -47,6 +47,6 @@ def test_card_says_what_each_runtime_reads_and_which_short_window_a_fine_tune_ke
         cards[name] = (tmp_path / name / "README.md").read_text()
     for card in cards.values():
         runtimes = [line.split(" | ")[0] for line in card.splitlines() if line.startswith(("| transformers", "| vLLM"))]
-        assert runtimes == ["| transformers", "| vLLM, `--max-model-len` > 256", "| vLLM, `--max-model-len` <= 256"]
+        assert runtimes == ["| transformers", "| vLLM (0.11.1 on), `--max-model-len` > 256", "| vLLM, `--max-model-len` <= 256"]
     assert "25% of its micro-batches at 256 tokens with vLLM's RoPE there (`mixed_window_rope: vllm`)" in cards["mixed"]
     assert "mixed_window_rope" not in cards["plain"]

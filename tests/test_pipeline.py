@@ -214,6 +214,52 @@ def test_tied_embeddings_checkpoint_and_resume_on_a_cpu(tmp_path):
     assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)
 
 
+def test_a_checkpoint_from_before_mixed_window_rope_resumes_as_it_was_trained(tmp_path, monkeypatch):
+    """state.json without the key (every checkpoint written before it existed) still resumes; a
+    mixed-window run keeps the unscaled RoPE its short windows were trained with."""
+    from ropesearch.rope.patching import RopePatch
+
+    documents = [TokenizedDocument("d", np.random.default_rng(0).integers(3, 128, 4000).astype(np.int32))]
+    settings = dict(length=256, global_batch=2, micro_batch=1, mixed_window=0.5, save_every=2,
+                    gradient_checkpointing=False)
+    model = tiny_model("llama")
+    factors = methods.yarn(rope_base(model.config), 4)
+    saving = Finetuner._save_checkpoint
+
+    def save_then_stop(self, *args):  # killed right after the checkpoint at step 2
+        saving(self, *args)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Finetuner, "_save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            Finetuner(model, factors, documents, FinetuneConfig(steps=8, **settings), tmp_path, log=lambda m: None).run()
+    state_file = tmp_path / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["mixed_window_rope"]
+    state_file.write_text(json.dumps(state))
+    seen, logged = [], []
+    original_set = RopePatch.set_factors
+    monkeypatch.setattr(RopePatch, "set_factors", lambda self, f: seen.append(f.method) or original_set(self, f))
+    Finetuner(tiny_model("llama"), factors, documents, FinetuneConfig(steps=8, **settings), tmp_path,
+              log=logged.append).run()
+    assert any("predates mixed_window_rope" in line for line in logged)
+    assert set(seen[1:]) == {"none", "yarn"}
+
+
+def test_mixed_window_ropes_of_dynamic_ntk_follow_each_runtime():
+    """transformers' dynamic NTK switches with the length (the set itself); vLLM's is fixed at the maximum."""
+    from ropesearch.pipeline.finetune import MIXED_WINDOW_ROPE
+
+    base = rope_base(tiny_model("llama").config)
+    dynamic = methods.make_factors("dynamic-ntk", base, 4)
+    (as_transformers,), (as_vllm,) = MIXED_WINDOW_ROPE["transformers"], MIXED_WINDOW_ROPE["vllm"]
+    assert as_transformers(dynamic) == dynamic
+    served = as_vllm(dynamic)
+    assert served.dynamic_factor is None
+    assert list(served.factors_for_length(base.original_context)) == list(dynamic.factors_for_length(4 * base.original_context))
+
+
 @pytest.mark.parametrize("rope", ["transformers", "vllm", "both", "original"])
 def test_mixed_window_trains_short_windows_with_the_runtimes_rope(tmp_path, monkeypatch, rope):
     """The original-window micro-batches get the RoPE the runtime applies there (transformers: the

@@ -151,7 +151,7 @@ def runtime_knobs(factors: RopeFactors, provenance: dict | None = None) -> list[
             ["transformers", "`short_factor`, `long_factor`, `attention_factor`",
              "`short_factor`, with `attention_factor` (it applies that one factor at every length)",
              "`short_mscale`, `long_mscale`"],
-            [f"vLLM, `--max-model-len` > {n}", "`long_factor`, `long_mscale`",
+            [f"vLLM (0.11.1 on), `--max-model-len` > {n}", "`long_factor`, `long_mscale`",
              "`long_factor` with `long_mscale`: the long set at every length, short prompts included",
              "`short_factor`, `short_mscale`, `attention_factor`"],
             [f"vLLM, `--max-model-len` <= {n}", "`short_factor`, `short_mscale`", "`short_factor` with `short_mscale`",

@@ -36,14 +36,18 @@ SCHEDULES = ("linear", "constant", "cosine")
 
 def _as_transformers_runs_it(factors: RopeFactors) -> RopeFactors:
     """At or below the original window transformers' longrope switches to short_factor and still
-    applies attention_factor (the one factor it reads, at every length)."""
-    return replace(factors, long_factor=factors.short_factor, dynamic_factor=None)
+    applies attention_factor (the one factor it reads, at every length). Dynamic NTK is the set
+    itself: the tables switch there as transformers does."""
+    if factors.dynamic_factor is not None:
+        return factors
+    return replace(factors, long_factor=factors.short_factor)
 
 
 def _as_vllm_serves_it(factors: RopeFactors) -> RopeFactors:
-    """vLLM serving past the original window (--max-model-len above it) applies long_factor and
-    long_mscale (exported = attention_factor) at every length, short prompts included."""
-    return replace(factors, short_factor=factors.long_factor)
+    """vLLM (0.11.1 on) serving past the original window (--max-model-len above it) applies
+    long_factor and long_mscale (exported = attention_factor) at every length, short prompts
+    included; its dynamic NTK is fixed at the maximum length (the stored long factors)."""
+    return replace(factors, short_factor=factors.long_factor, dynamic_factor=None)
 
 
 def _original_rope(factors: RopeFactors) -> RopeFactors:
@@ -264,9 +268,16 @@ class Finetuner:
         state = read_json(state_file, "fine-tuning checkpoint", fix, expect=dict)
         conform(state, {"config": dict, "step": int, "history?": ListOf(dict)}, f"fine-tuning checkpoint {state_file}",
                 fix)
-        if state["config"] != json.loads(json.dumps(asdict(self.config))):  # as JSON keeps it: lists, not tuples
+        saved = dict(state["config"])
+        legacy = "mixed_window_rope" not in saved  # written before the setting existed: it matches None
+        saved.setdefault("mixed_window_rope", None)
+        if saved != json.loads(json.dumps(asdict(self.config))):  # as JSON keeps it: lists, not tuples
             raise RopesearchError(f"{self.checkpoint_dir} was written with other fine-tuning settings; "
                                   "remove it or restore the settings")
+        if legacy and self.config.mixed_window and self.config.mixed_window_rope is None:
+            self.short_ropes = [view(self.factors) for view in MIXED_WINDOW_ROPE["original"]]
+            self.log("this checkpoint predates mixed_window_rope: its short windows keep the unscaled RoPE they "
+                     "were trained with")
         options = StateDictOptions(full_state_dict=True)
         try:
             check_safetensors(self.checkpoint_dir / "model.safetensors", "fine-tuning checkpoint weights", fix)

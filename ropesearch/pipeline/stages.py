@@ -283,7 +283,9 @@ def _rebuild_finetuned(p, folder: Path, outputs: dict) -> None:
     model.load_state_dict(tensors, strict=False)
     saved = outputs.get("factors")
     factors = load_factors(saved) if saved and Path(saved).is_file() else p.factors
-    save_finetuned(model, load_tokenizer(ref), ref, factors, folder)
+    training = (read_json(saved, "fine-tuned factor file", again, expect=dict).get("provenance") or {}).get("training") \
+        if saved and Path(saved).is_file() else None
+    save_finetuned(model, load_tokenizer(ref), ref, factors, folder, training=training)
 
 
 def run_export_stage(p, stage, folder: Path) -> dict:

@@ -90,6 +90,11 @@ class FinetuneConfig:
     # and the trained part is small enough to ship apart from the base weights.
     trainable: tuple[str, ...] = ()
 
+    @property
+    def short_window_rope(self) -> str:
+        """The MIXED_WINDOW_ROPE key the short micro-batches use (None stands for transformers)."""
+        return self.mixed_window_rope or "transformers"
+
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise RopesearchError(f"finetune schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
@@ -214,7 +219,7 @@ class Finetuner:
                                   f"({per_step})")
         self.accumulation = config.global_batch // per_step
         self.original = factors.base.original_context
-        self.short_ropes = [view(factors) for view in MIXED_WINDOW_ROPE[config.mixed_window_rope or "transformers"]]
+        self.short_ropes = [view(factors) for view in MIXED_WINDOW_ROPE[config.short_window_rope]]
         self.trainee = LossModule(model, config.logits_chunk)
         if config.trainable:
             chosen = 0

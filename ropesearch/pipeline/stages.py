@@ -228,7 +228,7 @@ def _training_record(settings) -> dict:
     mixed-window run the runtime whose original window the short micro-batches kept."""
     record = {"length": settings.length, "steps": settings.steps}
     if settings.mixed_window:
-        record |= {"mixed_window": settings.mixed_window, "mixed_window_rope": settings.mixed_window_rope or "transformers"}
+        record |= {"mixed_window": settings.mixed_window, "mixed_window_rope": settings.short_window_rope}
     return record
 
 
@@ -282,9 +282,10 @@ def _rebuild_finetuned(p, folder: Path, outputs: dict) -> None:
                               + (" in that shape" if not missing else "") + f": {again}")
     model.load_state_dict(tensors, strict=False)
     saved = outputs.get("factors")
-    factors = load_factors(saved) if saved and Path(saved).is_file() else p.factors
-    training = (read_json(saved, "fine-tuned factor file", again, expect=dict).get("provenance") or {}).get("training") \
-        if saved and Path(saved).is_file() else None
+    factors, training = p.factors, None
+    if saved and Path(saved).is_file():  # as written, with what it says of its training
+        factors = load_factors(saved)
+        training = (read_json(saved, "fine-tuned factor file", again, expect=dict).get("provenance") or {}).get("training")
     save_finetuned(model, load_tokenizer(ref), ref, factors, folder, training=training)
 
 

@@ -345,18 +345,18 @@ class RulerSuite:
         tokens merge across a boundary, which the next try corrects."""
         room = self._room(layout, budget, what, answer)
         over = None  # the try that overshot least: (tokens over, room, clean, skip)
+        if got == budget:
+            return text
         # cut by decoding first (every prompt of ASCII text, as made so far), then between characters
         for attempt in range(12):
-            if got == budget:
-                return text
             room += budget - got
             clean, skip = attempt >= 6, max(0, attempt - 6)
             text = self._fill(layout, room, clean=clean, skip=skip)
             got = self.prompt_tokens(text)
+            if got == budget:
+                return text
             if got > budget and (over is None or got - budget < over[0]):
                 over = (got - budget, room, clean, skip)
-        if got == budget:  # the last try
-            return text
         # the filler's end merges with the tail at every cut that would fit (Qwen2's tokenizer reads
         # ".\n" as one token, so room r gives budget - 1 and r + 1 budget + 1): keep an end that does
         # not merge and drop the surplus inside the filler instead (a token or two more where the

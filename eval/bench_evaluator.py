@@ -9,6 +9,15 @@
 (b) candidates/s at short lengths, all in batched passes against one at a time;
 (c) none / PI / NTK / YaRN perplexity by length on the longest documents.
 Every ratio compares two things measured in this one run.
+
+For a model whose vocabulary makes the plain path's logits too big at long lengths (Qwen2.5's 151k:
+about 39 GB of bf16 logits at 128k), `--plain-max` runs it only up to that length; `--pack` builds
+the window from several documents (EOS between them) for lengths no document reaches, and
+`--parts a` measures only (a), the seconds and peak memory of one candidate's window by length:
+
+    python eval/bench_evaluator.py --model qwen2.5-coder-0.5b --data ../shared/data/books --pack \
+        --lengths 32768,65536,131072,262144,524288 --plain-max 65536 --parts a --repeats 1 \
+        --json results/qwen2.5-coder-0.5b/bench-evaluator.json --markdown results/qwen2.5-coder-0.5b/bench-evaluator.md
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.data import Window, load_documents, sample_windows, tokenize_documents  # noqa: E402
+from ropesearch.data.packing import pack_windows  # noqa: E402
 from ropesearch.evaluate import TorchEvaluator  # noqa: E402
 from ropesearch.evaluate.baselines import baseline_table, format_table  # noqa: E402
 from ropesearch.evaluate.runs import environment, save_json  # noqa: E402
@@ -93,7 +103,7 @@ def attention_kernel() -> str:
     return "MATH"
 
 
-def part_a(model, base, windows, lengths, repeats):
+def part_a(model, base, windows, lengths, repeats, plain_max=None):
     evaluator = TorchEvaluator(model, progress=False)
     none = methods.none(base)
     rows = []
@@ -110,6 +120,8 @@ def part_a(model, base, windows, lengths, repeats):
                 return math.exp(model(input_ids=ids, labels=ids).loss.float().item())
 
         try:
+            if plain_max is not None and length > plain_max:
+                raise _Skipped(f"not run above --plain-max {plain_max}")
             hf_s, hf_peak, hf_ppl = timed(plain, repeats)
             row.update(hf_s=hf_s, hf_tokens_per_s=length / hf_s, hf_tflops=flops / hf_s / 1e12, hf_peak_gib=hf_peak,
                        hf_ppl=hf_ppl, speedup=hf_s / ours_s,
@@ -117,11 +129,17 @@ def part_a(model, base, windows, lengths, repeats):
                        ppl_rel_diff=abs(ours_score.ppl[length] / hf_ppl - 1))
         except torch.cuda.OutOfMemoryError:
             row.update(hf_s=None, hf_error="out of memory")
+        except _Skipped as skipped:
+            row.update(hf_s=None, hf_error=str(skipped))
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         rows.append(row)
         print(f"(a) {length}: ours {length / ours_s:,.0f} tok/s, {row['ours_tflops']:.0f} TFLOP/s, "
               f"peak {ours_peak} | plain {row.get('hf_tokens_per_s') or row.get('hf_error')}", flush=True)
     return rows
+
+
+class _Skipped(Exception):
+    """The plain path is not run at this length (--plain-max)."""
 
 
 def part_b(model, base, windows, lengths, candidates, repeats):
@@ -181,13 +199,15 @@ def markdown(report) -> str:
         "",
         f"At {longest['length']} tokens ours reaches {longest['ours_tflops']:.0f} TFLOP/s, "
         f"{longest['ours_tflops'] / 800:.0%} of the ~800 TFLOP/s bf16 matrix ceiling.",
-        "",
-        "## (b) Candidates per second, one window each",
-        "",
     ]
+    if "b" not in report:
+        return "\n".join(lines + [""])
+    lines += ["", "## (b) Candidates per second, one window each", ""]
     lines += markdown_lines(["tokens", "candidates", "batched /s", "one at a time /s", "ratio", "max NLL diff"],
                             [[str(r["length"]), str(r["candidates"]), f"{r['batched_per_s']:.1f}", f"{r['single_per_s']:.1f}",
                               f"{r['speedup']:.2f}x", f"{r['max_nll_diff_batched_vs_single']:.1e}"] for r in report["b"]])
+    if "c" not in report:
+        return "\n".join(lines + [""])
     lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} longest documents, "
               f"scale = length / {report['c']['original_context']}", "", "```", report["c_table"], "```", ""]
     return "\n".join(lines)
@@ -205,6 +225,9 @@ def main():
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", required=True)
     parser.add_argument("--markdown", required=True)
+    parser.add_argument("--pack", action="store_true", help="windows joined from several documents (EOS between)")
+    parser.add_argument("--plain-max", type=int, help="run the plain transformers path only up to this length")
+    parser.add_argument("--parts", default="abc", help="which parts to run, e.g. a")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
 
@@ -214,23 +237,32 @@ def main():
     base = rope_base(model.config)
     documents = tokenize_documents(load_documents(args.data), tokenizer)
     longest = sorted(documents, key=lambda d: -len(d.ids))[: args.documents]
-    windows = sample_windows(longest, max(lengths), args.documents)
-    print(f"documents: {[(d.name, len(d.ids)) for d in longest]}", flush=True)
+    if args.pack:
+        windows = pack_windows(documents, max(lengths), 1, separator=tokenizer.eos_token_id)
+        print(f"packed window: {[(name, tokens) for name, _, tokens, _ in windows[0].parts]}", flush=True)
+    else:
+        windows = sample_windows(longest, max(lengths), args.documents)
+        print(f"documents: {[(d.name, len(d.ids)) for d in longest]}", flush=True)
 
     report = {"command": " ".join(["python"] + sys.argv), "model": args.model, "data": args.data,
               "attention_kernel": attention_kernel(), "environment": environment(model)}
-    report["a"] = part_a(model, base, windows, lengths, args.repeats)
-    report["b"] = part_b(model, base, windows, [int(x) for x in args.candidate_lengths.split(",")], args.candidates,
-                         args.repeats)
-    run = EvalSetup(args.model, args.data, model, tokenizer, base, windows, {"documents": "longest"})
-    started = time.perf_counter()
-    report["c"] = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True, progress=False)
-    report["c_seconds"] = time.perf_counter() - started
-    report["c_table"] = format_table(report["c"])
-    print(report["c_table"], flush=True)
+    report["a"] = part_a(model, base, windows, lengths, args.repeats, args.plain_max)
+    if "b" in args.parts:
+        report["b"] = part_b(model, base, windows, [int(x) for x in args.candidate_lengths.split(",")], args.candidates,
+                             args.repeats)
+    if "c" in args.parts:
+        report |= part_c(args, model, tokenizer, base, windows, lengths)
     save_json(report, args.json)
     Path(args.markdown).write_text(markdown(report))
     print(markdown(report))
+
+
+def part_c(args, model, tokenizer, base, windows, lengths) -> dict:
+    run = EvalSetup(args.model, args.data, model, tokenizer, base, windows, {"documents": "longest"})
+    started = time.perf_counter()
+    c = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True, progress=False)
+    print(format_table(c), flush=True)
+    return {"c": c, "c_seconds": time.perf_counter() - started, "c_table": format_table(c)}
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def _run_table(model, data, lengths, samples, seed, offset, text_field, split, h
     workers = workers_from(table_args, torch_dtype(dtype))
     lengths = parse_lengths(lengths)
     check_json_out(json_out, model, table_args.get("factor_files", ()), data)
-    exclude = searched_documents(heldout_of) if heldout_of else ()
+    exclude = sorted({document for one in heldout_of for document in searched_documents(one)})
     text = WindowSpec(data, samples, seed, offset, text_field, split, pack, exclude, needle=needle)
     run = setup(model, text, max(lengths), device=device, backend=backend, dtype=torch_dtype(dtype),
                 config_only=workers is not None)

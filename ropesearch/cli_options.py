@@ -149,9 +149,9 @@ def eval_options(function):
                      help="Cut each window from the document's start or a seeded random place."),
         click.option("--text-field", default="text", show_default=True, help=".jsonl / datasets text field."),
         click.option("--split", default="test", show_default=True, help="datasets split."),
-        click.option("--heldout-of", type=click.Path(file_okay=False),
+        click.option("--heldout-of", type=click.Path(file_okay=False), multiple=True,
                      help="Leave out the documents this search run (or plan run) searched or fine-tuned on, "
-                     "packed windows included."),
+                     "packed windows included (repeat for several runs)."),
         PACK_OPTION,
         click.option("--max-batch", type=count(1), help="Most windows per forward pass (default: what fits)."),
         click.option("--device", type=Device(), help="cuda, cuda:1, cpu (default: cuda if present)."),

@@ -136,6 +136,24 @@ def test_packed_search_screens_short_promotes_few_and_resumes_exactly(tiny_model
         json.loads((tmp_path / "whole" / "best.json").read_text())["rope"]
 
 
+def test_heldout_of_twice_leaves_out_both_runs_documents(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
+    model, docs = tiny_model_dir
+    runs = []
+    for name, document in (("a", "typing.txt"), ("b", "inspect.txt")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"windows": [f"{document}@0"]}))
+        runs += ["--heldout-of", str(run)]
+    out = tmp_path / "table.json"
+    result = CliRunner().invoke(cli, ["baselines", "--model", str(model), "--data", str(docs), "--lengths", "64",
+                                      "--samples", "1", *runs, "--methods", "none", "--device", "cpu",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["options"]["excluded_documents"] == ["inspect.txt", "typing.txt"]
+    assert f"held out of {tmp_path / 'a'} and {tmp_path / 'b'}" in result.output
+
+
 def test_heldout_of_a_packed_search_keeps_its_documents_out(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path / "cache"))
     model, docs = tiny_model_dir

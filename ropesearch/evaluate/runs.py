@@ -90,7 +90,7 @@ def setup(model: str, text: WindowSpec, max_length: int, device: str | None = No
                      options)
 
 
-def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 4) -> str:
+def describe_windows(run: EvalSetup, heldout_of: tuple[str, ...] = (), most: int = 4) -> str:
     """Which text a table scores, in one line: the same factors score differently on other documents
     (a search's own windows against held-out ones), so a number needs its windows beside it."""
     names = [w.name for w in run.windows]
@@ -99,7 +99,7 @@ def describe_windows(run: EvalSetup, heldout_of: str | None = None, most: int = 
     if packed:
         shown += f" (packed from {len(packed)} documents)"
     plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
-    where = (f"held out of {heldout_of} ({plural(len(run.options.get('excluded_documents', [])), 'document')} "
+    where = (f"held out of {' and '.join(heldout_of)} ({plural(len(run.options.get('excluded_documents', [])), 'document')} "
              "left out)" if heldout_of else "not held out of any search (--heldout-of RUN leaves a run's documents out)")
     return (f"scored {plural(len(names), 'window')} of {run.data_spec} "
             f"(offset {run.options.get('offset', 'start')}, seed {run.options.get('seed', 0)}): {shown}; {where}")

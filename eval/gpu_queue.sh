@@ -1,0 +1,74 @@
+#!/bin/bash
+# Runs a queue of jobs in the background on the GPU machine, so that one long run spans several
+# device calls (each call is at most 10 minutes) without reloading the model or re-running a
+# search's set-up at every call:
+#
+#   bash eval/gpu_queue.sh start QUEUE   # returns at once; QUEUE: one job a line (# comments), each
+#                                        # `ropesearch ARGS...` or `python eval/SCRIPT ARGS...`
+#   bash eval/gpu_queue.sh wait SECS     # until the queue ends or SECS pass: the log's new lines, then
+#                                        # the runs (/root/assets/runs) and outputs (/root/assets/out) into $OUT
+#   bash eval/gpu_queue.sh stop          # SIGINT to the running job (a search checkpoints), the rest skipped
+#
+# Jobs write their JSONs under /root/assets/out and run directories under /root/assets/runs. Make the
+# calls back to back: a machine idle for 30 s is given back, with the queue and its files.
+source "$(dirname "$0")/gpu_env.sh"
+Q=/root/assets/queue
+mkdir -p "$Q" /root/assets/runs /root/assets/out
+
+collect() {
+    [ -n "$OUT" ] || return 0
+    tar -C /root/assets -cf "$OUT/runs.tar" --exclude='*.lock' --exclude='.lock' runs out queue/log 2>/dev/null
+}
+
+case "${1:-}" in
+start)
+    queue=${2:?name a queue file}
+    [ -f "$Q/pid" ] && kill -0 "$(cat "$Q/pid")" 2>/dev/null && { echo "a queue is running (pid $(cat "$Q/pid"))"; exit 1; }
+    cp "$queue" "$Q/jobs"
+    : > "$Q/log"
+    # the jobs run from a copy of the tree: the next call may replace the working tree's files
+    rm -rf /root/assets/src && mkdir -p /root/assets/src
+    tar -c --exclude=./.assets --exclude=./.whl --exclude=./.books --exclude=./.git . | tar -x -C /root/assets/src
+    cd /root/assets/src && export PYTHONPATH=$PWD:/root/assets/site
+    setsid nohup bash -c '
+        n=0
+        while IFS= read -r line; do
+            case "$line" in ""|"#"*) continue;; esac
+            n=$((n + 1))
+            [ -f '"$Q"'/stop ] && { echo "== job $n skipped (stopped): $line"; continue; }
+            echo "== job $n $(date -u +%H:%M:%S): $line"
+            started=$(date +%s)
+            case "$line" in
+                python*) eval "python3 ${line#python }" ;;
+                *) eval "python3 -m ropesearch.cli $line" ;;
+            esac 2>&1 | grep --line-buffered -v "it/s]$"
+            echo "== job $n exit ${PIPESTATUS[0]} after $(( $(date +%s) - started )) s"
+        done < '"$Q"'/jobs
+        echo "== queue done $(date -u +%H:%M:%S)"
+        nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+    ' >> "$Q/log" 2>&1 < /dev/null &
+    echo $! > "$Q/pid"
+    rm -f "$Q/stop" "$Q/shown"
+    sleep 2 && cat "$Q/log"
+    ;;
+wait)
+    secs=${2:?how many seconds}
+    end=$(( $(date +%s) + secs ))
+    shown=$(cat "$Q/shown" 2>/dev/null || echo 0)
+    while [ "$(date +%s)" -lt "$end" ] && ! grep -q "^== queue done" "$Q/log" 2>/dev/null; do sleep 5; done
+    total=$(wc -l < "$Q/log")
+    tail -n +$((shown + 1)) "$Q/log" | tail -n 150
+    echo "$total" > "$Q/shown"
+    grep -q "^== queue done" "$Q/log" && echo "(queue finished)" || echo "(queue still running)"
+    collect
+    ;;
+stop)
+    touch "$Q/stop"
+    pkill -INT -f "ropesearch.cli|eval/bench_" || true
+    sleep 20; tail -n 20 "$Q/log"
+    collect
+    ;;
+*)
+    sed -n 2,14p "$0"; exit 2
+    ;;
+esac

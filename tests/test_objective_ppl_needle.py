@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_model, tiny_tokenizer
 from ropesearch.data import TokenizedDocument, Window, needle_windows, plant_needle
+from ropesearch.data.samples import NEEDLE, QUESTION
 from ropesearch.evaluate import TorchEvaluator
 from ropesearch.models import rope_base
 from ropesearch.rope import methods
@@ -22,6 +23,29 @@ def test_a_planted_needle_keeps_the_length_and_scores_only_the_answer(tokenizer)
     assert planted.length == window.length and planted.name.startswith("doc#needle@")
     answer = len(planted.scored)
     assert list(planted.scored) == list(range(window.length - answer, window.length)) and 2 <= answer <= 8
+
+
+def test_a_planted_packed_window_says_where_each_document_token_sits(tokenizer):
+    documents = {"a": np.arange(3, 403, dtype=np.int32) % 90 + 3, "b": np.arange(7, 607, dtype=np.int32) % 80 + 5}
+    window = Window("a@0+b@0", np.concatenate([documents["a"], [2], documents["b"][:399]]).astype(np.int32),
+                    parts=(("a", 0, 400, 0), ("b", 0, 399, 401)))
+    question = len(tokenizer(QUESTION, add_special_tokens=False)["input_ids"])
+    places = set()
+    for seed in range(8):
+        planted = plant_needle(window, tokenizer, np.random.default_rng(seed), depth=(0.0, 1.0))
+        at = int(planted.name.rsplit("@", 1)[1])
+        covered = set()
+        for document, offset, tokens, start in planted.parts:
+            assert list(planted.ids[start:start + tokens]) == list(documents[document][offset:offset + tokens])
+            covered |= set(range(start, start + tokens))
+        places.add("a" if at < 400 else "b")
+        # not a document's: the separator, the needle (one block from `at`), the question and the answer
+        tail = window.length - question - len(planted.scored)
+        rest = sorted(set(range(tail)) - covered)
+        needle = len(tokenizer(NEEDLE.format(number=10000), add_special_tokens=False)["input_ids"])
+        separator = sorted(set(rest) - set(range(at, at + needle)))
+        assert len(rest) == needle + 1 and len(separator) == 1 and planted.ids[separator[0]] == 2
+    assert places == {"a", "b"}  # the needle went into either document in these seeds
 
 
 def test_needle_windows_are_planted_windows_of_whole_documents(tokenizer):

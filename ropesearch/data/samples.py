@@ -110,7 +110,8 @@ def needle_windows(documents: list[TokenizedDocument], tokenizer, length: int, c
 def plant_needle(window: Window, tokenizer, rng: np.random.Generator, depth: tuple[float, float] = (0.0, 0.2)) -> Window:
     """The window as a needle window of the same length: its text cut to make room for a number stated
     at a seeded depth and asked for at the end; only the answer's tokens are scored. Works on packed
-    windows too (their parts keep naming the documents read)."""
+    windows too: their parts say where each document's tokens now sit, the needle's tokens belonging to
+    none of them."""
     length = window.length
     number = int(rng.integers(10_000, 100_000))
     needle = tokenize(tokenizer, NEEDLE.format(number=number))
@@ -122,4 +123,17 @@ def plant_needle(window: Window, tokenizer, rng: np.random.Generator, depth: tup
     at = int(filler * rng.uniform(*depth))
     haystack = window.ids[:filler]
     ids = np.concatenate([haystack[:at], needle, haystack[at:], question, answer]).astype(np.int32)
-    return Window(f"{window.name}#needle@{at}", ids, np.arange(length - len(answer), length), window.parts)
+    return Window(f"{window.name}#needle@{at}", ids, np.arange(length - len(answer), length),
+                  _parts_around(window.prefix(filler).parts, at, len(needle)))
+
+
+def _parts_around(parts, at: int, inserted: int) -> tuple[tuple[str, int, int, int], ...]:
+    """Packed parts once `inserted` tokens go in at position `at`: a part that spans it is split in two."""
+    moved = []
+    for document, offset, tokens, start in parts:
+        before = min(max(at - start, 0), tokens)  # this part's tokens ahead of the insertion
+        if before:
+            moved.append((document, offset, before, start))
+        if before < tokens:
+            moved.append((document, offset + before, tokens - before, start + before + inserted))
+    return tuple(moved)

@@ -11,6 +11,9 @@
 #
 # `split` prints the part count and the MiB that fit beside today's working tree. A wrong
 # checksum at `assemble` means the machine was given back between calls: stage again.
+# Make the first call (books and wheels) alone: it starts the machine. Only once it has answered,
+# send the part calls all at once; when no machine can be started, every call sent after the
+# refusal still costs device time (15 s each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=/root/assets

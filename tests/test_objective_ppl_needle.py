@@ -73,3 +73,25 @@ def test_ppl_needle_is_the_geometric_mix_of_the_two_perplexities(tokenizer):
     for row, p, n in zip(values, plain, needle):
         assert row[0] == pytest.approx(np.sqrt(p.ppl[256] * n.ppl[256]), rel=1e-6)
     assert scorer.names == ["ppl+needle@256"] and all(s > 0 for s in seconds)
+
+
+def test_ppl_needle_screens_by_the_same_mix_with_needles_inside_the_screen(tokenizer):
+    """A screen of a ppl+needle search scores the mix, not plain perplexity, and each screen window
+    carries a needle of its own within its length (the full window's needle may lie past it)."""
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    base = rope_base(model.config)
+    windows = [Window(f"w{i}", np.random.default_rng(i).integers(3, 100, 512).astype(np.int32)) for i in range(2)]
+    screen = [w.prefix(256) for w in windows[:1]]
+    rng = np.random.default_rng(0)
+    planted = [plant_needle(w, tokenizer, rng) for w in windows]
+    planted_screen = [plant_needle(w, tokenizer, rng) for w in screen]
+    evaluator = TorchEvaluator(model, progress=False)
+    scorer = OBJECTIVES["ppl+needle"](evaluator, windows, 512, screen_windows=screen, needle_windows=planted,
+                                      needle_screen_windows=planted_screen)
+    candidates = [methods.yarn(base, 4), methods.pi(base, 4)]
+    values, _, _ = scorer.screen(candidates)
+    plain = evaluator.score(candidates, screen, [256])
+    needle = evaluator.score(candidates, planted_screen, [256])
+    for value, p, n in zip(values, plain, needle):
+        assert value == pytest.approx(np.sqrt(p.ppl[256] * n.ppl[256]), rel=1e-6)
+        assert value != pytest.approx(p.ppl[256], rel=1e-3)

@@ -336,6 +336,7 @@ def test_ppl_needle_searches_packed_windows_and_resumes_to_the_same_result(loade
     assert set(best["provenance"]["scores"]) == {f"ppl+needle@{TARGET}"}
     rows = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     assert all(f"ppl+needle@{TARGET}" in r["metrics"] for r in rows if r["fidelity"] == "full")
+    assert any(r["fidelity"] == "screen" for r in rows)  # screened by the same mix (each screen with its needle)
     search(loaded, tmp_path / "split", space, objective="ppl+needle", pack=True, samples=2, stop_after=1)
     resumed = search(loaded, tmp_path / "split", space, objective="ppl+needle", pack=True, samples=2, resume=True)
     assert resumed.values == whole.values

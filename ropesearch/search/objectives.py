@@ -27,6 +27,7 @@ class Objective:
     short_lengths: tuple[int, ...] = ()  # recover-short: the lengths it averages over
     reference: float | None = None  # what `start` measured (kept in the checkpoint, restored on resume)
     needle_windows: list[Window] | None = None  # kinds that plant needles: `windows` with a needle each
+    needle_screen_windows: list[Window] | None = None  # and `screen_windows` with a needle each
 
     kind: ClassVar[str] = "ppl"
     help: ClassVar[str] = "perplexity at the target"
@@ -105,10 +106,20 @@ class PplNeedleObjective(Objective):
         return [f"ppl+needle@{self.target}"]
 
     def score(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
-        plain = self.evaluator.score(list(candidates), self.windows, [self.target])
-        needle = self.evaluator.score(list(candidates), self.needle_windows, [self.target])
-        w, t = self.needle_weight, self.target
-        values = np.array([[np.exp((1 - w) * p.nll[t] + w * n.nll[t]) if not (p.failed or n.failed) else np.inf]
+        values, seconds, notes = self._mix(candidates, self.windows, self.needle_windows)
+        return values[:, None], seconds, notes
+
+    def screen(self, candidates: Sequence[RopeFactors]) -> tuple[np.ndarray, list[float], list[dict]]:
+        """The same mix on the screening windows, each with its own needle (one a screen: a needle of
+        the full window may lie in the part a screen cuts away)."""
+        return self._mix(candidates, self.screen_windows, self.needle_screen_windows)
+
+    def _mix(self, candidates, windows: list[Window], planted: list[Window]):
+        length = windows[0].length
+        plain = self.evaluator.score(list(candidates), windows, [length])
+        needle = self.evaluator.score(list(candidates), planted, [length])
+        w = self.needle_weight
+        values = np.array([np.exp((1 - w) * p.nll[length] + w * n.nll[length]) if not (p.failed or n.failed) else np.inf
                            for p, n in zip(plain, needle)])
         notes = [{**n, **p} for p, n in zip(_notes(plain), _notes(needle))]  # a failure of either is kept
         return values, [p.seconds + n.seconds for p, n in zip(plain, needle)], notes

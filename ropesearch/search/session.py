@@ -155,12 +155,14 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, log=
         fidelity = space.fidelity
         screen = (screening_windows(windows, fidelity.screen_samples, fidelity.screen_length_fraction)
                   if fidelity.screen_samples else None)
-        planted = None
+        planted = planted_screen = None
         if kind.plants_needles:  # the same windows, each with a needle (numbers and depths from the seed)
             rng = np.random.default_rng(c.seed)
             planted = [plant_needle(window, tokenizer, rng) for window in windows]
+            planted_screen = [plant_needle(window, tokenizer, rng) for window in screen] if screen else None
         scorer = kind(evaluator, windows, target, short_length=c.short_length or base.original_context,
-                      screen_windows=screen, short_lengths=c.short_lengths, needle_windows=planted)
+                      screen_windows=screen, short_lengths=c.short_lengths, needle_windows=planted,
+                      needle_screen_windows=planted_screen)
         if scorer.algorithm and space.algorithm != scorer.algorithm:
             space = replace(space, algorithm=scorer.algorithm)  # two objectives need a multi-objective survival
         record = _run_config(c, space, scorer, guard, base, windows, _model_fingerprints(ref, model), tokenizer)

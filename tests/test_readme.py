@@ -52,3 +52,10 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "pocket-8x" / "best.json").is_file()
     assert (tmp_path / "runs" / "pocket-8x" / "report" / "report.md").is_file()
     assert (tmp_path / "pocket-2048" / "README.md").is_file()
+
+
+def test_readme_runtime_table_is_the_model_cards():
+    """The README's table of what each runtime reads is the one every exported model card prints."""
+    from ropesearch.export.portable import runtime_table
+
+    assert "\n".join(runtime_table("N")) in README.read_text()

@@ -140,23 +140,27 @@ def original_window_caveat(factors: RopeFactors, provenance: dict | None = None)
 WHOSE_ROPE = {"transformers": "transformers'", "vllm": "vLLM's", "both": "both runtimes'", "original": "the unscaled"}
 
 
+def runtime_table(n: int | str) -> list[str]:
+    """Markdown: which keys of the config each runtime honours and what it runs at or below `n` tokens
+    (the README shows it with n = "N"; a test keeps the two the same)."""
+    return markdown_lines(["runtime", "reads", f"at or below {n} tokens", "ignores"], [
+        ["transformers", "`short_factor`, `long_factor`, `attention_factor`",
+         "`short_factor`, with `attention_factor` (it applies that one factor at every length)",
+         "`short_mscale`, `long_mscale`"],
+        [f"vLLM (0.11.1 on), `--max-model-len` > {n}", "`long_factor`, `long_mscale`",
+         "`long_factor` with `long_mscale`: the long set at every length, short prompts included",
+         "`short_factor`, `short_mscale`, `attention_factor`"],
+        [f"vLLM, `--max-model-len` <= {n}", "`short_factor`, `short_mscale`", "`short_factor` with `short_mscale`",
+         "`long_factor`, `long_mscale`, `attention_factor`"]])
+
+
 def runtime_knobs(factors: RopeFactors, provenance: dict | None = None) -> list[str]:
     """Which keys of the config each runtime honours, and what that makes of the original window."""
     n = factors.base.original_context
     training = (provenance or {}).get("training") or {}
     kept = training.get("mixed_window_rope") if training.get("mixed_window") else None
-    lines = [
-        f"What each runtime reads (`rope_parameters`), and what it runs at or below {n} tokens:", "",
-        *markdown_lines(["runtime", "reads", f"at or below {n} tokens", "ignores"], [
-            ["transformers", "`short_factor`, `long_factor`, `attention_factor`",
-             "`short_factor`, with `attention_factor` (it applies that one factor at every length)",
-             "`short_mscale`, `long_mscale`"],
-            [f"vLLM (0.11.1 on), `--max-model-len` > {n}", "`long_factor`, `long_mscale`",
-             "`long_factor` with `long_mscale`: the long set at every length, short prompts included",
-             "`short_factor`, `short_mscale`, `attention_factor`"],
-            [f"vLLM, `--max-model-len` <= {n}", "`short_factor`, `short_mscale`", "`short_factor` with `short_mscale`",
-             "`long_factor`, `long_mscale`, `attention_factor`"]]),
-    ]
+    lines = [f"What each runtime reads (`rope_parameters`), and what it runs at or below {n} tokens:", "",
+             *runtime_table(n)]
     if kept:
         lines += ["", f"This model was fine-tuned with {training['mixed_window']:.0%} of its micro-batches at {n} tokens "
                   f"with {WHOSE_ROPE.get(kept, kept)} RoPE there (`mixed_window_rope: {kept}`)."]

@@ -30,6 +30,7 @@ start)
     rm -rf /root/assets/src && mkdir -p /root/assets/src
     tar -c --exclude=./.assets --exclude=./.whl --exclude=./.books --exclude=./.git . | tar -x -C /root/assets/src
     cd /root/assets/src && export PYTHONPATH=$PWD:/root/assets/site
+    mkdir -p ../shared/data && ln -sfn /root/assets/books ../shared/data/books  # plans name ../shared/data/books
     setsid nohup bash -c '
         n=0
         while IFS= read -r line; do

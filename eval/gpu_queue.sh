@@ -4,7 +4,8 @@
 # search's set-up at every call:
 #
 #   bash eval/gpu_queue.sh start QUEUE   # returns at once; QUEUE: one job a line (# comments), each
-#                                        # `ropesearch ARGS...` or `python eval/SCRIPT ARGS...`
+#                                        # `ropesearch ARGS...`, `python eval/SCRIPT ARGS...` or
+#                                        # `sh COMMAND` (e.g. copy a committed partial JSON to resume)
 #   bash eval/gpu_queue.sh wait SECS     # until the queue ends or SECS pass: the log's new lines, then
 #                                        # the runs (/root/assets/runs) and outputs (/root/assets/out) into $OUT
 #   bash eval/gpu_queue.sh stop          # SIGINT to the running job (a search checkpoints), the rest skipped
@@ -41,6 +42,7 @@ start)
             started=$(date +%s)
             case "$line" in
                 python*) eval "python3 ${line#python }" ;;
+                "sh "*) eval "${line#sh }" ;;
                 *) eval "python3 -m ropesearch.cli $line" ;;
             esac 2>&1 | grep --line-buffered -v "it/s]$"
             echo "== job $n exit ${PIPESTATUS[0]} after $(( $(date +%s) - started )) s"

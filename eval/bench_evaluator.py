@@ -200,17 +200,20 @@ def markdown(report) -> str:
         f"At {longest['length']} tokens ours reaches {longest['ours_tflops']:.0f} TFLOP/s, "
         f"{longest['ours_tflops'] / 800:.0%} of the ~800 TFLOP/s bf16 matrix ceiling.",
     ]
-    if "b" not in report:
-        return "\n".join(lines + [""])
-    lines += ["", "## (b) Candidates per second, one window each", ""]
+    if "b" in report:
+        lines += _part_b_lines(report)
+    if "c" in report:
+        lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} longest documents, "
+                  f"scale = length / {report['c']['original_context']}", "", "```", report["c_table"], "```"]
+    return "\n".join(lines + [""])
+
+
+def _part_b_lines(report) -> list[str]:
+    lines = ["", "## (b) Candidates per second, one window each", ""]
     lines += markdown_lines(["tokens", "candidates", "batched /s", "one at a time /s", "ratio", "max NLL diff"],
                             [[str(r["length"]), str(r["candidates"]), f"{r['batched_per_s']:.1f}", f"{r['single_per_s']:.1f}",
                               f"{r['speedup']:.2f}x", f"{r['max_nll_diff_batched_vs_single']:.1e}"] for r in report["b"]])
-    if "c" not in report:
-        return "\n".join(lines + [""])
-    lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} longest documents, "
-              f"scale = length / {report['c']['original_context']}", "", "```", report["c_table"], "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main():

@@ -9,6 +9,8 @@ Each reference an answer did not contain is one miss, of one of three kinds:
 - other value: the answer holds some value of the reference's kind (digits, or UUID characters), just
   not one that starts like it: another needle's value, or one made up;
 - no value: nothing of that kind in the answer.
+Misses are counted from each row's score (RULER's, on the whole answer); where the stored answer
+(its first 200 characters) shows fewer, the rest count as "past the stored text".
 """
 
 from __future__ import annotations
@@ -23,16 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ropesearch.tables import aligned  # noqa: E402
 
-KINDS = ("near copy", "other value", "no value")
+KINDS = ("near copy", "other value", "no value", "past the stored text")
 VALUE = re.compile(r"[0-9a-f]+(?:-[0-9a-f]+)*")
 
 
+DIGITS = re.compile(r"\d+")
+
+
 def miss_kind(reference: str, answer: str) -> str | None:
-    """None when the answer contains the reference, else the kind of miss (see the module's doc)."""
+    """None when the answer contains the reference (case aside, as RULER scores), else the kind of miss
+    (see the module's doc); a numeric reference counts only numbers as values."""
+    reference, answer = reference.lower(), answer.lower()
     if reference in answer:
         return None
-    values = [v for v in VALUE.findall(answer.lower()) if len(v) >= min(6, len(reference))]
-    if any(v[:3] == reference.lower()[:3] for v in values):
+    pattern = DIGITS if reference.isdigit() else VALUE
+    values = [v for v in pattern.findall(answer) if len(v) >= min(6, len(reference))]
+    if any(v[:3] == reference[:3] for v in values):
         return "near copy"
     return "other value" if values else "no value"
 
@@ -46,12 +54,14 @@ def misses(ruler: dict) -> dict:
                 continue
             for length, rows in by_length.items():
                 cell = table.setdefault(name, {}).setdefault(length, {"references": 0, **dict.fromkeys(KINDS, 0)})
-                for references, answer, _ in rows:
-                    for reference in references:
-                        cell["references"] += 1
-                        kind = miss_kind(reference, answer)
-                        if kind:
-                            cell[kind] += 1
+                for references, answer, score in rows:
+                    cell["references"] += len(references)
+                    # the JSON keeps an answer's first 200 characters; its score saw the whole answer
+                    missed = round((1 - score) * len(references))
+                    kinds = [k for k in (miss_kind(r, answer) for r in references) if k][:missed]
+                    for kind in kinds:
+                        cell[kind] += 1
+                    cell["past the stored text"] += missed - len(kinds)
     return table
 
 

@@ -198,7 +198,8 @@ def markdown(report) -> str:
     if "b" in report:
         lines += _part_b_lines(report)
     if "c" in report:
-        lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} longest documents, "
+        lines += ["", f"## (c) Perplexity by length, {len(report['c']['windows'])} "
+                  f"{'packed windows' if report.get('pack') else 'longest documents'}, "
                   f"scale = length / {report['c']['original_context']}", "", "```", report["c_table"], "```"]
     return "\n".join(lines + [""])
 
@@ -225,8 +226,10 @@ def main():
     parser.add_argument("--markdown", required=True)
     parser.add_argument("--pack", action="store_true", help="windows joined from several documents (EOS between)")
     parser.add_argument("--plain-max", type=int, help="run the plain transformers path only up to this length")
-    parser.add_argument("--parts", default="abc", help="which parts to run, e.g. a")
+    parser.add_argument("--parts", default="abc", help="which parts to run, e.g. a (a always runs)")
     args = parser.parse_args()
+    if not args.parts or set(args.parts) - set("abc"):
+        parser.error(f"--parts {args.parts!r}: give letters of abc, e.g. a or ac")
     lengths = [int(x) for x in args.lengths.split(",")]
 
     ref = resolve_model(args.model)
@@ -243,7 +246,7 @@ def main():
         print(f"documents: {[(d.name, len(d.ids)) for d in longest]}", flush=True)
 
     report = {"command": " ".join(["python"] + sys.argv), "model": args.model, "data": args.data,
-              "attention_kernel": attention_kernel(), "environment": environment(model)}
+              "attention_kernel": attention_kernel(), "environment": environment(model), "pack": args.pack}
     report["a"] = part_a(model, base, windows, lengths, args.repeats, args.plain_max)
     if "b" in args.parts:
         report["b"] = part_b(model, base, windows, [int(x) for x in args.candidate_lengths.split(",")], args.candidates,
@@ -256,7 +259,8 @@ def main():
 
 
 def part_c(args, model, tokenizer, base, windows, lengths) -> dict:
-    run = EvalSetup(args.model, args.data, model, tokenizer, base, windows, {"documents": "longest"})
+    run = EvalSetup(args.model, args.data, model, tokenizer, base, windows,
+                    {"documents": "packed" if args.pack else "longest"})
     started = time.perf_counter()
     c = baseline_table(run, lengths, ["none", "pi", "ntk", "yarn"], per_length=True, progress=False)
     seconds, table = time.perf_counter() - started, format_table(c)

@@ -37,7 +37,7 @@ split)
     ;;
 extras)
     rm -rf .books && cp -r ../shared/data/books .books
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: pip download gguf and pymoo's py3.12 wheels there (device README)"; exit 1; }
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: pip download py3.12 wheels of gguf, pymoo and their needs there (device README; pymoo 0.6.2 needs moocore, cma, autograd, alive-progress, about-time, graphemeu, dill, Deprecated, wrapt)"; exit 1; }
     echo ".books ($(du -sh .books | cut -f1)) and .whl ($(du -sh .whl | cut -f1)) ready: carry both in the first call"
     ;;
 put)  # whatever this call carried: books, wheels, model parts
@@ -45,6 +45,9 @@ put)  # whatever this call carried: books, wheels, model parts
     if [ -d .books ]; then rm -rf "$ASSETS/books" && cp -r .books "$ASSETS/books"; fi
     if ls .whl/*.whl >/dev/null 2>&1; then
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$ASSETS/site" .whl/*.whl
+        # a wheel missing from .whl (pymoo 0.6.2 also needs moocore) fails here, not minutes later in a search
+        PYTHONPATH="$ASSETS/site" $PY -c "import gguf, pymoo.algorithms.moo.nsga2" \
+            || { echo "the wheels in .whl do not import: download the missing one (device README) and stage again"; exit 1; }
     fi
     if [ -d .assets ]; then
         for p in .assets/*/part*; do

@@ -42,7 +42,7 @@ start)
     set -m
     setsid nohup bash "$Q/runner.sh" _run >> "$Q/log" 2>&1 < /dev/null &
     for _ in 1 2 3 4 5; do [ -f "$Q/pid" ] && break; sleep 1; done
-    cat "$Q/log"
+    cat "$Q/log" && wc -l < "$Q/log" > "$Q/shown"  # a `wait` in the same call shows only what follows
     ;;
 _run)  # the runner (started by `start`): one job after another, each with no stdin
     echo $$ > "$Q/pid"

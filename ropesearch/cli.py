@@ -12,7 +12,7 @@ from ropesearch import __version__
 from ropesearch.errors import RopesearchError
 from ropesearch.cli_options import (BACKEND_OPTION, DTYPE_OPTION, Group, MODEL_HELP, PACK_OPTION, check_json_out,
                                     check_plots, compare_options, comparison, eval_options, method_param_options,
-                                    tokens, torch_dtype, worker_flags, workers_from)
+                                    read_factor_files, tokens, torch_dtype, worker_flags, workers_from)
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count
 from ropesearch.rope.methods import METHODS
 from ropesearch.search.objectives import OBJECTIVES
@@ -201,7 +201,7 @@ def eval_cmd(method, scale, factor_file, needle, **options):
               "length / original window).")
 @click.option("--per-length-scale", is_flag=True, help="Rescale each method to length / original window at each "
               "length instead (a different model per row; columns labelled 'per-length').")
-@click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+@click.option("--factors", "factor_files", multiple=True, type=click.Path(), callback=read_factor_files,
               help="Factor files to compare (repeat; LABEL=PATH names the column).")
 @click.option("--native", is_flag=True,
               help="Add the unscaled model reading the same text in back-to-back windows of its own length.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ropesearch.errors import RopesearchError
+from ropesearch.export.factor_file import load_factors
 from ropesearch.rope.methods import METHODS, method_params
 from ropesearch.units import MAX_SCALE, token_count_type
 from ropesearch.validate import SEED, Device, FiniteFloat, check_output, count, writable_folder
@@ -164,6 +165,16 @@ def eval_options(function):
     return worker_flags(function)
 
 
+def read_factor_files(ctx, param, factor_files):
+    """--factors: every file is read and checked as it is parsed, before a model loads (a wrong path
+    costs a second, not a model load and then an error)."""
+    from ropesearch.evaluate.baselines import factor_labels
+
+    for path in factor_labels(factor_files).values():
+        load_factors(path)
+    return factor_files
+
+
 def compare_options(function):
     """--methods / --scale / --factors: what passkey and lm-eval compare."""
     options = [
@@ -172,7 +183,7 @@ def compare_options(function):
                      help=f"Comma-separated baselines: {', '.join(METHODS)}."),
         click.option("--scale", type=FiniteFloat(min=1, max=MAX_SCALE),
                      help="Scale for the methods, 1 to 1024 (default: longest length / original window)."),
-        click.option("--factors", "factor_files", multiple=True, type=click.Path(),
+        click.option("--factors", "factor_files", multiple=True, type=click.Path(), callback=read_factor_files,
                      help="Factor files (repeat; LABEL=PATH names one)."),
         click.option("--device", type=Device(), help="cuda, cpu (default: cuda if present)."),
         DTYPE_OPTION,

@@ -203,3 +203,15 @@ def test_vllm_mscale_keys_do_not_warn_but_other_unknown_keys_do():
     assert _rope_warnings({"long_mscale": 1.1, "short_mscale": 1.1}) == []
     warned = _rope_warnings({"long_mscale": 1.1, "bogus": 1})
     assert len(warned) == 1 and "bogus" in warned[0]
+
+
+@pytest.mark.parametrize("command", ["passkey", "ruler", "baselines"])
+def test_a_missing_or_damaged_factor_file_fails_before_the_model_loads(command, tmp_path):
+    # the model does not exist either: the factor file, read as the options are parsed, is named first
+    model = tmp_path / "absent.gguf"
+    line = one_line_error(run(command, "--model", model, "--lengths", "1k", "--factors", f"found={tmp_path}/best.json"))
+    assert f"factor file {tmp_path}/best.json does not exist" in line
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"format": "ropesearch/factors@1"')
+    assert "damaged.json" in one_line_error(run(command, "--model", model, "--lengths", "1k", "--factors", damaged))
+    assert "absent.gguf does not exist" in one_line_error(run(command, "--model", model, "--lengths", "1k"))

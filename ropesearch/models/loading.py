@@ -176,28 +176,72 @@ def load_tokenizer(ref: ModelRef):
     """The model's tokenizer. One built from a GGUF file is saved once in the cache (rebuilding takes ~15 s)."""
     from transformers import AutoTokenizer
 
-    cached = None
-    if ref.gguf_file:
-        stat = (Path(ref.path) / ref.gguf_file).stat()
-        key = hashlib.sha256(f"{Path(ref.path).resolve() / ref.gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        cached = cache_dir() / "tokenizers" / key.hexdigest()[:16]
-        if (cached / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(cached)
+    cached = _gguf_cache(ref, "tokenizers")
+    if cached is not None and (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
     _check_local_config(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
     except (OSError, ValueError) as exc:
         raise _not_found(ref, exc) from None
     if cached is not None:
-        import tempfile
+        _save_in_cache(cached, tokenizer.save_pretrained)
+    return tokenizer
 
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at
+
+def _gguf_cache(ref: ModelRef, kind: str, *extra: str) -> Path | None:
+    """Where what is built from a GGUF file (its tokenizer, its de-quantised weights) is kept: one
+    folder per file (path, size, modification time) and `extra` (dtype, versions). None for other models."""
+    if not ref.gguf_file:
+        return None
+    stat = (Path(ref.path) / ref.gguf_file).stat()
+    key = "|".join([str(Path(ref.path).resolve() / ref.gguf_file), str(stat.st_size), str(stat.st_mtime_ns), *extra])
+    return cache_dir() / kind / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _save_in_cache(cached: Path, save) -> None:
+    """`save(folder)` into a folder beside `cached`, then swapped in whole: a reader never sees half."""
+    import tempfile
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at
+    try:
         staging.chmod(0o777 & ~current_umask())
-        tokenizer.save_pretrained(staging)
+        save(staging)
         shutil.rmtree(cached, ignore_errors=True)
         os.replace(staging, cached)
-    return tokenizer
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _weights_cache(ref: ModelRef, dtype) -> Path | None:
+    """The de-quantised weights of a GGUF model in `dtype`, kept after the first load: de-quantising
+    takes 20-40 s a load, reading them back well under 1 s. ROPESEARCH_WEIGHT_CACHE=0 turns it off
+    (the folder takes 2 bytes a parameter in bfloat16, 4 in float32)."""
+    if os.environ.get("ROPESEARCH_WEIGHT_CACHE", "1") == "0":
+        return None
+    import torch
+    import transformers
+
+    return _gguf_cache(ref, "weights", str(dtype), transformers.__version__, torch.__version__.split("+")[0])
+
+
+def _save_weights(model, cached: Path) -> None:
+    """The loaded GGUF model as a plain folder (its weights arrive de-quantised); a failed write (a
+    full disk) costs only the cache, with a warning."""
+    quantizer, quantization = model.hf_quantizer, getattr(model.config, "quantization_config", None)
+    model.hf_quantizer = None  # transformers refuses to save a model it thinks quantised
+    if quantization is not None:
+        del model.config.quantization_config
+    try:
+        _save_in_cache(cached, model.save_pretrained)
+    except Exception as exc:  # safetensors' own error type for a failed write among them
+        print(f"warning: could not keep the de-quantised weights in {cached.parent} ({exc}): the next load "
+              "de-quantises again", file=sys.stderr)
+    finally:
+        model.hf_quantizer = quantizer
+        if quantization is not None:
+            model.config.quantization_config = quantization
 
 
 def default_dtype(device=None):
@@ -251,10 +295,20 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
     _check_local_config(ref)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise _not_found(ref, exc) from None
+    cached = _weights_cache(ref, dtype)
+    model = None
+    if cached is not None and (cached / "config.json").is_file():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cached, **{k: v for k, v in kwargs.items() if k != "gguf_file"})
+        except Exception:  # noqa: BLE001 - a damaged cache entry (any error of any reader): built again below
+            shutil.rmtree(cached, ignore_errors=True)
+    if model is None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _not_found(ref, exc) from None
+        if cached is not None:
+            _save_weights(model, cached)
     return (model if spread else model.to(device)).eval()
 
 

@@ -1,0 +1,47 @@
+"""A GGUF model's de-quantised weights are kept after the first load and read back bit for bit the
+same (the real SmolLM2 GGUF, fetched into the ropesearch cache on first use); a damaged entry is
+built again, and ROPESEARCH_WEIGHT_CACHE=0 turns the cache off."""
+
+import torch
+
+from ropesearch.models import load_model, resolve_model
+
+IDS = torch.tensor([[1, 504, 2231, 314, 1070, 30, 2000, 17, 9, 88, 4095, 12]])
+
+
+def _entries(root):
+    return sorted(p for p in (root / "weights").iterdir() if not p.name.startswith(".")) if (root / "weights").is_dir() else []
+
+
+def test_weights_kept_after_first_load_and_read_back_the_same(tmp_path, monkeypatch):
+    ref = resolve_model("smollm2-135m")  # the GGUF stays in the usual cache
+    monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path))
+
+    first = load_model(ref, dtype=torch.float32, device="cpu")
+    (entry,) = _entries(tmp_path)
+    assert (entry / "model.safetensors").stat().st_size > 400e6  # 135M float32 parameters, tied head once
+    assert first.hf_quantizer is not None  # the model in use keeps what transformers set on it
+
+    second = load_model(ref, dtype=torch.float32, device="cpu")
+    assert second.config._name_or_path == str(entry)  # read from the cache, not the GGUF file
+    one, two = first.state_dict(), second.state_dict()
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert second.lm_head.weight.data_ptr() == second.model.embed_tokens.weight.data_ptr()  # still tied
+    with torch.no_grad():
+        assert torch.equal(first(IDS).logits, second(IDS).logits)
+
+    # another dtype is another entry
+    load_model(ref, dtype=torch.bfloat16, device="cpu")
+    assert len(_entries(tmp_path)) == 2
+
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk or a killed copy
+    monkeypatch.setenv("ROPESEARCH_WEIGHT_CACHE", "0")
+    off = load_model(ref, dtype=torch.float32, device="cpu")
+    assert off.config._name_or_path != str(entry) and weights.stat().st_size == 1000  # neither read nor written
+
+    monkeypatch.delenv("ROPESEARCH_WEIGHT_CACHE")
+    again = load_model(ref, dtype=torch.float32, device="cpu")  # the damaged entry is built again
+    assert weights.stat().st_size > 400e6
+    with torch.no_grad():
+        assert torch.equal(again(IDS).logits, first(IDS).logits)

@@ -4,18 +4,27 @@ built again, and ROPESEARCH_WEIGHT_CACHE=0 turns the cache off."""
 
 import torch
 
-from ropesearch.models import load_model, resolve_model
+from ropesearch.fingerprint import config_fingerprint
+from ropesearch.models import load_model, resolve_model, rope_base
 
 IDS = torch.tensor([[1, 504, 2231, 314, 1070, 30, 2000, 17, 9, 88, 4095, 12]])
 
 
 def _entries(root):
-    return sorted(p for p in (root / "weights").iterdir() if not p.name.startswith(".")) if (root / "weights").is_dir() else []
+    folder = root / "weights"
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def _config(model) -> str:
+    """The config but what differs by design: the GGUF marker, and dtype (saving writes it as a string)."""
+    fields = model.config.to_dict()
+    return config_fingerprint({k: v for k, v in fields.items() if k not in ("quantization_config", "dtype")})
 
 
 def test_weights_kept_after_first_load_and_read_back_the_same(tmp_path, monkeypatch):
     ref = resolve_model("smollm2-135m")  # the GGUF stays in the usual cache
     monkeypatch.setenv("ROPESEARCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("ROPESEARCH_WEIGHT_CACHE", "1")
 
     first = load_model(ref, dtype=torch.float32, device="cpu")
     (entry,) = _entries(tmp_path)
@@ -26,21 +35,27 @@ def test_weights_kept_after_first_load_and_read_back_the_same(tmp_path, monkeypa
     assert second.config._name_or_path == str(entry)  # read from the cache, not the GGUF file
     one, two = first.state_dict(), second.state_dict()
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert _config(first) == _config(second) and rope_base(first.config) == rope_base(second.config)
+    assert first.generation_config.to_dict() == second.generation_config.to_dict()
     assert second.lm_head.weight.data_ptr() == second.model.embed_tokens.weight.data_ptr()  # still tied
     with torch.no_grad():
         assert torch.equal(first(IDS).logits, second(IDS).logits)
 
-    # another dtype is another entry
+    # another dtype is another entry; an entry of an earlier state of the same file and dtype is removed
+    earlier = tmp_path / "weights" / "0123456789abcdef"
+    earlier.mkdir()
+    (earlier / "source.json").write_text((entry / "source.json").read_text().replace("float32", "bfloat16"))
     load_model(ref, dtype=torch.bfloat16, device="cpu")
-    assert len(_entries(tmp_path)) == 2
+    assert len(_entries(tmp_path)) == 2 and not earlier.exists()
 
     weights = entry / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk or a killed copy
+    assert not [p for p in (tmp_path / "weights").iterdir() if p.name.startswith(".")]  # no staging left over
     monkeypatch.setenv("ROPESEARCH_WEIGHT_CACHE", "0")
     off = load_model(ref, dtype=torch.float32, device="cpu")
     assert off.config._name_or_path != str(entry) and weights.stat().st_size == 1000  # neither read nor written
 
-    monkeypatch.delenv("ROPESEARCH_WEIGHT_CACHE")
+    monkeypatch.setenv("ROPESEARCH_WEIGHT_CACHE", "1")
     again = load_model(ref, dtype=torch.float32, device="cpu")  # the damaged entry is built again
     assert weights.stat().st_size > 400e6
     with torch.no_grad():

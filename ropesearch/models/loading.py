@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
+import json
 import math
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
 from ropesearch.models.registry import DEMO_MODELS, PACKAGED_MODELS, cache_dir, fetch_model
 from ropesearch.rope.factors import RopeBase
-from ropesearch.own_files import current_umask
+from ropesearch.own_files import current_umask, open_own
 from ropesearch.units import MAX_TOKENS
 from ropesearch.validate import check_model_folder, conform, damaged, read_json
 
@@ -191,11 +194,14 @@ def load_tokenizer(ref: ModelRef):
 
 def _gguf_cache(ref: ModelRef, kind: str, *extra: str) -> Path | None:
     """Where what is built from a GGUF file (its tokenizer, its de-quantised weights) is kept: one
-    folder per file (path, size, modification time) and `extra` (dtype, versions). None for other models."""
+    folder per file and `extra` (dtype, versions). The file counts by path, size, mtime, ctime, inode
+    and device: a file replaced in place by one of the same size and mtime (`cp -p`) still changes
+    ctime and inode. None for other models."""
     if not ref.gguf_file:
         return None
     stat = (Path(ref.path) / ref.gguf_file).stat()
-    key = "|".join([str(Path(ref.path).resolve() / ref.gguf_file), str(stat.st_size), str(stat.st_mtime_ns), *extra])
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+    key = "|".join([str(Path(ref.path).resolve() / ref.gguf_file), *map(str, stamp), *extra])
     return cache_dir() / kind / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -204,6 +210,9 @@ def _save_in_cache(cached: Path, save) -> None:
     import tempfile
 
     cached.parent.mkdir(parents=True, exist_ok=True)
+    for left in cached.parent.glob(f".{cached.name}.*"):  # a process killed while saving left a whole copy
+        if time.time() - left.lstat().st_mtime > 3600:
+            shutil.rmtree(left, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))  # a name none can plant a link at
     try:
         staging.chmod(0o777 & ~current_umask())
@@ -220,21 +229,81 @@ def _weights_cache(ref: ModelRef, dtype) -> Path | None:
     (the folder takes 2 bytes a parameter in bfloat16, 4 in float32)."""
     if os.environ.get("ROPESEARCH_WEIGHT_CACHE", "1") == "0":
         return None
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
-    return _gguf_cache(ref, "weights", str(dtype), transformers.__version__, torch.__version__.split("+")[0])
+    try:
+        gguf = version("gguf")
+    except PackageNotFoundError:  # transformers then says what to install
+        gguf = "none"
+    # what de-quantises (transformers, gguf) and what saves and reads (torch) are in the key
+    return _gguf_cache(ref, "weights", WEIGHTS_CACHE_FORMAT, str(dtype), transformers.__version__, gguf,
+                       torch.__version__.split("+")[0])
 
 
-def _save_weights(model, cached: Path) -> None:
-    """The loaded GGUF model as a plain folder (its weights arrive de-quantised); a failed write (a
-    full disk) costs only the cache, with a warning."""
+WEIGHTS_CACHE_FORMAT = "weights@1"
+
+
+@contextlib.contextmanager
+def _building(cached: Path):
+    """Held while one process reads or builds a cache entry: Ray workers starting together wait for
+    the first to de-quantise instead of each doing it and writing a copy (released however it ends)."""
+    import fcntl
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_own(cached.parent / f"{cached.name}.lock", os.O_RDWR | os.O_CREAT, "a ropesearch cache lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_cached(auto, cached: Path, kwargs: dict):
+    """The model from a cache entry, or None where there is none; a damaged entry is removed (said on
+    stderr) to be built again. Running out of memory is not damage: it is raised, the entry kept."""
+    import torch
+
+    if not (cached / "config.json").is_file():
+        return None
+    try:
+        return auto.from_pretrained(cached, **{k: v for k, v in kwargs.items() if k != "gguf_file"})
+    except (MemoryError, torch.OutOfMemoryError, PermissionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a cut or damaged file fails in any of the readers' own types
+        print(f"warning: the cached weights in {cached} could not be read ({type(exc).__name__}: "
+              f"{str(exc)[:200]}): de-quantising the GGUF file again", file=sys.stderr)
+        shutil.rmtree(cached, ignore_errors=True)
+        return None
+
+
+def _save_weights(model, cached: Path, source: dict) -> None:
+    """The loaded GGUF model as a plain folder (its weights arrive de-quantised), with `source.json`
+    naming the GGUF file and dtype; the entries an earlier state of the same file and dtype left (the
+    file changed, another transformers) are removed. A failed write (a full disk) costs only the
+    cache, with a warning. Weights transformers kept packed (kernels for newer GGUF architectures) are
+    not plain floats, and are not kept."""
+    if getattr(model.hf_quantizer, "packed_modules", None):
+        return
+    for other in cached.parent.glob("*/source.json"):
+        try:
+            stale = json.loads(other.read_text()) == source and other.parent != cached
+        except (OSError, ValueError):
+            stale = False
+        if stale:
+            shutil.rmtree(other.parent, ignore_errors=True)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        (folder / "source.json").write_text(json.dumps(source))
     quantizer, quantization = model.hf_quantizer, getattr(model.config, "quantization_config", None)
     model.hf_quantizer = None  # transformers refuses to save a model it thinks quantised
     if quantization is not None:
         del model.config.quantization_config
     try:
-        _save_in_cache(cached, model.save_pretrained)
+        _save_in_cache(cached, save)
     except Exception as exc:  # safetensors' own error type for a failed write among them
         print(f"warning: could not keep the de-quantised weights in {cached.parent} ({exc}): the next load "
               "de-quantises again", file=sys.stderr)
@@ -296,20 +365,23 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
     _check_local_config(ref)
     cached = _weights_cache(ref, dtype)
-    model = None
-    if cached is not None and (cached / "config.json").is_file():
-        try:
-            model = AutoModelForCausalLM.from_pretrained(cached, **{k: v for k, v in kwargs.items() if k != "gguf_file"})
-        except Exception:  # noqa: BLE001 - a damaged cache entry (any error of any reader): built again below
-            shutil.rmtree(cached, ignore_errors=True)
-    if model is None:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise _not_found(ref, exc) from None
-        if cached is not None:
-            _save_weights(model, cached)
+    if cached is None:
+        model = _from_files(AutoModelForCausalLM, ref, kwargs)
+    else:
+        with _building(cached):
+            model = _read_cached(AutoModelForCausalLM, cached, kwargs)
+            if model is None:
+                model = _from_files(AutoModelForCausalLM, ref, kwargs)
+                _save_weights(model, cached, {"gguf": str(Path(ref.path).resolve() / ref.gguf_file),
+                                              "dtype": str(dtype)})
     return (model if spread else model.to(device)).eval()
+
+
+def _from_files(auto, ref: ModelRef, kwargs: dict):
+    try:
+        return auto.from_pretrained(ref.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(ref, exc) from None
 
 
 def rope_base(config, original_context: int | None = None) -> RopeBase:

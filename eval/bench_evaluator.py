@@ -184,7 +184,8 @@ def markdown(report) -> str:
          "plain peak GiB", "memory ratio", "ppl ours", "ppl plain", "rel. diff"],
         [[str(r["length"]), f"{r['ours_tokens_per_s']:,.0f}",
           r.get("hf_error") or fmt(r.get("hf_tokens_per_s"), ",.0f"),  # why the plain forward did not run
-          fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""), f"{r['ours_tflops']:.0f}", fmt(r.get("hf_tflops"), ".0f"),
+          fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""), f"{r['ours_tflops']:.0f}",
+          fmt(r.get("hf_tflops"), ".0f"),
           fmt(r["ours_peak_gib"], ".2f"), fmt(r.get("hf_peak_gib"), ".2f"), fmt(r.get("memory_ratio"), ".1%"),
           f"{r['ours_ppl']:.3f}", fmt(r.get("hf_ppl"), ".3f"), fmt(r.get("ppl_rel_diff"), ".3%")] for r in report["a"]])
     lines += table  # where the plain forward failed or was not run, its tok/s cell says why

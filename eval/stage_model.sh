@@ -4,7 +4,7 @@
 # model travels in parts, one a call, made back to back while the machine stays warm:
 #
 #   here:    bash eval/stage_model.sh split qwen2.5-coder-0.5b [MiB]   # fetch, cut into .assets/NAME/partNN
-#            bash eval/stage_model.sh extras                           # .books/ and .whl/ (books, gguf, pymoo)
+#            bash eval/stage_model.sh extras                           # .books/ and .whl/ (eval/device-wheels.txt)
 #   device:  bash eval/stage_model.sh put                  (carry .books and .whl once; then each call
 #            carries one .assets/NAME/partNN and runs `put` again)
 #            bash eval/stage_model.sh assemble NAME         # cat the parts, check sha256, into the cache
@@ -37,7 +37,9 @@ split)
     ;;
 extras)
     rm -rf .books && cp -r ../shared/data/books .books
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: pip download py3.12 wheels of gguf, pymoo and their needs there (device README; pymoo 0.6.2 needs moocore, cma, autograd, alive-progress, about-time, graphemeu, dill, Deprecated, wrapt)"; exit 1; }
+    ls .whl/*.whl >/dev/null 2>&1 || $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl -r eval/device-wheels.txt
     echo ".books ($(du -sh .books | cut -f1)) and .whl ($(du -sh .whl | cut -f1)) ready: carry both in the first call"
     ;;
 put)  # whatever this call carried: books, wheels, model parts

@@ -41,12 +41,16 @@ def test_weights_kept_after_first_load_and_read_back_the_same(tmp_path, monkeypa
     with torch.no_grad():
         assert torch.equal(first(IDS).logits, second(IDS).logits)
 
-    # another dtype is another entry; an entry of an earlier state of the same file and dtype is removed
-    earlier = tmp_path / "weights" / "0123456789abcdef"
-    earlier.mkdir()
-    (earlier / "source.json").write_text((entry / "source.json").read_text().replace("float32", "bfloat16"))
+    # another dtype is another entry; an entry the same file left before it was replaced, with the same
+    # dtype and versions, is removed; one made with other versions (another environment) is kept
+    (tmp_path / "weights" / "0123456789abcdef").mkdir()
+    (tmp_path / "weights" / "fedcba9876543210").mkdir()
+    made_here = (entry / "source.json").read_text().replace("float32", "bfloat16")
+    (tmp_path / "weights" / "0123456789abcdef" / "source.json").write_text(made_here)
+    (tmp_path / "weights" / "fedcba9876543210" / "source.json").write_text(made_here.replace("weights@1", "weights@0"))
     load_model(ref, dtype=torch.bfloat16, device="cpu")
-    assert len(_entries(tmp_path)) == 2 and not earlier.exists()
+    assert [p.name for p in _entries(tmp_path) if p != entry][-1] == "fedcba9876543210"
+    assert len(_entries(tmp_path)) == 3 and not (tmp_path / "weights" / "0123456789abcdef").exists()
 
     weights = entry / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk or a killed copy

@@ -223,11 +223,12 @@ def _save_in_cache(cached: Path, save) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _weights_cache(ref: ModelRef, dtype) -> Path | None:
-    """The de-quantised weights of a GGUF model in `dtype`, kept after the first load: de-quantising
-    takes 20-40 s a load, reading them back well under 1 s. ROPESEARCH_WEIGHT_CACHE=0 turns it off
-    (the folder takes 2 bytes a parameter in bfloat16, 4 in float32)."""
-    if os.environ.get("ROPESEARCH_WEIGHT_CACHE", "1") == "0":
+def _weights_cache(ref: ModelRef, dtype) -> tuple[Path, dict] | None:
+    """Where the de-quantised weights of a GGUF model in `dtype` are kept after the first load
+    (de-quantising takes 20-40 s a load, reading them back well under 1 s), and what they are made
+    from. ROPESEARCH_WEIGHT_CACHE=0 turns it off (an entry takes 2 bytes a parameter in bfloat16, 4
+    in float32)."""
+    if os.environ.get("ROPESEARCH_WEIGHT_CACHE", "1") == "0" or not ref.gguf_file:
         return None
     from importlib.metadata import PackageNotFoundError, version
 
@@ -239,8 +240,9 @@ def _weights_cache(ref: ModelRef, dtype) -> Path | None:
     except PackageNotFoundError:  # transformers then says what to install
         gguf = "none"
     # what de-quantises (transformers, gguf) and what saves and reads (torch) are in the key
-    return _gguf_cache(ref, "weights", WEIGHTS_CACHE_FORMAT, str(dtype), transformers.__version__, gguf,
-                       torch.__version__.split("+")[0])
+    versions = [WEIGHTS_CACHE_FORMAT, str(dtype), transformers.__version__, gguf, torch.__version__.split("+")[0]]
+    source = {"gguf": str(Path(ref.path).resolve() / ref.gguf_file), "made_with": versions}
+    return _gguf_cache(ref, "weights", *versions), source
 
 
 WEIGHTS_CACHE_FORMAT = "weights@1"
@@ -252,8 +254,12 @@ def _building(cached: Path):
     the first to de-quantise instead of each doing it and writing a copy (released however it ends)."""
     import fcntl
 
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_own(cached.parent / f"{cached.name}.lock", os.O_RDWR | os.O_CREAT, "a ropesearch cache lock")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_own(cached.parent / f"{cached.name}.lock", os.O_RDWR | os.O_CREAT, "a ropesearch cache lock")
+    except OSError:  # a cache this user cannot write: read what is there, keep nothing new (said at the save)
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -281,8 +287,8 @@ def _read_cached(auto, cached: Path, kwargs: dict):
 
 def _save_weights(model, cached: Path, source: dict) -> None:
     """The loaded GGUF model as a plain folder (its weights arrive de-quantised), with `source.json`
-    naming the GGUF file and dtype; the entries an earlier state of the same file and dtype left (the
-    file changed, another transformers) are removed. A failed write (a full disk) costs only the
+    naming the GGUF file, dtype and versions; entries an earlier state of the same file left with the
+    same dtype and versions (the file was replaced) are removed. A failed write (a full disk) costs only the
     cache, with a warning. Weights transformers kept packed (kernels for newer GGUF architectures) are
     not plain floats, and are not kept."""
     if getattr(model.hf_quantizer, "packed_modules", None):
@@ -298,6 +304,7 @@ def _save_weights(model, cached: Path, source: dict) -> None:
     def save(folder: Path) -> None:
         model.save_pretrained(folder)
         (folder / "source.json").write_text(json.dumps(source))
+
     quantizer, quantization = model.hf_quantizer, getattr(model.config, "quantization_config", None)
     model.hf_quantizer = None  # transformers refuses to save a model it thinks quantised
     if quantization is not None:
@@ -364,16 +371,16 @@ def load_model(ref: ModelRef, dtype=None, device=None, attn_implementation: str 
 
     check_model_folder(ref.path)  # a truncated weights file is named, not a deep traceback
     _check_local_config(ref)
-    cached = _weights_cache(ref, dtype)
-    if cached is None:
+    cache = _weights_cache(ref, dtype)
+    if cache is None:
         model = _from_files(AutoModelForCausalLM, ref, kwargs)
     else:
+        cached, source = cache
         with _building(cached):
             model = _read_cached(AutoModelForCausalLM, cached, kwargs)
             if model is None:
                 model = _from_files(AutoModelForCausalLM, ref, kwargs)
-                _save_weights(model, cached, {"gguf": str(Path(ref.path).resolve() / ref.gguf_file),
-                                              "dtype": str(dtype)})
+                _save_weights(model, cached, source)
     return (model if spread else model.to(device)).eval()
 
 

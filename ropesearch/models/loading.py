@@ -291,7 +291,7 @@ def _save_weights(model, cached: Path, source: dict) -> None:
     same dtype and versions (the file was replaced) are removed. A failed write (a full disk) costs only the
     cache, with a warning. Weights transformers kept packed (kernels for newer GGUF architectures) are
     not plain floats, and are not kept."""
-    if getattr(model.hf_quantizer, "packed_modules", None):
+    if getattr(getattr(model, "hf_quantizer", None), "packed_modules", None):
         return
     for other in cached.parent.glob("*/source.json"):
         try:
@@ -305,7 +305,7 @@ def _save_weights(model, cached: Path, source: dict) -> None:
         model.save_pretrained(folder)
         (folder / "source.json").write_text(json.dumps(source))
 
-    quantizer, quantization = model.hf_quantizer, getattr(model.config, "quantization_config", None)
+    quantizer, quantization = getattr(model, "hf_quantizer", None), getattr(model.config, "quantization_config", None)
     model.hf_quantizer = None  # transformers refuses to save a model it thinks quantised
     if quantization is not None:
         del model.config.quantization_config

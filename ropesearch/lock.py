@@ -21,8 +21,9 @@ _held: dict[str, list] = {}  # real path of the folder -> [fd, count]
 
 
 class DirectoryLock:
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, wait: bool = False):
         self.folder = Path(folder)
+        self.wait = wait  # block until the holder lets go, instead of "in use"
         self.held = False
 
     def acquire(self) -> DirectoryLock:
@@ -45,7 +46,7 @@ class DirectoryLock:
         for _ in range(10):
             fd = open_own(path, os.O_RDWR | os.O_CREAT, "a ropesearch lock file")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
             except OSError:
                 owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)

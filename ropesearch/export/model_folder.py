@@ -14,7 +14,7 @@ from ropesearch.export.out_folder import export_folder
 from ropesearch.export.portable import (add_legacy_rope_keys, model_card, model_files, place_file,
                                         portable_tokenizer_config, serve_script)
 from ropesearch.export.transformers_config import apply_to_config, partial_rotary_factor, rope_parameters
-from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base
+from ropesearch.models.loading import ModelRef, load_config, load_model, load_tokenizer, rope_base, saved_as_plain
 from ropesearch.rope.factors import RopeFactors
 
 FORMATS = ("hf", "vllm", "csv")
@@ -84,11 +84,9 @@ def export_hf(factors: RopeFactors, ref: ModelRef, out: str | Path, copy: bool =
 
 def save_model_folder(model, tokenizer, config, out: str | Path, state_dict: dict | None = None) -> Path:
     """Save weights (plain floats, even from GGUF), `config` and tokenizer as a transformers folder."""
-    model.hf_quantizer = None  # GGUF weights arrive de-quantised
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
     model.config = config
-    model.save_pretrained(out, state_dict=state_dict)
+    with saved_as_plain(model):
+        model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     return Path(out)
 

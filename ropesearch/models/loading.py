@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ropesearch.errors import RopesearchError
+from ropesearch.lock import DirectoryLock
 from ropesearch.models.registry import DEMO_MODELS, PACKAGED_MODELS, cache_dir, fetch_model
 from ropesearch.rope.factors import RopeBase
-from ropesearch.own_files import current_umask, open_own
+from ropesearch.own_files import current_umask
 from ropesearch.units import MAX_TOKENS
 from ropesearch.validate import check_model_folder, conform, damaged, read_json
 
@@ -252,19 +253,16 @@ WEIGHTS_CACHE_FORMAT = "weights@1"
 def _building(cached: Path):
     """Held while one process reads or builds a cache entry: Ray workers starting together wait for
     the first to de-quantise instead of each doing it and writing a copy (released however it ends)."""
-    import fcntl
-
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd = open_own(cached.parent / f"{cached.name}.lock", os.O_RDWR | os.O_CREAT, "a ropesearch cache lock")
+        lock = DirectoryLock(cached.parent, wait=True).acquire()
     except OSError:  # a cache this user cannot write: read what is there, keep nothing new (said at the save)
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def _read_cached(auto, cached: Path, kwargs: dict):
@@ -288,9 +286,9 @@ def _read_cached(auto, cached: Path, kwargs: dict):
 def _save_weights(model, cached: Path, source: dict) -> None:
     """The loaded GGUF model as a plain folder (its weights arrive de-quantised), with `source.json`
     naming the GGUF file, dtype and versions; entries an earlier state of the same file left with the
-    same dtype and versions (the file was replaced) are removed. A failed write (a full disk) costs only the
-    cache, with a warning. Weights transformers kept packed (kernels for newer GGUF architectures) are
-    not plain floats, and are not kept."""
+    same dtype and versions (the file was replaced) are removed. A failed write (a full disk) costs
+    only the cache, with a warning. Weights transformers kept packed (kernels for newer GGUF
+    architectures) are not plain floats, and are not kept."""
     if getattr(getattr(model, "hf_quantizer", None), "packed_modules", None):
         return
     for other in cached.parent.glob("*/source.json"):
@@ -302,18 +300,28 @@ def _save_weights(model, cached: Path, source: dict) -> None:
             shutil.rmtree(other.parent, ignore_errors=True)
 
     def save(folder: Path) -> None:
-        model.save_pretrained(folder)
+        with saved_as_plain(model):
+            model.save_pretrained(folder)
         (folder / "source.json").write_text(json.dumps(source))
 
-    quantizer, quantization = getattr(model, "hf_quantizer", None), getattr(model.config, "quantization_config", None)
-    model.hf_quantizer = None  # transformers refuses to save a model it thinks quantised
-    if quantization is not None:
-        del model.config.quantization_config
     try:
         _save_in_cache(cached, save)
     except Exception as exc:  # safetensors' own error type for a failed write among them
         print(f"warning: could not keep the de-quantised weights in {cached.parent} ({exc}): the next load "
               "de-quantises again", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def saved_as_plain(model):
+    """Within it, `model.save_pretrained` writes a model loaded from GGUF as plain floats (its weights
+    arrive de-quantised, but transformers counts it as quantised and refuses); the model is as before
+    afterwards."""
+    quantizer, quantization = getattr(model, "hf_quantizer", None), getattr(model.config, "quantization_config", None)
+    model.hf_quantizer = None
+    if quantization is not None:
+        del model.config.quantization_config
+    try:
+        yield model
     finally:
         model.hf_quantizer = quantizer
         if quantization is not None:

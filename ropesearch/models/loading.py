@@ -225,10 +225,10 @@ def _save_in_cache(cached: Path, save) -> None:
 
 
 def _weights_cache(ref: ModelRef, dtype) -> tuple[Path, dict] | None:
-    """Where the de-quantised weights of a GGUF model in `dtype` are kept after the first load
-    (SmolLM2 on a CPU: 22 s de-quantised, 0.2 s read back; eval/bench_model_load.py), and what they are made
-    from. ROPESEARCH_WEIGHT_CACHE=0 turns it off (an entry takes 2 bytes a parameter in bfloat16, 4
-    in float32)."""
+    """Where the de-quantised weights of a GGUF model in `dtype` are kept after the first load, and
+    what they are made from (SmolLM2 on a CPU: 22 s de-quantised, 0.2 s read back;
+    eval/bench_model_load.py). ROPESEARCH_WEIGHT_CACHE=0 turns it off (an entry takes 2 bytes a
+    parameter in bfloat16, 4 in float32)."""
     if os.environ.get("ROPESEARCH_WEIGHT_CACHE", "1") == "0" or not ref.gguf_file:
         return None
     from importlib.metadata import PackageNotFoundError, version

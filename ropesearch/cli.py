@@ -22,7 +22,7 @@ from ropesearch.export import load_factors, save_factors
 from ropesearch.export.factor_file import factor_provenance, factors_to_dict
 from ropesearch.export.portable import original_window_caveat
 from ropesearch.models import fetch_model, load_config, resolve_model, rope_base
-from ropesearch.rope import critical_dimension
+from ropesearch.rope import critical_dimension, in_range_length, unturned
 from ropesearch.tasks.ruler import TASKS as RULER_TASKS
 
 
@@ -91,13 +91,14 @@ def factors_cmd(method, model, scale, out, original_context, long_csv, short_csv
         click.echo(_summary(factors))
 
 
-def _summary(factors) -> str:
+def _summary(factors, reference=None) -> str:
     base = factors.base
     lines = [
         f"method {factors.method}: rope_theta {base.rope_theta:g}, {base.rotary_dim} rotary dims, "
         f"window {base.original_context} -> {factors.target_context} (x{factors.scale:g})",
         f"attention factor {factors.attention_factor:.6g}, start tokens {factors.start_tokens}, "
         f"critical dimension {critical_dimension(base)} (factor index {critical_dimension(base) // 2})",
+        _in_range_line(factors, reference),
         "  i   wavelength   long_factor  short_factor",
     ]
     for i, (wave, lf, sf) in enumerate(zip(base.wavelengths(), factors.long_factor, factors.short_factor)):
@@ -105,13 +106,33 @@ def _summary(factors) -> str:
     return "\n".join(lines)
 
 
+def _in_range_line(factors, reference=None) -> str:
+    """How far the factors keep every pair that never turned in training inside its trained angles."""
+    mask = unturned(factors.base, reference)
+    window = factors.base.original_context if reference is None else reference.target_context
+    trained = "its original window" if reference is None else f"the {window}-token fine-tuning with --reference"
+    if not mask.any():
+        return f"in range at any length: every pair turned at least once in {trained}"
+    length = in_range_length(factors, reference)
+    share = f" ({length / factors.target_context:.0%} of the target)" if length < factors.target_context else ""
+    return (f"in range up to {length:,.0f} tokens{share}: pairs {mask.tolist().index(True)}-{len(mask) - 1} never turned "
+            f"once in {trained}; past that they meet angles they were never trained on")
+
+
 @cli.command("show")
 @click.argument("factor_file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the validated file as JSON.")
-def show_cmd(factor_file, as_json):
-    """Validate a factor file and print its factors."""
+@click.option("--reference", type=click.Path(), help="The factor file the model was fine-tuned with (a "
+              "progressive stage's first search): the in-range length is then counted from that fine-tuning.")
+def show_cmd(factor_file, as_json, reference):
+    """Validate a factor file and print its factors, and the length up to which the pairs that never
+    turned in training stay inside their trained angles."""
     factors = load_factors(factor_file)
-    click.echo(json.dumps(factors_to_dict(factors), indent=2) if as_json else _summary(factors))
+    fine_tuned = load_factors(reference) if reference else None
+    if fine_tuned is not None and fine_tuned.base != factors.base:
+        raise RopesearchError(f"--reference {reference} is for another RoPE ({fine_tuned.base}) than {factor_file} "
+                              f"({factors.base}): give the factor file the model was fine-tuned with")
+    click.echo(json.dumps(factors_to_dict(factors), indent=2) if as_json else _summary(factors, fine_tuned))
 
 
 @cli.command("export")

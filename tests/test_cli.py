@@ -76,6 +76,26 @@ def test_printed_summary_without_out(model_dir):
     assert result.exit_code == 0 and "window 64 -> 128" in result.output
 
 
+def test_show_says_how_far_the_untrained_pairs_stay_in_range(model_dir, tmp_path):
+    # the tiny model: window 64; YaRN x4 holds every never-turned pair at 4x (in range to its target),
+    # NTK x4 scales the slowest pair only to 4x, the others less: in range only part of the way
+    for method in ("yarn", "ntk", "pi"):
+        assert run("factors", method, "--model", model_dir, "--scale", 4, "--out", tmp_path / f"{method}.json").exit_code == 0
+    line = lambda *args: run("show", *args).output.splitlines()[2]  # noqa: E731
+    assert line(tmp_path / "yarn.json").startswith("in range up to 256 tokens: pairs ")
+    ntk = line(tmp_path / "ntk.json")
+    assert ntk.startswith("in range up to ") and "% of the target)" in ntk
+    assert int(ntk.split()[4].replace(",", "")) < 256
+    # counted from a fine-tuning at 2x with PI: PI x4 then doubles every pair, so it is in range to 256 again
+    assert run("factors", "pi", "--model", model_dir, "--scale", 2, "--out", tmp_path / "pi2.json").exit_code == 0
+    assert "the 128-token fine-tuning" in line(tmp_path / "pi.json", "--reference", tmp_path / "pi2.json")
+    assert line(tmp_path / "pi.json", "--reference", tmp_path / "pi2.json").startswith("in range up to 256 tokens")
+    # a reference of another model's RoPE is refused by name
+    assert run("factors", "pi", "--model", "pocket", "--scale", 2, "--out", tmp_path / "pocket.json").exit_code == 0
+    assert_one_line_error(run("show", tmp_path / "pi.json", "--reference", tmp_path / "pocket.json"),
+                          "is for another RoPE", "fine-tuned with")
+
+
 def test_bad_input_gives_one_clear_line(model_dir, tmp_path):
     assert_one_line_error(run("factors", "yarn", "--model", tmp_path / "nothing-here", "--scale", 2),
                           "neither a model folder nor a .gguf file")

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from conftest import search_kwargs, tiny_model, tiny_tokenizer
 from ropesearch.cli import cli
 from ropesearch.errors import RopesearchError
-from ropesearch.rope import RopeBase, critical_dimension, methods
+from ropesearch.rope import RopeBase, critical_dimension, in_range_length, methods, unturned
 from ropesearch.search import load_space, space_from_dict
+from ropesearch.search.space import space_to_dict
 from ropesearch.search.encoding import Encoding
 from ropesearch.search.operators import FactorCrossover, FactorMutation
 from ropesearch.search.session import SearchConfig, run_search
@@ -66,6 +67,8 @@ def test_shipped_spaces_load_with_the_documented_settings():
     ({"operators": {"mutation": "gauss"}}, "operators.mutation must be segment or neighbour"),
     ({"budget": {"population": 10.5}}, "population must be a whole number"),
     ({"factors": {"critical_dimension": 7}}, "critical_dimension must be null, 'theory' or an even number"),
+    ({"factors": {"floor_unturned": 1.5}}, r"floor_unturned must be null or a share in \(0, 1\]"),
+    ({"factors": {"floor_unturned": True}}, "floor_unturned must be a number or null"),
     ({"seeds": ["pi", "rope9"]}, "unknown seed method 'rope9'"),
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"objective": "bleu"}, r"objective must be one of ppl, needle, ppl\+needle, ppl\+short"),
@@ -175,6 +178,45 @@ def test_critical_dimension_fills_fast_dims_with_an_ntk_curve():
     factors = np.asarray(encoding.decode(genome).long_factor)
     assert factors[0] == 1.0 and np.allclose(factors[:first], factors[first] ** (np.arange(first) / first))
     assert np.all(np.diff(factors) >= 0)
+
+
+def test_floor_unturned_holds_untrained_dims_at_the_scale_relative_to_the_fine_tuned_window():
+    floored = replace(load_space("million"), factors=replace(load_space("million").factors, floor_unturned=1.0))
+    plain = replace(floored, factors=replace(floored.factors, floor_unturned=None))
+    rng = np.random.default_rng(0)
+    for reference in (None, methods.yarn(BASE, 2.0)):  # direct, and on top of a model fine-tuned at 2x
+        target = TARGET if reference is None else 4 * TARGET
+        encoding = Encoding(floored, BASE, target, reference=reference)
+        window = BASE.original_context if reference is None else reference.target_context
+        ref_factors = np.ones(BASE.n_factors) if reference is None else np.asarray(reference.long_factor)
+        # pairs that never turned once in the window trained at, with the factors trained with
+        never = window * BASE.inv_freq() / ref_factors < 2 * np.pi
+        assert 0 < never.sum() < BASE.n_factors and np.array_equal(unturned(BASE, reference), never)
+        genomes = [*encoding.seed_genomes().values(), *np.exp(rng.normal(0, 1.5, (64, encoding.n_var)))]
+        for genome in encoding.repair(np.asarray(genomes)):
+            factors = encoding.decode(genome)
+            relative = np.asarray(factors.long_factor) / ref_factors
+            assert np.all(relative[never] >= encoding.search_scale - 1e-9)
+            assert in_range_length(factors, reference) >= target - 1e-6  # no trained angle left at the target
+        # without the floor the same genomes reach below it (the first 1M run's factors did, and failed past 41%)
+        loose = Encoding(plain, BASE, target, reference=reference)
+        lowest = [np.asarray(loose.decode(g).long_factor)[never] / ref_factors[never] for g in loose.repair(np.asarray(genomes))]
+        assert min(x.min() for x in lowest) < loose.search_scale
+    # the short regime searches short_factor, which the floor leaves alone
+    short = Encoding(floored, BASE, TARGET, reference=methods.yarn(BASE, 4.0), regime="short")
+    assert not short.floored.any()
+    # a share: in range up to that share of the target, and no further guarantee
+    half = replace(floored, factors=replace(floored.factors, floor_unturned=0.5))
+    encoding = Encoding(half, BASE, TARGET)
+    lengths = [in_range_length(encoding.decode(g)) for g in encoding.repair(np.asarray(genomes))]
+    assert min(lengths) >= TARGET / 2 - 1e-6 and min(lengths) < TARGET
+
+
+def test_a_space_without_the_floor_fingerprints_as_before():
+    assert "floor_unturned" not in space_to_dict(load_space("fast"))["factors"]  # earlier runs resume
+    floored = replace(load_space("fast"), factors=replace(load_space("fast").factors, floor_unturned=0.75))
+    assert space_to_dict(floored)["factors"]["floor_unturned"] == 0.75
+    assert space_from_dict(space_to_dict(floored)) == floored
 
 
 # ---- the loop ----------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 `ropesearch.rope.patching` (the one module here that needs torch)."""
 
 from ropesearch.rope.factors import RopeBase, RopeFactors
-from ropesearch.rope.methods import METHODS, critical_dimension, longrope, make_factors
+from ropesearch.rope.methods import METHODS, critical_dimension, in_range_length, longrope, make_factors, unturned
 
 __all__ = [
     "METHODS",
     "RopeBase",
     "RopeFactors",
     "critical_dimension",
+    "in_range_length",
     "longrope",
     "make_factors",
+    "unturned",
 ]

@@ -172,6 +172,28 @@ def critical_dimension(base: RopeBase) -> int:
     return int(min(max(value, 0), d))
 
 
+def unturned(base: RopeBase, reference: RopeFactors | None = None) -> np.ndarray:
+    """Which dimension pairs never completed a turn in the window the model was trained at: the
+    original window, or, for a model fine-tuned with `reference` factors, its target with those
+    factors applied. Angles past the ones such a pair saw in training are out of distribution, so
+    beyond `in_range_length` the model reads positions it was never shown (LongRoPE2's argument
+    for factors >= s past the critical dimension)."""
+    if reference is None:
+        return base.original_context * base.inv_freq() < 2 * math.pi
+    return reference.target_context * base.inv_freq() / np.asarray(reference.long_factor) < 2 * math.pi
+
+
+def in_range_length(factors: RopeFactors, reference: RopeFactors | None = None) -> float:
+    """The longest sequence over which every unturned pair (see `unturned`) stays inside the angles
+    it saw in training under `factors`' long factors (inf when none is unturned); longer windows
+    show the model angles it never saw. `reference`: the factors the model was fine-tuned with."""
+    base = factors.base
+    mask = unturned(base, reference)
+    window = base.original_context if reference is None else reference.target_context
+    ratio = np.asarray(factors.long_factor) / (1.0 if reference is None else np.asarray(reference.long_factor))
+    return float(np.min(window * ratio[mask])) if mask.any() else math.inf
+
+
 @dataclass(frozen=True)
 class Param:
     """One tunable of a method: its keyword, the values it accepts and a line of help.

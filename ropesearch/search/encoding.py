@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ropesearch.rope import RopeBase, RopeFactors, critical_dimension, make_factors
+from ropesearch.rope import RopeBase, RopeFactors, critical_dimension, make_factors, unturned
 from ropesearch.rope.methods import longrope_mscale
 from ropesearch.search.space import SearchSpace
 
@@ -87,10 +87,19 @@ class Encoding:
         return self.n_var - 1
 
     @property
+    def floored(self) -> np.ndarray:
+        """Which factor genes `floor_unturned` holds at >= its share of the scale the genome covers (none
+        without it, and none in the short regime, whose genome is short_factor)."""
+        if self.space.factors.floor_unturned is None or self.regime == "short":
+            return np.zeros(self.n_factor_genes, dtype=bool)
+        return unturned(self.base, self.reference)[self.first_free :]
+
+    @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         genes = self.space.factors
-        low = [genes.low] * self.n_factor_genes
         high = [genes.high * self.search_scale] * self.n_factor_genes
+        floor = max(genes.low, (genes.floor_unturned or 0.0) * self.search_scale)
+        low = list(np.where(self.floored, np.minimum(floor, high), genes.low))
         if self.space.start_tokens is not None:
             low.append(0.0)
             high.append(float(len(self.space.start_tokens) - 1))

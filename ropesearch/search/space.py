@@ -22,6 +22,12 @@ class FactorGenes:
     # NTK-shaped (geometric) curve from 1 up to the first searched factor. null: search all;
     # "theory": the theoretical critical dimension; an int: that many rotary dims (even).
     critical_dimension: int | str | None = None
+    # a share f in (0, 1]: the factors of dimension pairs that never completed a turn in the window
+    # the model was trained at (with the reference factors of a progressive stage) are at least f
+    # times the scale the genome covers, so their angles stay inside the trained ones up to f times
+    # the target (1: LongRoPE2's lambda >= s past the critical dimension; rope.unturned,
+    # rope.in_range_length). null: no floor
+    floor_unturned: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ def _check(space: SearchSpace, where: str) -> None:
     cd = f.critical_dimension
     if cd is not None and cd != "theory" and (isinstance(cd, bool) or not isinstance(cd, int) or cd < 0 or cd % 2):
         problems.append(f"factors.critical_dimension must be null, 'theory' or an even number, got {cd!r}")
+    fu = f.floor_unturned
+    if fu is not None and (isinstance(fu, bool) or not isinstance(fu, (int, float)) or not 0 < fu <= 1):
+        problems.append(f"factors.floor_unturned must be null or a share in (0, 1] of the scale, got {fu!r}")
     if o.mutation not in ("segment", "neighbour"):
         problems.append(f"operators.mutation must be segment or neighbour, got {o.mutation!r}")
     if o.crossover not in ("uniform", "one-point", "blend"):
@@ -189,4 +198,6 @@ def space_to_dict(space: SearchSpace) -> dict:
     for key in ("start_tokens", "seeds", "attention_factor"):
         if document[key] is not None:
             document[key] = list(document[key])
+    if document["factors"]["floor_unturned"] is None:  # as spaces were before it existed: their runs resume
+        del document["factors"]["floor_unturned"]
     return document

@@ -104,5 +104,9 @@ def test_rank_correlation_leaves_out_failed_candidates_and_needs_enough_points()
     # a weak rho over few pairs is noise, not a verdict; the same rho over many pairs is
     assert stop_screening({"pairs": 8, "spearman": 0.14}) is None
     assert "upper bound 0.3" in stop_screening({"pairs": 100, "spearman": 0.14})
-    assert stop_screening({"pairs": 300, "spearman": 0.45}) is None  # could still be 0.5
+    # could still be 0.5, but from 32 pairs on the point value itself must reach it
+    assert stop_screening({"pairs": 31, "spearman": 0.45}) is None
+    assert "below 0.5 with 32 or more pairs" in stop_screening({"pairs": 32, "spearman": 0.45})
+    assert "below 0.5 with 32 or more pairs" in stop_screening({"pairs": 300, "spearman": 0.45})
+    assert stop_screening({"pairs": 300, "spearman": 0.5}) is None
     assert cache_pairs({"a": 1.0, "b": 2.0}, {"b": [5.0, 9.0], "c": [1.0]}) == [(2.0, 5.0)]

@@ -10,7 +10,9 @@ The search measures it after every screening generation and acts on it: once `MI
 points exist and even the 95% upper confidence bound of Spearman's rho is below `MIN_RANK`,
 screening stops for the rest of the run and every new candidate is scored in full (a bound, not
 the point value: over 8 pairs rho is known to about +-0.4, and judging that early would stop a
-screen on noise). Why stop rather than promote more or screen longer: a
+screen on noise). From `SETTLED_PAIRS` points on, rho is known to about +-0.2 and the point value
+itself must reach `MIN_RANK`: a screen at 0.45 over 200 pairs may not be confidently below 0.5,
+but it is not known to rank as well as a screen that stays on should. Why stop rather than promote more or screen longer: a
 screen that does not rank throws away the candidates it should keep, and promoting more of a
 wrong ranking still loses the ones it ranks last; a longer screen costs nearly what the full
 score costs (the fast space screens one of two windows at half length, so at full length it would
@@ -24,6 +26,7 @@ from collections.abc import Iterable, Mapping
 
 MIN_PAIRS = 8  # points before the screen is judged (two generations of the fast space's promotions)
 MIN_RANK = 0.5  # screening stops once the screen's rho is confidently (95%, one-sided) below this
+SETTLED_PAIRS = 32  # from this many points on, screening stops once rho itself is below MIN_RANK
 CONFIDENCE_Z = 1.645
 
 
@@ -71,12 +74,16 @@ def rank_upper_bound(rho: float, pairs: int) -> float:
 
 def stop_screening(rank: dict) -> str | None:
     """Why screening should stop (a sentence), or None while the screen may still rank well enough:
-    it stops only once even the upper confidence bound of its rho is below `MIN_RANK`."""
+    once even the upper confidence bound of its rho is below `MIN_RANK`, or, from `SETTLED_PAIRS`
+    points on, once rho itself is."""
     rho = rank["spearman"]
     if rank["pairs"] < MIN_PAIRS or rho is None:
         return None
     upper = rank_upper_bound(rho, rank["pairs"])
-    if upper >= MIN_RANK:
-        return None
-    return (f"the screen's ranking agrees with the full scores at Spearman {rho:.2f} over {rank['pairs']} "
-            f"promoted candidates (95% upper bound {upper:.2f}, below {MIN_RANK}), so it would keep the wrong ones")
+    agrees = f"the screen's ranking agrees with the full scores at Spearman {rho:.2f} over {rank['pairs']} promoted candidates"
+    if upper < MIN_RANK:
+        return f"{agrees} (95% upper bound {upper:.2f}, below {MIN_RANK}), so it would keep the wrong ones"
+    if rank["pairs"] >= SETTLED_PAIRS and rho < MIN_RANK:
+        return (f"{agrees}, below {MIN_RANK} with {SETTLED_PAIRS} or more pairs: it ranks too loosely to choose "
+                "which candidates are scored")
+    return None

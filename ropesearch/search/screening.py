@@ -12,11 +12,12 @@ screening stops for the rest of the run and every new candidate is scored in ful
 the point value: over 8 pairs rho is known to about +-0.4, and judging that early would stop a
 screen on noise). From `SETTLED_PAIRS` points on, rho is known to about +-0.2 and the point value
 itself must reach `MIN_RANK`: a screen at 0.45 over 200 pairs may not be confidently below 0.5,
-but it is not known to rank as well as a screen that stays on should. Why stop rather than promote more or screen longer: a
-screen that does not rank throws away the candidates it should keep, and promoting more of a
-wrong ranking still loses the ones it ranks last; a longer screen costs nearly what the full
-score costs (the fast space screens one of two windows at half length, so at full length it would
-save nothing). Full scoring is what the screen approximates, so it is the safe fallback.
+but it is not known to rank as well as a screen that stays on should.
+
+Why stop rather than promote more or screen longer: a screen that does not rank throws away the
+candidates it should keep, and promoting more of a wrong ranking still loses the ones it ranks
+last; a longer screen costs nearly what the full score costs (the fast space screens one of two
+windows at half length, so at full length it would save nothing). Full scoring is what the screen approximates, so it is the safe fallback.
 """
 
 from __future__ import annotations

@@ -67,10 +67,10 @@ def variants(args) -> list[tuple[str, str, str]]:
             for spec, name in zip(args.spaces, names) for objective in args.objectives]
 
 
-def search_all(args, loaded) -> dict[str, Path]:
-    """One search per variant in OUT/search-LABEL (resumed where a checkpoint is); their best.json files."""
+def search_all(args, runs: list[tuple[str, str, str]], loaded) -> dict[str, Path]:
+    """One search per variant (`variants`) in OUT/search-LABEL (resumed where a checkpoint is); their best.json files."""
     found = {}
-    for label, objective, space in variants(args):
+    for label, objective, space in runs:
         out = args.out / f"search-{label}"
         config = SearchConfig(args.model, args.data, args.target, space=space, objective=objective,
                               samples=args.samples, seed=args.seed, max_evals=args.max_evals,
@@ -160,7 +160,9 @@ def main(argv=None) -> dict:
     args.passkey_lengths = parse_token_list(args.passkey_lengths.split(","), "--passkey-lengths") \
         if args.passkey_lengths else []
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    args.spaces = [x.strip() for x in args.spaces.split(",") if x.strip()] or parser.error("--spaces: name one")
+    args.spaces = [x.strip() for x in args.spaces.split(",") if x.strip()]
+    if not args.spaces:
+        parser.error("--spaces: name at least one space")
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown or not args.objectives:
         parser.error(f"--objectives: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OBJECTIVES)}")
@@ -171,7 +173,8 @@ def main(argv=None) -> dict:
     # the model once: the searches and the held-out scoring share it
     ref = resolve_model(args.model)
     loaded = (load_for_backend(ref), load_tokenizer(ref))
-    found = search_all(args, loaded)
+    runs = variants(args)
+    found = search_all(args, runs, loaded)
     used = sorted({d for path in found.values() for d in searched_documents(path.parent)})
     held_out = [d for d in load_documents(args.data) if d.name not in set(used)]
     if not held_out:
@@ -194,7 +197,7 @@ def main(argv=None) -> dict:
         "objectives": args.objectives, "budget": {"max_evals": args.max_evals, "time_minutes": args.time_budget,
                                                   "spaces": args.spaces, "samples": args.samples, "seed": args.seed},
         "sets": list(sets), "scale": scale,
-        "variants": [{"label": f"found:{label}", "objective": o, "space": sp} for label, o, sp in variants(args)],
+        "variants": [{"label": f"found:{label}", "objective": o, "space": sp} for label, o, sp in runs],
         # how far each set keeps the pairs that never turned in training inside their trained angles
         "in_range": {name: min(1.0, in_range_length(f) / args.target) for name, f in sets.items()},
         "ppl": {name: ppl_table["ppl"][name][str(args.target)] for name in sets},

@@ -78,7 +78,8 @@ def table(rows: list[dict]) -> str:
                             "" if r.get("oom") else f"{r['trained_parameters']:,}"] for r in rows])
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments, checked, with nothing loaded (a GPU queue's lines are checked with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="64k,128k,256k")
@@ -88,9 +89,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.lengths = "pocket", "512,1024"
+    args.lengths = parse_token_list(args.lengths.split(","), "--lengths")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     ref = resolve_model(args.model)
-    lengths = parse_token_list(args.lengths.split(","), "--lengths")
+    lengths = args.lengths
     rows = []
     for length in lengths:
         rows.append(one_length(ref, device, length, args.steps, TRAINABLE, True))

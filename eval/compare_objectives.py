@@ -132,7 +132,8 @@ def table(document: dict) -> str:
     return markdown(head, rows_of(document))
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments, checked, with nothing loaded or written (a GPU queue's lines are checked with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="builtin")
@@ -168,6 +169,11 @@ def main(argv=None) -> dict:
         parser.error(f"--objectives: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OBJECTIVES)}")
     if args.pack and any(OBJECTIVES[o].needle for o in args.objectives):
         parser.error("the needle objective cuts its windows from single documents: drop it or --pack")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     # the model once: the searches and the held-out scoring share it

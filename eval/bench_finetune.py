@@ -97,12 +97,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     ref = resolve_model(args.model)
-    lengths = args.lengths
     rows = []
-    for length in lengths:
+    for length in args.lengths:
         rows.append(one_length(ref, device, length, args.steps, TRAINABLE, True))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    rows.append(one_length(ref, device, lengths[0], args.steps, (), False))  # what the defaults save
+    rows.append(one_length(ref, device, args.lengths[0], args.steps, (), False))  # what the defaults save
     print(table(rows[-1:]).splitlines()[-1], flush=True)
     command = " ".join(["python", "eval/bench_finetune.py", *(sys.argv[1:] if argv is None else argv)])
     document = {"rows": rows, "model": args.model, "steps": args.steps, "command": command,

@@ -181,8 +181,9 @@ def main(argv=None) -> dict:
     loaded = (load_for_backend(ref), load_tokenizer(ref))
     runs = variants(args)
     found = search_all(args, runs, loaded)
-    used = sorted({d for path in found.values() for d in searched_documents(path.parent)})
-    held_out = [d for d in load_documents(args.data) if d.name not in set(used)]
+    searched = {d for path in found.values() for d in searched_documents(path.parent)}
+    used = sorted(searched)
+    held_out = [d for d in load_documents(args.data) if d.name not in searched]
     if not held_out:
         raise RopesearchError(f"the searches read every document of {args.data}: nothing is held out")
     run = setup(args.model, WindowSpec(args.data, samples=args.eval_samples, seed=args.seed, pack=args.pack,
